@@ -1,0 +1,46 @@
+"""eagle3-ref: an educational, test-first reference implementation of EAGLE-3.
+
+EAGLE-3 (Li, Wei, Zhang, Zhang, arXiv 2503.01840) speculative decoding, with the EAGLE-2
+dynamic draft tree (arXiv 2406.16858). One concept per module:
+
+* :mod:`eagle3_ref.fusion`      which target layers are tapped, collecting them, ``fc``
+* :mod:`eagle3_ref.draft_head`  the token-predicting draft head
+* :mod:`eagle3_ref.vocab`       the reduced draft vocabulary (``d2t`` / ``t2d``)
+* :mod:`eagle3_ref.checkpoint`  the official checkpoint format, engine exports
+"""
+
+from .checkpoint import check_head_fits_target, engine_config, expected_shapes, load_draft_head, save_draft_head
+from .draft_head import DraftOutput, Eagle3Config, Eagle3DraftHead, KVCache, causal_mask
+from .fusion import (
+    collect_features,
+    collect_features_by_hooks,
+    default_aux_layer_ids,
+    from_convention,
+    select_features,
+    to_convention,
+    validate_aux_layer_ids,
+)
+from .vocab import (
+    VocabMapping,
+    build_vocab_mapping,
+    count_tokens,
+    draft_to_target,
+    identity_mapping,
+    target_to_draft,
+    validate_vocab_mapping,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # fusion
+    "default_aux_layer_ids", "validate_aux_layer_ids", "to_convention", "from_convention",
+    "collect_features", "collect_features_by_hooks", "select_features",
+    # draft head
+    "Eagle3Config", "Eagle3DraftHead", "KVCache", "DraftOutput", "causal_mask",
+    # vocabulary
+    "VocabMapping", "count_tokens", "build_vocab_mapping", "identity_mapping",
+    "draft_to_target", "target_to_draft", "validate_vocab_mapping",
+    # checkpoint
+    "load_draft_head", "save_draft_head", "expected_shapes", "engine_config", "check_head_fits_target",
+]
