@@ -1,0 +1,156 @@
+"""The one narrow seam through which the property tests reach an implementation.
+
+Every core property test calls an :class:`Eagle3Adapter`, never ``eagle3_ref`` directly.
+By default it is :class:`ReferenceAdapter` (this project); point the suite at another
+implementation (vLLM's, SGLang's, a CUDA kernel's, a student's) with
+``pytest --eagle3-impl=package.module`` or ``EAGLE3_IMPL=package.module``, where the module
+defines ``ADAPTER``, an object with the methods below.
+
+The seam speaks the *official checkpoint format* and plain tensors: a head is handed over
+as its ``config.json`` dict plus a state dict with the official keys (see
+:mod:`eagle3_ref.checkpoint`), so any implementation that can load an EAGLE-3 head can be
+checked. Caches are opaque: whatever ``head_step`` returns is passed back in unchanged.
+
+Conventions every method shares: batch-first tensors, ``B`` batch, ``T`` sequence,
+``H_t`` target hidden size, ``H`` head hidden size, ``V`` target vocabulary, ``V_d``
+draft vocabulary; layer ids are Hugging Face ``hidden_states`` indices.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+__all__ = ["Eagle3Adapter", "ReferenceAdapter", "load_adapter", "ENV_VAR"]
+
+ENV_VAR = "EAGLE3_IMPL"
+
+
+@runtime_checkable
+class Eagle3Adapter(Protocol):
+    name: str
+
+    # -- fusion --------------------------------------------------------------------------
+    def default_aux_layer_ids(self, num_hidden_layers: int) -> tuple[int, ...]:
+        """EAGLE-3's default tapped layers for an ``N``-layer target; raise ``ValueError``
+        where they collide or leave ``[0, N-1]``."""
+
+    def collect_features(self, target: nn.Module, input_ids: Tensor, layer_ids: tuple[int, ...],
+                         attention_mask: Tensor | None = None) -> Tensor:
+        """``input_ids (B, T)`` (+ padding mask ``(B, T)``) -> ``(B, T, k*H_t)``, the residual
+        stream entering each tapped layer, concatenated low to high."""
+
+    # -- draft head ----------------------------------------------------------------------
+    def load_head(self, config: dict, state_dict: dict[str, Tensor], embed_weight: Tensor | None) -> Any:
+        """Build a head from an official config dict and official-key weights; the token
+        embedding ``(V, H)`` is the target's (None if the head owns one). Returns a handle."""
+
+    def head_fuse(self, head: Any, features: Tensor) -> Tensor:
+        """``fc``: target features ``(B, T, k*H_t)`` -> hidden inputs ``(B, T, H)``."""
+
+    def head_step(self, head: Any, input_ids: Tensor, hidden: Tensor, position_ids: Tensor,
+                  cache: Any, attention_mask: Tensor | None) -> tuple[Tensor, Tensor, Any]:
+        """One forward of the head over ``q`` new slots.
+
+        ``input_ids (B, q)``, ``hidden (B, q, H)``, ``position_ids (B, q)``; ``cache`` is
+        None or what a previous call returned (``S`` slots); ``attention_mask`` is None
+        (causal) or bool ``(B, 1, q, S + q)``, True = may attend, keys ordered cache first.
+        Returns ``(logits (B, q, V_d), pre-norm hidden (B, q, H), new cache with S + q slots)``.
+        """
+
+    # -- draft vocabulary ------------------------------------------------------------------
+    def build_vocab(self, token_counts: Tensor, draft_vocab_size: int) -> tuple[Tensor, Tensor]:
+        """Counts ``(V,)`` -> ``(d2t (V_d,) int64 offsets, t2d (V,) bool)``."""
+
+    def draft_to_target(self, draft_ids: Tensor, d2t: Tensor) -> Tensor: ...
+
+    def target_to_draft(self, target_ids: Tensor, d2t: Tensor, vocab_size: int) -> Tensor:
+        """``-1`` for tokens outside the draft vocabulary."""
+
+
+class ReferenceAdapter:
+    """:class:`Eagle3Adapter` over this project's own implementation."""
+
+    name = "eagle3_ref"
+
+    def __init__(self, attn_implementation: str = "sdpa") -> None:
+        self.attn_implementation = attn_implementation
+
+    def default_aux_layer_ids(self, num_hidden_layers):
+        from eagle3_ref.fusion import default_aux_layer_ids
+
+        return default_aux_layer_ids(num_hidden_layers)
+
+    def collect_features(self, target, input_ids, layer_ids, attention_mask=None):
+        from eagle3_ref.fusion import collect_features
+
+        return collect_features(target, input_ids, layer_ids, attention_mask)
+
+    def load_head(self, config, state_dict, embed_weight):
+        from eagle3_ref.checkpoint import config_from_dict
+        from eagle3_ref.draft_head import Eagle3DraftHead
+
+        cfg = config_from_dict(config)
+        ref = next(iter(state_dict.values()))
+        head = Eagle3DraftHead(cfg, attn_implementation=self.attn_implementation)
+        head = head.to(device=ref.device, dtype=state_dict["fc.weight"].dtype)
+        head.load_state_dict(state_dict, strict=True)
+        if embed_weight is not None:
+            head.attach_embedding(embed_weight)
+        return head
+
+    def head_fuse(self, head, features):
+        return head.fuse(features)
+
+    def head_step(self, head, input_ids, hidden, position_ids, cache, attention_mask):
+        out = head(input_ids, hidden, position_ids, cache=cache, attention_mask=attention_mask)
+        return out.logits, out.hidden, out.cache
+
+    def build_vocab(self, token_counts, draft_vocab_size):
+        from eagle3_ref.vocab import build_vocab_mapping
+
+        return tuple(build_vocab_mapping(token_counts, draft_vocab_size))
+
+    def draft_to_target(self, draft_ids, d2t):
+        from eagle3_ref.vocab import draft_to_target
+
+        return draft_to_target(draft_ids, d2t)
+
+    def target_to_draft(self, target_ids, d2t, vocab_size):
+        from eagle3_ref.vocab import target_to_draft
+
+        return target_to_draft(target_ids, d2t, vocab_size)
+
+
+ADAPTER = ReferenceAdapter()
+ADAPTER_METHODS = ("default_aux_layer_ids", "collect_features", "load_head", "head_fuse", "head_step",
+                   "build_vocab", "draft_to_target", "target_to_draft")
+
+
+def load_adapter(spec: str | None = None) -> Eagle3Adapter:
+    """The adapter named by ``spec`` ("package.module", whose ``ADAPTER`` is used), else by
+    ``$EAGLE3_IMPL``, else the reference."""
+    spec = spec or os.environ.get(ENV_VAR) or "eagle3_ref.testing.adapter"
+    module = importlib.import_module(spec)
+    adapter = getattr(module, "ADAPTER", None)
+    if adapter is None:
+        raise ValueError(f"{spec}: module defines no ADAPTER (an Eagle3Adapter instance)")
+    missing = [m for m in ADAPTER_METHODS if not callable(getattr(adapter, m, None))]
+    if missing:
+        raise ValueError(f"{spec}.ADAPTER is not an Eagle3Adapter: it lacks {missing}")
+    return adapter
+
+
+def state_dict_of(head: nn.Module) -> dict[str, Tensor]:
+    """Official-key weights of a reference head, detached (to hand to ``load_head``)."""
+    return {k: v.detach().clone() for k, v in head.state_dict().items()}
+
+
+def official_config_of(head: nn.Module) -> dict:
+    from eagle3_ref.checkpoint import config_to_dict
+
+    return config_to_dict(head.config, head.fc.weight.dtype)
+
