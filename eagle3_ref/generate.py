@@ -1,0 +1,213 @@
+"""The decoding loop: EAGLE-3 speculative decoding, and the plain autoregressive baseline.
+
+One cycle (EAGLE-2/3)::
+
+    draft   the head grows a tree under the root (the token the target chose last cycle)
+            from the target features of the slots it has not seen yet
+    verify  ONE target forward over all tree nodes: 4D tree mask, position = prefix + depth,
+            output_hidden_states for the fused features
+    accept  greedy / sampling verification (verify.py) picks a root-to-node path + a bonus token
+    update  the target cache keeps the prefix and the accepted path, drops the rest; the
+            accepted nodes' features go to the draft; the bonus token is the next root
+
+Every cycle appends ``accepted drafts + 1`` tokens for one target forward: their mean is
+the acceptance length ``tau`` (1.0 for plain decoding). The loop stops exactly at EOS or
+``max_new_tokens``, never after. Batch size 1, as in EAGLE's reference code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from .checkpoint import check_head_fits_target
+from .draft_head import Eagle3DraftHead
+from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
+from .tree import HeadDrafter, TreeConfig
+from .verify import TorchSampler, target_probs, verify_greedy, verify_sampling
+
+__all__ = ["GenerationOutput", "speculative_generate", "autoregressive_generate", "compact_cache", "tree_attention_mask"]
+
+
+@dataclass
+class GenerationOutput:
+    sequences: Tensor  # (1, T_prompt + new)
+    accepted_lengths: list[int]  # tokens appended by each target forward after the prefill
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    prompt_length: int = 0
+
+    @property
+    def new_tokens(self) -> Tensor:
+        return self.sequences[0, self.prompt_length:]
+
+    @property
+    def tau(self) -> float:
+        """Acceptance length: mean tokens per target forward (accepted drafts + bonus)."""
+        return sum(self.accepted_lengths) / len(self.accepted_lengths) if self.accepted_lengths else float("nan")
+
+
+def tree_attention_mask(tree_mask: Tensor, prefix_len: int, dtype: torch.dtype) -> Tensor:
+    """``(1, 1, n, prefix + n)`` *additive* mask: 0 where allowed, the dtype's minimum elsewhere.
+
+    Additive, not bool: transformers 5's eager attention adds a 4D mask as-is, so a bool
+    mask would be silently wrong there (SDPA would take either).
+    """
+    n = tree_mask.shape[0]
+    allowed = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=tree_mask.device), tree_mask], dim=1)
+    mask = torch.zeros(1, 1, n, prefix_len + n, dtype=dtype, device=tree_mask.device)
+    return mask.masked_fill(~allowed[None, None], torch.finfo(dtype).min)
+
+
+def compact_cache(cache: DynamicCache, prefix_len: int, keep: Sequence[int]) -> None:
+    """Keep the ``prefix_len`` prefix slots and the tree nodes ``keep`` (in that order);
+    drop the other tree nodes' keys and values. In place, on the target's own cache."""
+    device = cache.layers[0].keys.device
+    index = torch.cat([torch.arange(prefix_len, device=device), prefix_len + torch.tensor(list(keep), device=device)])
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(-2, index)
+        layer.values = layer.values.index_select(-2, index)
+
+
+def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float,
+                  top_p: float, top_k: int) -> None:
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids must have shape (1, T): batch size 1 only, got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty: the prompt needs at least one token")
+    limit = getattr(target.config, "max_position_embeddings", None)
+    if limit is not None and input_ids.shape[1] > limit:
+        raise ValueError(f"prompt has {input_ids.shape[1]} tokens, the target has {limit} positions")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+
+
+class _Picker:
+    """The target's own next token from its logits: argmax, or a sample of ``p``."""
+
+    def __init__(self, temperature, top_k, top_p, generator):
+        self.greedy = temperature == 0
+        self.warp = dict(temperature=temperature or 1.0, top_k=top_k, top_p=top_p)
+        self.sampler = TorchSampler(generator)
+
+    def __call__(self, logits: Tensor) -> int:  # logits (V,)
+        if self.greedy:
+            return int(logits.argmax())
+        return self.sampler.draw(target_probs(logits[None], **self.warp)[0])
+
+    def verify(self, tree, logits: Tensor):  # logits (n, V)
+        if self.greedy:
+            return verify_greedy(tree, logits)
+        return verify_sampling(tree, target_probs(logits, **self.warp), self.sampler)
+
+
+def _stop_index(tokens: list[int], eos: set[int], room: int) -> tuple[list[int], bool]:
+    """Cut ``tokens`` after the first EOS and to ``room``; say whether generation ends."""
+    for i, t in enumerate(tokens[:room]):
+        if t in eos:
+            return tokens[: i + 1], True
+    return tokens[:room], len(tokens) >= room
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_tokens: int,
+                         tree: TreeConfig = TreeConfig(), temperature: float = 0.0, top_p: float = 1.0,
+                         top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
+                         generator: torch.Generator | None = None,
+                         aux_layer_ids: Sequence[int] | None = None) -> GenerationOutput:
+    """EAGLE-3 speculative decoding of ``target`` with draft ``head``.
+
+    ``head`` is an :class:`Eagle3DraftHead` (or any object with ``draft(features,
+    input_ids, config, state) -> (tree, state)``, e.g. a test's perfect drafter).
+    Greedy at ``temperature=0``; else sampling with transformers' warpers, lossless.
+    """
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k)
+    if isinstance(head, Eagle3DraftHead):
+        check_head_fits_target(head.config, target)
+        aux_layer_ids = aux_layer_ids or head.config.aux_layer_ids
+        drafter = HeadDrafter(head)
+    else:
+        drafter = head
+    layer_ids = tuple(aux_layer_ids or default_aux_layer_ids(num_decoder_layers(target)))
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    pick = _Picker(temperature, top_k, top_p, generator)
+    device, prompt_len = input_ids.device, input_ids.shape[1]
+    timings = dict.fromkeys(["prefill", "draft", "verify", "accept"], 0.0)
+    if max_new_tokens == 0:
+        return GenerationOutput(input_ids.clone(), [], timings, prompt_len)
+
+    clock = time.perf_counter()
+    cache = DynamicCache(config=target.config)
+    out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
+    features = select_features(out.hidden_states, layer_ids)  # (1, T, k*H_t)
+    tokens, done = _stop_index([pick(out.logits[0, -1])], eos, max_new_tokens)
+    sequence = torch.cat([input_ids, torch.tensor([tokens], device=device)], dim=1)
+    _sync(device)
+    timings["prefill"] = time.perf_counter() - clock
+
+    accepted_lengths: list[int] = []
+    draft_state = None
+    while not done:
+        clock = time.perf_counter()
+        draft_tree, draft_state = drafter.draft(features, sequence, tree, draft_state)
+        draft_tree = draft_tree._replace(tokens=draft_tree.tokens.to(device), tree_mask=draft_tree.tree_mask.to(device),
+                                         tree_position_ids=draft_tree.tree_position_ids.to(device))
+        _sync(device)
+        timings["draft"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        prefix_len = cache.get_seq_length()  # every token but the root
+        out = target(input_ids=draft_tree.tokens[None], past_key_values=cache, use_cache=True,
+                     attention_mask=tree_attention_mask(draft_tree.tree_mask, prefix_len, out.logits.dtype),
+                     position_ids=(prefix_len + draft_tree.tree_position_ids)[None], output_hidden_states=True)
+        _sync(device)
+        timings["verify"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        verdict = pick.verify(draft_tree, out.logits[0])
+        compact_cache(cache, prefix_len, verdict.accepted)
+        features = select_features(out.hidden_states, layer_ids)[:, verdict.accepted]  # (1, m, k*H_t)
+        tokens, done = _stop_index(verdict.new_tokens(draft_tree), eos, max_new_tokens - (sequence.shape[1] - prompt_len))
+        sequence = torch.cat([sequence, torch.tensor([tokens], device=device)], dim=1)
+        accepted_lengths.append(len(tokens))
+        _sync(device)
+        timings["accept"] += time.perf_counter() - clock
+    return GenerationOutput(sequence, accepted_lengths, timings, prompt_len)
+
+
+@torch.no_grad()
+def autoregressive_generate(target: nn.Module, input_ids: Tensor, *, max_new_tokens: int, temperature: float = 0.0,
+                            top_p: float = 1.0, top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
+                            generator: torch.Generator | None = None) -> GenerationOutput:
+    """Plain decoding, one target forward per token, with the same output type (tau = 1)."""
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k)
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    pick = _Picker(temperature, top_k, top_p, generator)
+    device, prompt_len = input_ids.device, input_ids.shape[1]
+    sequence, cache, step_input, lengths = input_ids, DynamicCache(config=target.config), input_ids, []
+    clock = time.perf_counter()
+    for _ in range(max_new_tokens):
+        logits = target(input_ids=step_input, past_key_values=cache, use_cache=True).logits
+        token = pick(logits[0, -1])
+        step_input = torch.tensor([[token]], device=device)
+        sequence = torch.cat([sequence, step_input], dim=1)
+        lengths.append(1)
+        if token in eos:
+            break
+    _sync(device)
+    return GenerationOutput(sequence, lengths[1:], {"total": time.perf_counter() - clock}, prompt_len)

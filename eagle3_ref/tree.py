@@ -1,0 +1,299 @@
+"""The dynamic draft tree (EAGLE-2, "context-aware dynamic draft tree", as EAGLE-3 runs it).
+
+A chain drafts one guess per position; a tree drafts several, and the target checks them
+all in one forward. EAGLE-2 grows the tree where the draft is confident: a node's *score*
+is the sum of the draft's log-probabilities along its path (an estimate of the chance the
+whole path is accepted), and only the best-scoring nodes are kept.
+
+Growing (``max_depth`` levels, branching ``top_k``)::
+
+    level 1:   the top_k tokens of the draft's distribution after the root
+    levels 2.. each of the top_k *frontier* nodes proposes its top_k children
+               (score = parent score + log-prob); all top_k^2 children join the
+               candidate pool, and the top_k best of them become the next frontier
+    rerank:    keep the num_nodes - 1 best-scoring pool nodes (pool order), under the root
+
+Since log-probs are <= 0 a child never outscores its parent, so the kept set is closed
+under ancestors (ties go to the earlier pool node, i.e. the ancestor). Every frontier node
+of one level runs at the same position; it attends to the whole prefix, its ancestors and
+itself. The draft's KV cache keeps the prefix slots only: tree keys are scratch.
+
+Buffers, as the field names them: ``tree_mask[i, j]`` (node i may attend to node j: j is
+i or an ancestor), ``tree_position_ids`` (= depth; root 0), ``retrieve_indices`` (one row
+per leaf, the root-to-leaf node indices, padded with -1).
+
+Naming. EAGLE's ``depth`` counts expansion rounds *after* level 1 (``for i in
+range(depth)``), so EAGLE's default ``depth=7`` grows trees 8 levels deep; SGLang's
+``speculative_num_steps`` counts levels. To be unmistakable, :class:`TreeConfig` says
+``max_depth`` = the deepest level (root = 0) and converts from both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .draft_head import Eagle3DraftHead, KVCache
+
+__all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "build_draft_tree", "build_draft_tree_naive",
+           "tree_buffers", "HeadDrafter"]
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """Shape of the draft tree. Defaults are EAGLE-3's (``total_token=60, depth=7, top_k=10``)."""
+
+    num_nodes: int = 60  # tree nodes *including* the root (EAGLE total_token, SGLang num_draft_tokens)
+    max_depth: int = 8  # deepest level, root = 0 (EAGLE depth + 1, SGLang speculative_num_steps)
+    top_k: int = 10  # branching: children per frontier node, and frontier size
+
+    def __post_init__(self) -> None:
+        for name in ("num_nodes", "max_depth", "top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TreeConfig.{name} must be a positive int, got {value!r}")
+        if self.num_nodes < 2:
+            raise ValueError(f"TreeConfig.num_nodes counts the root too: it must be >= 2, got {self.num_nodes}")
+        if self.num_nodes - 1 > self.pool_size:
+            raise ValueError(
+                f"TreeConfig.num_nodes={self.num_nodes} asks for {self.num_nodes - 1} draft nodes, but "
+                f"max_depth={self.max_depth}, top_k={self.top_k} only produce {self.pool_size} candidates"
+            )
+
+    @property
+    def pool_size(self) -> int:
+        """Candidates grown: top_k at level 1, top_k^2 at every later level."""
+        return self.top_k + (self.max_depth - 1) * self.top_k**2
+
+    @classmethod
+    def from_eagle(cls, total_token: int = 60, depth: int = 7, top_k: int = 10) -> "TreeConfig":
+        """EAGLE's parameters (``EaModel.from_pretrained(total_token=, depth=, top_k=)``)."""
+        return cls(num_nodes=total_token, max_depth=depth + 1, top_k=top_k)
+
+    def to_eagle(self) -> dict:
+        return {"total_token": self.num_nodes, "depth": self.max_depth - 1, "top_k": self.top_k}
+
+    @classmethod
+    def from_sglang(cls, speculative_num_steps: int, speculative_eagle_topk: int,
+                    speculative_num_draft_tokens: int) -> "TreeConfig":
+        """SGLang's server arguments."""
+        return cls(num_nodes=speculative_num_draft_tokens, max_depth=speculative_num_steps, top_k=speculative_eagle_topk)
+
+    def to_sglang(self) -> dict:
+        return {"speculative_num_steps": self.max_depth, "speculative_eagle_topk": self.top_k,
+                "speculative_num_draft_tokens": self.num_nodes}
+
+    @classmethod
+    def chain(cls, length: int) -> "TreeConfig":
+        """Plain chain drafting: ``length`` guesses, one per level."""
+        return cls(num_nodes=length + 1, max_depth=length, top_k=1)
+
+
+class DraftTree(NamedTuple):
+    """A draft tree; node 0 is the root (the token sampled from the target last cycle)."""
+
+    tokens: Tensor  # (n,) long: target-vocabulary ids
+    parents: Tensor  # (n,) long: parent node index, -1 for the root
+    scores: Tensor  # (n,): cumulative draft log-prob of the path (root 0)
+    tree_mask: Tensor  # (n, n) bool: node i may attend to node j (j is i or an ancestor)
+    tree_position_ids: Tensor  # (n,) long: depth of the node
+    retrieve_indices: Tensor  # (n_leaves, max_depth + 1) long: root-to-leaf node indices, -1 padded
+    draft_cache: KVCache | None = None  # the draft's KV cache over the prefix slots only
+
+    @property
+    def num_nodes(self) -> int:
+        return self.tokens.shape[0]
+
+    def children(self, node: int) -> list[int]:
+        return (self.parents == node).nonzero().flatten().tolist()
+
+
+def tree_buffers(parents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``tree_mask``, ``tree_position_ids``, ``retrieve_indices`` from a parent array in
+    which every parent precedes its children."""
+    n = parents.shape[0]
+    mask = torch.eye(n, dtype=torch.bool)
+    depth = torch.zeros(n, dtype=torch.long)
+    for i in range(1, n):
+        p = int(parents[i])
+        mask[i] |= mask[p]  # my ancestors are my parent's ancestors, and my parent
+        depth[i] = depth[p] + 1
+    has_child = torch.zeros(n, dtype=torch.bool)
+    has_child[parents[1:]] = True
+    leaves = (~has_child).nonzero().flatten().tolist()
+    retrieve = torch.full((len(leaves), int(depth.max()) + 1), -1, dtype=torch.long)
+    for row, leaf in enumerate(leaves):
+        path = mask[leaf].nonzero().flatten()  # ancestors in index order = root-to-leaf order
+        retrieve[row, : path.numel()] = path
+    return mask, depth, retrieve
+
+
+class Pool(NamedTuple):
+    """The candidate pool while the tree grows; entry 0 is the root."""
+
+    tokens: list[int]  # draft-vocabulary ids (root: its target id; never re-emitted)
+    parents: list[int]
+    scores: list[float | Tensor]
+    depths: list[int]
+
+
+# propose(frontier pool ids, pool) -> log-probs over the draft vocabulary, (k, V_d)
+Propose = Callable[[list[int], Pool], Tensor]
+
+
+def _best(values: Tensor, k: int) -> Tensor:
+    """Indices of the k largest values; ties to the lower index (deterministic)."""
+    return torch.sort(values, descending=True, stable=True).indices[:k]
+
+
+def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: TreeConfig,
+              d2t: Tensor | None = None) -> DraftTree:
+    """EAGLE-2's expansion and reranking, independent of where proposals come from.
+
+    ``root_logprobs``: ``(V_d,)`` the draft's log-probs after the root. ``propose`` gets
+    the frontier's pool ids and returns their children's log-probs ``(k, V_d)``. ``d2t``
+    maps draft ids to target ids (None: the same vocabulary).
+    """
+    k = config.top_k
+    if k > root_logprobs.shape[-1]:
+        raise ValueError(f"TreeConfig.top_k={k} exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
+    pool = Pool([root_token], [-1], [root_logprobs.new_zeros(())], [0])
+    first = _best(root_logprobs, k)
+    for t in first.tolist():
+        pool.tokens.append(t), pool.parents.append(0), pool.scores.append(root_logprobs[t]), pool.depths.append(1)
+    frontier = list(range(1, k + 1))
+    for level in range(2, config.max_depth + 1):
+        logprobs = propose(frontier, pool)  # (k, V_d)
+        top = torch.stack([_best(row, k) for row in logprobs])  # (k, k) child draft ids
+        cumulative = torch.stack([pool.scores[f] for f in frontier])[:, None] + logprobs.gather(1, top)  # (k, k)
+        first_child = len(pool.tokens)
+        for r, f in enumerate(frontier):
+            for c in range(k):
+                pool.tokens.append(int(top[r, c])), pool.parents.append(f)
+                pool.scores.append(cumulative[r, c]), pool.depths.append(level)
+        frontier = [first_child + int(i) for i in _best(cumulative.flatten(), k)]
+
+    scores = torch.stack(pool.scores)
+    kept = torch.sort(_best(scores[1:], config.num_nodes - 1) + 1).values  # pool order
+    index = torch.full((len(pool.tokens),), -1, dtype=torch.long)
+    index[0] = 0
+    index[kept] = torch.arange(1, kept.numel() + 1)
+    parents = torch.tensor([-1] + [int(index[pool.parents[i]]) for i in kept.tolist()])
+    if (parents[1:] < 0).any():  # cannot happen: children never outscore parents
+        raise AssertionError("reranking dropped an ancestor")
+    draft_ids = torch.tensor([pool.tokens[i] for i in kept.tolist()], dtype=torch.long)
+    if d2t is not None:
+        draft_ids = draft_ids + d2t.to(draft_ids.device)[draft_ids]
+    tokens = torch.cat([torch.tensor([root_token]), draft_ids])
+    mask, depth, retrieve = tree_buffers(parents)
+    return DraftTree(tokens, parents, torch.cat([scores[:1], scores[kept]]), mask, depth, retrieve)
+
+
+# ----------------------------------------------------------------------------------------
+# With an EAGLE-3 head
+# ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor, config: TreeConfig = TreeConfig(),
+                     cache: KVCache | None = None) -> DraftTree:
+    """Draft a tree with an EAGLE-3 head, exactly the inputs of EAGLE's ``topK_genrate``.
+
+    ``input_ids (1, T+1)``: the sequence so far, its last token the root. Slot ``i`` pairs
+    the target feature of token ``i`` with token ``i+1`` at position ``i``. ``features
+    (1, T - S, k*H_t)`` are those of the slots not yet in ``cache`` (``S`` slots; None on a
+    first call: all ``T``). The returned tree carries the extended prefix cache.
+    """
+    T = input_ids.shape[1] - 1
+    S = 0 if cache is None else cache.length
+    if input_ids.shape[0] != 1 or features.shape[0] != 1:
+        raise ValueError("build_draft_tree drafts for one sequence (batch size 1)")
+    if features.shape[1] != T - S:
+        raise ValueError(f"features cover {features.shape[1]} slots, expected T - S = {T} - {S} = {T - S}")
+    device = input_ids.device
+    prefix = head(input_ids[:, S + 1:], head.fuse(features), torch.arange(S, T, device=device)[None], cache)
+    hidden_of = {0: prefix.hidden[0, -1]}  # pool id -> the head's output hidden at that node
+    scratch = {"cache": prefix.cache, "fed": []}  # tree keys appended after the prefix
+
+    def propose(frontier: list[int], pool: Pool) -> Tensor:
+        fed = scratch["fed"] + frontier
+        mask = torch.zeros(1, 1, len(frontier), T + len(fed), dtype=torch.bool, device=device)
+        mask[..., :T] = True
+        for r, node in enumerate(frontier):
+            ancestors = set()
+            while node > 0:
+                ancestors.add(node)
+                node = pool.parents[node]
+            mask[0, 0, r, T:] = torch.tensor([f in ancestors for f in fed], device=device)
+        ids = torch.tensor([pool.tokens[f] for f in frontier], device=device)
+        ids = ids + head.d2t[ids]  # the head embeds target ids
+        out = head(ids[None], torch.stack([hidden_of[pool.parents[f]] for f in frontier])[None],
+                   torch.full((1, len(frontier)), T - 1 + pool.depths[frontier[0]], device=device),
+                   scratch["cache"], mask)
+        scratch["cache"], scratch["fed"] = out.cache, fed
+        for r, f in enumerate(frontier):
+            hidden_of[f] = out.hidden[0, r]
+        return F.log_softmax(out.logits[0].float() if out.logits.dtype in (torch.float16, torch.bfloat16)
+                             else out.logits[0], dim=-1)
+
+    root_logprobs = F.log_softmax(prefix.logits[0, -1], dim=-1)
+    tree = grow_tree(int(input_ids[0, -1]), root_logprobs, propose, config, head.d2t)
+    return tree._replace(draft_cache=prefix.cache)
+
+
+@torch.no_grad()
+def build_draft_tree_naive(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
+                           config: TreeConfig = TreeConfig()) -> DraftTree:
+    """Brute force: score every candidate by running the head on its path alone, from
+    scratch (no cache, no tree mask), and select with plain Python sorting."""
+    T = input_ids.shape[1] - 1
+    base_hidden = head.fuse(features)
+
+    def run(path: list[int]):  # path: target ids after the root; returns (logprobs, hidden) at its end
+        ids, hidden = input_ids[:, 1:], base_hidden
+        out = head(ids, hidden, torch.arange(T)[None].to(ids.device))
+        for tok in path:
+            ids = torch.cat([ids, ids.new_tensor([[tok]])], 1)
+            hidden = torch.cat([hidden, out.hidden[:, -1:]], 1)
+            out = head(ids, hidden, torch.arange(ids.shape[1])[None].to(ids.device))
+        return F.log_softmax(out.logits[0, -1], dim=-1)
+
+    k, to_target = config.top_k, (lambda d: d + int(head.d2t[d]))
+    order = lambda values: sorted(range(len(values)), key=lambda i: (-float(values[i]), i))  # noqa: E731
+    nodes = [(-1, None, 0.0, [])]  # (parent, draft id, score, target-id path)
+    lp = run([])
+    for d in order(lp)[:k]:
+        nodes.append((0, d, float(lp[d]), [to_target(d)]))
+    frontier = list(range(1, k + 1))
+    for _ in range(2, config.max_depth + 1):
+        children = []
+        for f in frontier:
+            lp = run(nodes[f][3])
+            for d in order(lp)[:k]:
+                children.append((f, d, nodes[f][2] + float(lp[d]), nodes[f][3] + [to_target(d)]))
+        start = len(nodes)
+        nodes.extend(children)
+        frontier = [start + i for i in order([c[2] for c in children])[:k]]
+    kept = sorted(1 + i for i in order([n[2] for n in nodes[1:]])[: config.num_nodes - 1])
+    new = {0: 0, **{old: i + 1 for i, old in enumerate(kept)}}
+    parents = torch.tensor([-1] + [new[nodes[i][0]] for i in kept])
+    tokens = torch.tensor([int(input_ids[0, -1])] + [nodes[i][3][-1] for i in kept])
+    scores = torch.tensor([0.0] + [nodes[i][2] for i in kept], dtype=torch.float64)
+    mask, depth, retrieve = tree_buffers(parents)
+    return DraftTree(tokens, parents, scores, mask, depth, retrieve)
+
+
+class HeadDrafter:
+    """The decoding loop's view of a drafter: ``draft(features, input_ids, config, state)
+    -> (tree, state)``. Here the state is the head's prefix KV cache."""
+
+    def __init__(self, head: Eagle3DraftHead) -> None:
+        self.head = head
+
+    def draft(self, features: Tensor, input_ids: Tensor, config: TreeConfig, state: KVCache | None):
+        tree = build_draft_tree(self.head, features, input_ids, config, state)
+        return tree, tree.draft_cache
