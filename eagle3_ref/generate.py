@@ -31,7 +31,8 @@ from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
 from .tree import HeadDrafter, TreeConfig
 from .verify import TorchSampler, target_probs, verify_greedy, verify_sampling
 
-__all__ = ["GenerationOutput", "speculative_generate", "autoregressive_generate", "compact_cache", "tree_attention_mask"]
+__all__ = ["GenerationOutput", "DecodeState", "prefill", "decode_cycle", "speculative_generate", "autoregressive_generate",
+           "compact_cache", "tree_attention_mask"]
 
 
 @dataclass
@@ -124,6 +125,78 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class DecodeState:
+    """Everything the loop carries from one cycle to the next (passed in, returned)."""
+
+    sequence: Tensor  # (1, T + 1): prompt and every token emitted so far; the last is the next root
+    target_cache: DynamicCache  # keys/values of sequence[:, :-1] (all but the root)
+    features: Tensor  # (1, m, k*H_t): target features of the slots the draft has not seen yet
+    draft_state: object = None  # the drafter's own state (the head's prefix KV cache)
+    done: bool = False
+
+
+@torch.no_grad()
+def prefill(target: nn.Module, input_ids: Tensor, layer_ids: Sequence[int], pick: "_Picker",
+            eos: set[int], max_new_tokens: int) -> DecodeState:
+    """One plain target forward over the prompt: its cache, its tapped features, and the
+    first new token (the first root)."""
+    cache = DynamicCache(config=target.config)
+    out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
+    tokens, done = _stop_index([pick(out.logits[0, -1])], eos, max_new_tokens)
+    sequence = torch.cat([input_ids, torch.tensor([tokens], device=input_ids.device)], dim=1)
+    return DecodeState(sequence, cache, select_features(out.hidden_states, layer_ids), None, done)
+
+
+@torch.no_grad()
+def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfig, layer_ids: Sequence[int],
+                 pick: "_Picker", eos: set[int], room: int, timings: dict[str, float] | None = None
+                 ) -> tuple[DecodeState, list[int]]:
+    """Draft, verify, accept, update: one target forward. ``room``: tokens still allowed.
+    Returns the new state and the tokens appended."""
+    timings = timings if timings is not None else {}
+    device = state.sequence.device
+    clock = time.perf_counter()
+    draft_tree, draft_state = drafter.draft(state.features, state.sequence, tree, state.draft_state)
+    draft_tree = draft_tree._replace(tokens=draft_tree.tokens.to(device), tree_mask=draft_tree.tree_mask.to(device),
+                                     tree_position_ids=draft_tree.tree_position_ids.to(device))
+    _sync(device)
+    timings["draft"] = timings.get("draft", 0.0) + time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    cache = state.target_cache
+    prefix_len = cache.get_seq_length()  # every token but the root
+    dtype = next(target.parameters()).dtype
+    out = target(input_ids=draft_tree.tokens[None], past_key_values=cache, use_cache=True,
+                 attention_mask=tree_attention_mask(draft_tree.tree_mask, prefix_len, dtype),
+                 position_ids=(prefix_len + draft_tree.tree_position_ids)[None], output_hidden_states=True)
+    _sync(device)
+    timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    verdict = pick.verify(draft_tree, out.logits[0])
+    compact_cache(cache, prefix_len, verdict.accepted)
+    features = select_features(out.hidden_states, layer_ids)[:, verdict.accepted]  # (1, m, k*H_t)
+    tokens, done = _stop_index(verdict.new_tokens(draft_tree), eos, room)
+    sequence = torch.cat([state.sequence, torch.tensor([tokens], device=device)], dim=1)
+    _sync(device)
+    timings["accept"] = timings.get("accept", 0.0) + time.perf_counter() - clock
+    return DecodeState(sequence, cache, features, draft_state, done), tokens
+
+
+def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, generator, aux_layer_ids):
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k)
+    if isinstance(head, Eagle3DraftHead):
+        check_head_fits_target(head.config, target)
+        aux_layer_ids = aux_layer_ids or head.config.aux_layer_ids
+        drafter = HeadDrafter(head)
+    else:
+        drafter = head
+    layer_ids = tuple(aux_layer_ids or default_aux_layer_ids(num_decoder_layers(target)))
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    return drafter, layer_ids, eos, _Picker(temperature, top_k, top_p, generator)
+
+
 @torch.no_grad()
 def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_tokens: int,
                          tree: TreeConfig = TreeConfig(), temperature: float = 0.0, top_p: float = 1.0,
@@ -136,58 +209,22 @@ def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_
     input_ids, config, state) -> (tree, state)``, e.g. a test's perfect drafter).
     Greedy at ``temperature=0``; else sampling with transformers' warpers, lossless.
     """
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k)
-    if isinstance(head, Eagle3DraftHead):
-        check_head_fits_target(head.config, target)
-        aux_layer_ids = aux_layer_ids or head.config.aux_layer_ids
-        drafter = HeadDrafter(head)
-    else:
-        drafter = head
-    layer_ids = tuple(aux_layer_ids or default_aux_layer_ids(num_decoder_layers(target)))
-    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    pick = _Picker(temperature, top_k, top_p, generator)
-    device, prompt_len = input_ids.device, input_ids.shape[1]
+    drafter, layer_ids, eos, pick = _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k,
+                                           eos_token_id, generator, aux_layer_ids)
+    prompt_len = input_ids.shape[1]
     timings = dict.fromkeys(["prefill", "draft", "verify", "accept"], 0.0)
     if max_new_tokens == 0:
         return GenerationOutput(input_ids.clone(), [], timings, prompt_len)
-
     clock = time.perf_counter()
-    cache = DynamicCache(config=target.config)
-    out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
-    features = select_features(out.hidden_states, layer_ids)  # (1, T, k*H_t)
-    tokens, done = _stop_index([pick(out.logits[0, -1])], eos, max_new_tokens)
-    sequence = torch.cat([input_ids, torch.tensor([tokens], device=device)], dim=1)
-    _sync(device)
+    state = prefill(target, input_ids, layer_ids, pick, eos, max_new_tokens)
+    _sync(input_ids.device)
     timings["prefill"] = time.perf_counter() - clock
-
     accepted_lengths: list[int] = []
-    draft_state = None
-    while not done:
-        clock = time.perf_counter()
-        draft_tree, draft_state = drafter.draft(features, sequence, tree, draft_state)
-        draft_tree = draft_tree._replace(tokens=draft_tree.tokens.to(device), tree_mask=draft_tree.tree_mask.to(device),
-                                         tree_position_ids=draft_tree.tree_position_ids.to(device))
-        _sync(device)
-        timings["draft"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        prefix_len = cache.get_seq_length()  # every token but the root
-        out = target(input_ids=draft_tree.tokens[None], past_key_values=cache, use_cache=True,
-                     attention_mask=tree_attention_mask(draft_tree.tree_mask, prefix_len, out.logits.dtype),
-                     position_ids=(prefix_len + draft_tree.tree_position_ids)[None], output_hidden_states=True)
-        _sync(device)
-        timings["verify"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        verdict = pick.verify(draft_tree, out.logits[0])
-        compact_cache(cache, prefix_len, verdict.accepted)
-        features = select_features(out.hidden_states, layer_ids)[:, verdict.accepted]  # (1, m, k*H_t)
-        tokens, done = _stop_index(verdict.new_tokens(draft_tree), eos, max_new_tokens - (sequence.shape[1] - prompt_len))
-        sequence = torch.cat([sequence, torch.tensor([tokens], device=device)], dim=1)
+    while not state.done:
+        room = max_new_tokens - (state.sequence.shape[1] - prompt_len)
+        state, tokens = decode_cycle(target, drafter, state, tree, layer_ids, pick, eos, room, timings)
         accepted_lengths.append(len(tokens))
-        _sync(device)
-        timings["accept"] += time.perf_counter() - clock
-    return GenerationOutput(sequence, accepted_lengths, timings, prompt_len)
+    return GenerationOutput(state.sequence, accepted_lengths, timings, prompt_len)
 
 
 @torch.no_grad()

@@ -70,6 +70,32 @@ class Eagle3Adapter(Protocol):
     def target_to_draft(self, target_ids: Tensor, d2t: Tensor, vocab_size: int) -> Tensor:
         """``-1`` for tokens outside the draft vocabulary."""
 
+    # -- dynamic draft tree -------------------------------------------------------------------
+    def build_tree(self, head: Any, features: Tensor, input_ids: Tensor, num_nodes: int, max_depth: int,
+                   top_k: int) -> Any:
+        """EAGLE's ``topK_genrate`` on a first call: ``features (1, T, k*H_t)``, ``input_ids
+        (1, T+1)`` whose last token is the root. ``num_nodes`` includes the root, ``max_depth``
+        is the deepest level (EAGLE depth + 1). Returns an object with ``tokens (n,)`` (target
+        ids, root first), ``parents (n,)`` (-1 for the root), ``scores (n,)`` (cumulative
+        log-probs), ``tree_mask (n, n)`` bool, ``tree_position_ids (n,)``,
+        ``retrieve_indices (leaves, max_depth+1)`` (-1 padded), nodes in EAGLE's pool order."""
+
+    # -- verification -----------------------------------------------------------------------
+    def verify_greedy(self, tree: Any, target_logits: Tensor) -> tuple[list[int], int]:
+        """``tree``: a :class:`eagle3_ref.tree.DraftTree`; ``target_logits (n, V)``.
+        Returns (accepted node indices, root first; bonus token)."""
+
+    def verify_sampling(self, tree: Any, target_probs: Tensor, sampler: Any) -> tuple[list[int], int]:
+        """``target_probs (n, V)`` processed. All randomness must come from ``sampler``:
+        ``sampler.accept(prob) -> bool`` and ``sampler.draw(probs (V,)) -> int``."""
+
+    # -- the decoding loop -----------------------------------------------------------------
+    def generate(self, target: nn.Module, head: Any, input_ids: Tensor, *, max_new_tokens: int, num_nodes: int,
+                 max_depth: int, top_k: int, eos_token_id: int | None = None, temperature: float = 0.0,
+                 generator: Any = None) -> tuple[Tensor, list[int]]:
+        """Speculative decoding, batch 1. Returns (sequences (1, T + new), tokens appended per
+        target forward after the prefill)."""
+
 
 class ReferenceAdapter:
     """:class:`Eagle3Adapter` over this project's own implementation."""
@@ -125,9 +151,36 @@ class ReferenceAdapter:
         return target_to_draft(target_ids, d2t, vocab_size)
 
 
+    def build_tree(self, head, features, input_ids, num_nodes, max_depth, top_k):
+        from eagle3_ref.tree import TreeConfig, build_draft_tree
+
+        return build_draft_tree(head, features, input_ids, TreeConfig(num_nodes, max_depth, top_k))
+
+    def verify_greedy(self, tree, target_logits):
+        from eagle3_ref.verify import verify_greedy
+
+        return tuple(verify_greedy(tree, target_logits))
+
+    def verify_sampling(self, tree, target_probs, sampler):
+        from eagle3_ref.verify import verify_sampling
+
+        return tuple(verify_sampling(tree, target_probs, sampler))
+
+    def generate(self, target, head, input_ids, *, max_new_tokens, num_nodes, max_depth, top_k, eos_token_id=None,
+                 temperature=0.0, generator=None):
+        from eagle3_ref.generate import speculative_generate
+        from eagle3_ref.tree import TreeConfig
+
+        out = speculative_generate(target, head, input_ids, max_new_tokens=max_new_tokens,
+                                   tree=TreeConfig(num_nodes, max_depth, top_k), eos_token_id=eos_token_id,
+                                   temperature=temperature, generator=generator)
+        return out.sequences, out.accepted_lengths
+
+
 ADAPTER = ReferenceAdapter()
 ADAPTER_METHODS = ("default_aux_layer_ids", "collect_features", "load_head", "head_fuse", "head_step",
-                   "build_vocab", "draft_to_target", "target_to_draft")
+                   "build_vocab", "draft_to_target", "target_to_draft", "build_tree", "verify_greedy",
+                   "verify_sampling", "generate")
 
 
 def load_adapter(spec: str | None = None) -> Eagle3Adapter:
