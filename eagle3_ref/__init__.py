@@ -7,6 +7,9 @@ dynamic draft tree (arXiv 2406.16858). One concept per module:
 * :mod:`eagle3_ref.draft_head`  the token-predicting draft head
 * :mod:`eagle3_ref.vocab`       the reduced draft vocabulary (``d2t`` / ``t2d``)
 * :mod:`eagle3_ref.checkpoint`  the official checkpoint format, engine exports
+* :mod:`eagle3_ref.tree`        the dynamic draft tree (EAGLE-2)
+* :mod:`eagle3_ref.verify`      lossless verification, greedy and sampling
+* :mod:`eagle3_ref.generate`    the speculative decoding loop and the plain baseline
 """
 
 from .checkpoint import check_head_fits_target, engine_config, expected_shapes, load_draft_head, save_draft_head
@@ -20,6 +23,9 @@ from .fusion import (
     to_convention,
     validate_aux_layer_ids,
 )
+from .generate import GenerationOutput, autoregressive_generate, speculative_generate
+from .tree import DraftTree, TreeConfig, build_draft_tree, build_draft_tree_naive
+from .verify import Verdict, target_probs, verify_greedy, verify_sampling
 from .vocab import (
     VocabMapping,
     build_vocab_mapping,
@@ -43,4 +49,10 @@ __all__ = [
     "draft_to_target", "target_to_draft", "validate_vocab_mapping",
     # checkpoint
     "load_draft_head", "save_draft_head", "expected_shapes", "engine_config", "check_head_fits_target",
+    # tree
+    "TreeConfig", "DraftTree", "build_draft_tree", "build_draft_tree_naive",
+    # verification
+    "Verdict", "verify_greedy", "verify_sampling", "target_probs",
+    # decoding
+    "speculative_generate", "autoregressive_generate", "GenerationOutput",
 ]

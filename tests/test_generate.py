@@ -204,3 +204,40 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="vocab_size"):
         speculative_generate(target, wide, ok, max_new_tokens=4)
     assert torch.equal(speculative_generate(target, head, ok, max_new_tokens=0).sequences, ok)
+
+
+# ε for the low-precision check: bf16 keeps 8 bits of mantissa, so logits of size ~10 are
+# resolved to ~0.06; two roundings of a near-tie can swap it by up to about that much.
+LOW_PRECISION_EPSILON = {torch.bfloat16: 0.25, torch.float16: 0.05}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@settings(max_examples=6)
+@given(tc=target_configs(min_layers=7, max_layers=7), seed=seeds, data=st.data())
+def test_low_precision_greedy_is_tie_aware_equal(device, dtype, tc, seed, data):
+    from eagle3_ref.testing.ties import tie_aware_greedy_check
+
+    target = build_target(tc, seed, dtype, device)
+    head = build_draft_head(Eagle3Config.for_target(tc), seed, target.get_input_embeddings().weight, dtype, device)
+    prompt = torch.tensor([[1, 2, 3]], device=device)
+    out = speculative_generate(target, head, prompt, max_new_tokens=16, tree=data.draw(tree_configs(tc.vocab_size)))
+    divergences = tie_aware_greedy_check(target, out.sequences, 3, LOW_PRECISION_EPSILON[dtype])
+    if divergences:  # reported, as DESIGN asks
+        print(f"{dtype} near-tie divergences: {divergences}")
+
+
+def test_tie_aware_check_rejects_a_real_divergence():
+    from eagle3_ref.testing.ties import tie_aware_greedy_check
+
+    tc = LlamaConfig(vocab_size=30, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=64)
+    target = build_target(tc, 0)
+    good = autoregressive_generate(target, torch.tensor([[1, 2]]), max_new_tokens=6).sequences
+    assert tie_aware_greedy_check(target, good, 2, 1e-9) == []
+    bad = good.clone()
+    with torch.no_grad():
+        worst = int(target(bad[:, :4]).logits[0, -1].argmin())
+    bad[0, 4] = worst
+    with pytest.raises(AssertionError, match="position 4"):
+        tie_aware_greedy_check(target, bad, 2, 0.5)
+    assert tie_aware_greedy_check(target, bad[:, :5], 2, 1e9)[0].position == 4  # huge epsilon: reported, not raised
