@@ -212,18 +212,26 @@ class Eagle3Attention(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, x: Tensor, position_ids: Tensor, cache: KVCache | None, mask: Tensor) -> tuple[Tensor, KVCache]:
-        B, q_len, _ = x.shape  # x: (B, q, 2H)
-        q = self.q_proj(x).view(B, q_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, q, d)
-        k = self.k_proj(x).view(B, q_len, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, q, d)
+    def qkv(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x (B, q, 2H)`` -> q ``(B, nh, q, d)``, k, v ``(B, nkv, q, d)``, RoPE applied."""
+        B, q_len, _ = x.shape
+        q = self.q_proj(x).view(B, q_len, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, q_len, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, q_len, self.n_kv, self.head_dim).transpose(1, 2)
         cos, sin = self.rope(position_ids, x.dtype)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v
+
+    def output(self, attn: Tensor) -> Tensor:
+        """``(B, nh, q, d)`` attention result -> ``(B, q, H)``."""
+        B, _, q_len, _ = attn.shape
+        return self.o_proj(attn.transpose(1, 2).reshape(B, q_len, self.n_heads * self.head_dim))
+
+    def forward(self, x: Tensor, position_ids: Tensor, cache: KVCache | None, mask: Tensor) -> tuple[Tensor, KVCache]:
+        q, k, v = self.qkv(x, position_ids)
         if cache is not None:
             k, v = torch.cat([cache.key, k], dim=2), torch.cat([cache.value, v], dim=2)
-        out = ATTENTION[self.impl](q, k, v, mask)  # (B, nh, q, d)
-        out = out.transpose(1, 2).reshape(B, q_len, self.n_heads * self.head_dim)
-        return self.o_proj(out), KVCache(k, v)
+        return self.output(ATTENTION[self.impl](q, k, v, mask)), KVCache(k, v)
 
 
 class Eagle3MLP(nn.Module):
@@ -248,13 +256,18 @@ class Eagle3DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = Eagle3MLP(c)
 
+    def attention_input(self, emb: Tensor, hidden: Tensor) -> Tensor:
+        """``[input_layernorm(emb) ; hidden_norm(hidden)]``, ``(B, q, 2H)``: embedding first."""
+        return torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)
+
+    def finish(self, hidden: Tensor, attn: Tensor) -> Tensor:
+        """Residual (the hidden input alone, not the embedding), then the MLP block."""
+        h = hidden + attn
+        return h + self.mlp(self.post_attention_layernorm(h))
+
     def forward(self, emb, hidden, position_ids, cache, mask) -> tuple[Tensor, KVCache]:
-        residual = hidden  # the residual is the hidden input alone, not the embedding
-        x = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)  # (B, q, 2H)
-        attn, cache = self.self_attn(x, position_ids, cache, mask)
-        h = residual + attn
-        h = h + self.mlp(self.post_attention_layernorm(h))
-        return h, cache
+        attn, cache = self.self_attn(self.attention_input(emb, hidden), position_ids, cache, mask)
+        return self.finish(hidden, attn), cache
 
 
 class Eagle3DraftHead(nn.Module):

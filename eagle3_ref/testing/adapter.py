@@ -80,6 +80,19 @@ class Eagle3Adapter(Protocol):
         log-probs), ``tree_mask (n, n)`` bool, ``tree_position_ids (n,)``,
         ``retrieve_indices (leaves, max_depth+1)`` (-1 padded), nodes in EAGLE's pool order."""
 
+    # -- training-time test --------------------------------------------------------------------
+    def ttt_forward(self, head: Any, features: Tensor, input_ids: Tensor, steps: int,
+                    attention_mask: Tensor | None) -> list[Tensor]:
+        """The parallel K-step forward: ``features (B, T, k*H_t)``, ``input_ids (B, T)``,
+        padding mask ``(B, T)``. Returns ``steps`` logits ``(B, T, V_d)``; step ``k``, slot ``i``
+        fed token ``x_{i+k+1}`` at position ``i+k`` predicts ``x_{i+k+2}``. Differentiable."""
+
+    def ttt_loss(self, logits: list[Tensor], target_logits: Tensor, loss_mask: Tensor, t2d: Tensor,
+                 d2t: Tensor) -> Tensor:
+        """Scalar: sum_k 0.8**k * soft CE to the target restricted to the draft vocabulary;
+        slot i of step k counts iff loss_mask[i+k], i+k+1 < T and t2d[argmax target_logits[i+k+1]];
+        each step's sum divided by B*T."""
+
     # -- verification -----------------------------------------------------------------------
     def verify_greedy(self, tree: Any, target_logits: Tensor) -> tuple[list[int], int]:
         """``tree``: a :class:`eagle3_ref.tree.DraftTree`; ``target_logits (n, V)``.
@@ -156,6 +169,16 @@ class ReferenceAdapter:
 
         return build_draft_tree(head, features, input_ids, TreeConfig(num_nodes, max_depth, top_k))
 
+    def ttt_forward(self, head, features, input_ids, steps, attention_mask):
+        from eagle3_ref.ttt import ttt_forward
+
+        return ttt_forward(head, features, input_ids, steps, attention_mask).logits
+
+    def ttt_loss(self, logits, target_logits, loss_mask, t2d, d2t):
+        from eagle3_ref.ttt import ttt_loss
+
+        return ttt_loss(logits, target_logits, loss_mask, t2d, d2t).loss
+
     def verify_greedy(self, tree, target_logits):
         from eagle3_ref.verify import verify_greedy
 
@@ -179,7 +202,7 @@ class ReferenceAdapter:
 
 ADAPTER = ReferenceAdapter()
 ADAPTER_METHODS = ("default_aux_layer_ids", "collect_features", "load_head", "head_fuse", "head_step",
-                   "build_vocab", "draft_to_target", "target_to_draft", "build_tree", "verify_greedy",
+                   "build_vocab", "draft_to_target", "target_to_draft", "build_tree", "ttt_forward", "ttt_loss", "verify_greedy",
                    "verify_sampling", "generate")
 
 
