@@ -1,0 +1,327 @@
+"""From a target to a trained EAGLE-3 head.
+
+The pipeline, as EAGLE-3 trains its heads:
+
+1. **data**: tokenise a text corpus into sequences (or, with ``regenerate``, use each
+   sequence's start as a prompt and let the target write the rest: self-distillation, the
+   peers' advice for acceptance); the loss mask marks the tokens to learn;
+2. **target pass**: one target forward per sequence gives the tapped features and its
+   logits, on the fly or cached to disk in safetensors shards;
+3. **vocabulary**: the draft vocabulary from the token counts of the training targets;
+4. **training-time test**: :func:`eagle3_ref.ttt.ttt_forward` + :func:`ttt_loss`, AdamW
+   (betas 0.9 / 0.95), linear warm-up then cosine decay, gradient clipping at 0.5, bf16
+   autocast on CUDA;
+5. **checkpoints**: the official format, written atomically (a temporary directory, then
+   a rename, then the ``latest`` pointer); ``resume`` continues after a ``kill -9`` with
+   nothing lost: optimizer, scheduler, RNG states and the data position all come back,
+   and the data order is a pure function of (seed, step).
+
+Ablation switches: ``ttt_steps`` (1 = no training-time test) and ``aux_layer_ids``
+(e.g. only the top tapped layer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .checkpoint import load_draft_head, save_draft_head
+from .draft_head import Eagle3Config, Eagle3DraftHead
+from .fusion import default_aux_layer_ids, num_decoder_layers, select_features, validate_aux_layer_ids
+from .ttt import ttt_forward, ttt_loss
+from .vocab import build_vocab_mapping, count_tokens
+
+__all__ = ["TrainConfig", "TrainData", "tokenize_corpus", "regenerate", "target_pass", "prepare_data",
+           "train_head", "evaluate_tau", "TrainingError"]
+
+
+class TrainingError(ValueError):
+    """Bad training input; raised before anything is written."""
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    seq_len: int = 256
+    batch_size: int = 4
+    max_steps: int = 1000
+    lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 0.5
+    ttt_steps: int = 7  # K; 1 = no training-time test (the ablation)
+    draft_vocab_size: int | None = None  # None: the target's vocabulary
+    aux_layer_ids: tuple[int, ...] | None = None  # None: EAGLE-3's default (2, N//2, N-3)
+    regenerate_prompt_tokens: int = 0  # > 0: self-distillation with prompts of this many tokens
+    seed: int = 0
+    save_every: int = 100
+    eval_every: int = 0  # 0: no periodic tau evaluation
+    eval_max_new_tokens: int = 32
+    resume: bool = False
+    overwrite: bool = False
+    cache_dir: str | None = None  # cache the target pass here (safetensors shards)
+    head_overrides: dict = field(default_factory=dict)  # e.g. {"intermediate_size": 64}
+
+
+@dataclass
+class TrainData:
+    input_ids: Tensor  # (N, T) long
+    loss_mask: Tensor  # (N, T) long
+    features: Tensor | None = None  # (N, T, k*H_t), None: computed on the fly
+    target_logits: Tensor | None = None  # (N, T, V)
+
+
+# ----------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------
+
+
+def tokenize_corpus(text: str, tokenizer, seq_len: int) -> Tensor:
+    """Split a corpus into ``(N, seq_len)`` token sequences (the tail shorter than one is dropped)."""
+    if not text.strip():
+        raise TrainingError("the corpus is empty")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise TrainingError(f"the corpus has {len(ids)} tokens, shorter than one sequence (seq_len={seq_len})")
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+@torch.no_grad()
+def regenerate(target: nn.Module, sequences: Tensor, prompt_tokens: int) -> tuple[Tensor, Tensor]:
+    """Self-distillation: keep each sequence's first ``prompt_tokens`` tokens and let the
+    target write the rest greedily. Returns (input_ids, loss_mask on the written part)."""
+    N, T = sequences.shape
+    if not 0 < prompt_tokens < T:
+        raise TrainingError(f"regenerate prompt length must be in [1, {T - 1}], got {prompt_tokens}")
+    out = target.generate(sequences[:, :prompt_tokens].to(target.device), do_sample=False, max_new_tokens=T - prompt_tokens,
+                          min_new_tokens=T - prompt_tokens, pad_token_id=0,
+                          attention_mask=torch.ones(N, prompt_tokens, dtype=torch.long, device=target.device))
+    mask = torch.zeros(N, T, dtype=torch.long)
+    mask[:, prompt_tokens:] = 1
+    return out.cpu(), mask
+
+
+@torch.no_grad()
+def target_pass(target: nn.Module, input_ids: Tensor, layer_ids: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """One target forward: tapped features ``(B, T, k*H_t)`` and logits ``(B, T, V)``."""
+    out = target(input_ids=input_ids.to(target.device), output_hidden_states=True, use_cache=False)
+    return select_features(out.hidden_states, layer_ids), out.logits
+
+
+def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, layer_ids: tuple[int, ...],
+                 batch_size: int = 8) -> TrainData:
+    """Tokenise (and optionally regenerate); with ``cache_dir``, run the target once and
+    keep features and logits in safetensors shards (reused when they match)."""
+    ids = tokenize_corpus(text, tokenizer, config.seq_len)
+    if config.regenerate_prompt_tokens:
+        ids, mask = regenerate(target, ids, config.regenerate_prompt_tokens)
+    else:
+        mask = torch.ones_like(ids)
+    data = TrainData(ids, mask)
+    if config.cache_dir is None:
+        return data
+    cache = Path(config.cache_dir)
+    stamp = {"layer_ids": list(layer_ids), "n": ids.shape[0], "seq_len": config.seq_len,
+             "ids_sum": int(ids.sum()), "regenerate": config.regenerate_prompt_tokens}
+    if (cache / "manifest.json").exists() and json.loads((cache / "manifest.json").read_text()) == stamp:
+        shards = [load_file(p) for p in sorted(cache.glob("shard_*.safetensors"))]
+    else:
+        cache.mkdir(parents=True, exist_ok=True)
+        shards = []
+        for i, start in enumerate(range(0, ids.shape[0], batch_size)):
+            feats, logits = target_pass(target, ids[start:start + batch_size], layer_ids)
+            shard = {"features": feats.cpu().contiguous(), "target_logits": logits.cpu().contiguous()}
+            save_file(shard, cache / f"shard_{i:05d}.safetensors")
+            shards.append(shard)
+        (cache / "manifest.json").write_text(json.dumps(stamp))
+    data.features = torch.cat([s["features"] for s in shards])
+    data.target_logits = torch.cat([s["target_logits"] for s in shards])
+    return data
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
+    """The examples of training step ``step``: epoch ``e`` is a permutation seeded by
+    ``(seed, e)``, so the data position is a pure function of the step (exact resume)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[index * batch_size:(index + 1) * batch_size]
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: list) -> Path:
+    """``out/ckpt-STEP`` (official head files + ``trainer_state.pt``), then ``out/latest``;
+    every write lands in a temporary directory first, so a kill leaves the last one intact."""
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".ckpt-tmp-"))
+    save_draft_head(head, tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "rng": _rng_state(), "history": history}, tmp / "trainer_state.pt")
+    final = out / f"ckpt-{step:07d}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fd, pointer = tempfile.mkstemp(dir=out, prefix=".latest-")
+    with os.fdopen(fd, "w") as f:
+        f.write(final.name)
+    os.replace(pointer, out / "latest")
+    for old in out.glob("ckpt-*"):  # keep only the newest
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_tau(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], max_new_tokens: int) -> float:
+    """Mean acceptance length over held-out prompts, greedy, the default tree."""
+    from .generate import speculative_generate
+
+    head.eval()
+    lengths = []
+    for prompt in prompts:
+        out = speculative_generate(target, head, prompt[None].to(target.device), max_new_tokens=max_new_tokens)
+        lengths += out.accepted_lengths
+    head.train()
+    return sum(lengths) / max(1, len(lengths))
+
+
+# ----------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------
+
+
+def _check_out_dir(config: TrainConfig) -> Path:
+    out = Path(config.out_dir)
+    if config.resume and config.overwrite:
+        raise TrainingError("resume and overwrite are mutually exclusive")
+    if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
+        raise TrainingError(f"output directory {out} exists and is not empty: pass --resume to continue or "
+                            f"--overwrite to start over")
+    if config.resume and not (out / "latest").exists():
+        raise TrainingError(f"nothing to resume in {out} (no 'latest' checkpoint)")
+    return out
+
+
+def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_prompts: list[Tensor] | None = None,
+               log: Callable[[dict], None] | None = None, progress: bool = True) -> Eagle3DraftHead:
+    """Train (or resume training) an EAGLE-3 head for ``target``; returns the head.
+
+    Everything is validated before anything is written to ``config.out_dir``.
+    """
+    out = _check_out_dir(config)
+    n_layers = num_decoder_layers(target)
+    try:
+        layer_ids = validate_aux_layer_ids(config.aux_layer_ids, n_layers) if config.aux_layer_ids \
+            else default_aux_layer_ids(n_layers)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
+    if config.ttt_steps < 1 or config.max_steps < 1 or config.batch_size < 1:
+        raise TrainingError("ttt_steps, max_steps and batch_size must be >= 1")
+    if data.input_ids.shape[0] == 0:
+        raise TrainingError("no training sequences")
+    device = next(target.parameters()).device
+    target.eval().requires_grad_(False)
+
+    if config.resume:
+        head = load_draft_head(out / (out / "latest").read_text().strip(), target, dtype=torch.float32)
+        state = torch.load(out / (out / "latest").read_text().strip() / "trainer_state.pt", weights_only=False)
+    else:
+        if config.overwrite and out.exists():
+            shutil.rmtree(out)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        vocab = target.get_input_embeddings().weight.shape[0]
+        draft_vocab = config.draft_vocab_size or vocab
+        d2t, t2d = build_vocab_mapping(count_tokens(data.input_ids, vocab, data.loss_mask), draft_vocab)
+        head_config = Eagle3Config.for_target(target.config, draft_vocab_size=draft_vocab,
+                                              aux_layer_ids=tuple(layer_ids), **config.head_overrides)
+        head = Eagle3DraftHead(head_config).to(device)
+        head.d2t.copy_(d2t), head.t2d.copy_(t2d)
+        if not head_config.owns_embedding:
+            head.attach_embedding(target.get_input_embeddings().weight.float())
+        state = None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+
+    params = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    step, history = 0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, history = state["step"], state["history"]
+        _set_rng_state(state["rng"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and torch.cuda.is_bf16_supported() \
+        else torch.autocast(device.type, enabled=False)
+
+    head.train()
+    bar = tqdm(total=config.max_steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    while step < config.max_steps:
+        idx = batch_indices(data.input_ids.shape[0], config.batch_size, step, config.seed)
+        ids, mask = data.input_ids[idx].to(device), data.loss_mask[idx].to(device)
+        if data.features is not None:
+            feats, logits = data.features[idx].to(device), data.target_logits[idx].to(device)
+        else:
+            feats, logits = target_pass(target, ids, tuple(layer_ids))
+        with autocast:
+            out_logits = ttt_forward(head, feats.float(), ids, config.ttt_steps).logits
+            result = ttt_loss(out_logits, logits.float(), mask, head.t2d, head.d2t)
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        record = {"step": step, "loss": result.loss.item(), "acc": [round(a, 4) if a == a else None
+                                                                     for a in result.step_accuracy],
+                  "lr": scheduler.get_last_lr()[0]}
+        if config.eval_every and eval_prompts and step % config.eval_every == 0:
+            record["tau"] = evaluate_tau(target, head, eval_prompts, config.eval_max_new_tokens)
+        history.append(record)
+        if log:
+            log(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc0=record["acc"][0], **({"tau": record["tau"]} if "tau" in record else {}))
+        bar.update(1)
+        if step % config.save_every == 0 or step == config.max_steps:
+            save_checkpoint(out, head, optimizer, scheduler, step, history)
+    bar.close()
+    save_draft_head(head, out)  # the final head, loadable with load_draft_head(out_dir)
+    (out / "history.json").write_text(json.dumps(history))
+    return head
+
