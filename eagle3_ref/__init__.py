@@ -10,6 +10,8 @@ dynamic draft tree (arXiv 2406.16858). One concept per module:
 * :mod:`eagle3_ref.tree`        the dynamic draft tree (EAGLE-2)
 * :mod:`eagle3_ref.verify`      lossless verification, greedy and sampling
 * :mod:`eagle3_ref.generate`    the speculative decoding loop and the plain baseline
+* :mod:`eagle3_ref.ttt`         training-time test
+* :mod:`eagle3_ref.train`       from a target to a trained head
 """
 
 from .checkpoint import check_head_fits_target, engine_config, expected_shapes, load_draft_head, save_draft_head
@@ -24,7 +26,9 @@ from .fusion import (
     validate_aux_layer_ids,
 )
 from .generate import GenerationOutput, autoregressive_generate, speculative_generate
+from .train import TrainConfig, prepare_data, train_head
 from .tree import DraftTree, TreeConfig, build_draft_tree, build_draft_tree_naive
+from .ttt import ttt_attention_mask, ttt_forward, ttt_loss, ttt_loss_naive
 from .verify import Verdict, target_probs, verify_greedy, verify_sampling
 from .vocab import (
     VocabMapping,
@@ -55,4 +59,6 @@ __all__ = [
     "Verdict", "verify_greedy", "verify_sampling", "target_probs",
     # decoding
     "speculative_generate", "autoregressive_generate", "GenerationOutput",
+    # training-time test and training
+    "ttt_attention_mask", "ttt_forward", "ttt_loss", "ttt_loss_naive", "TrainConfig", "train_head", "prepare_data",
 ]

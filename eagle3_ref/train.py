@@ -18,6 +18,11 @@ The pipeline, as EAGLE-3 trains its heads:
 
 Ablation switches: ``ttt_steps`` (1 = no training-time test) and ``aux_layer_ids``
 (e.g. only the top tapped layer).
+
+More than one process (``torchrun --nproc_per_node N`` or ``accelerate launch
+--num_processes N``, which set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``): each process
+takes its share of the global batch (``batch_size`` per process) and gradients are
+averaged with ``torch.distributed`` (NCCL on CUDA, Gloo on CPU); process 0 writes.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -225,6 +231,21 @@ def evaluate_tau(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor]
 # ----------------------------------------------------------------------------------------
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun / accelerate."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def _check_out_dir(config: TrainConfig) -> Path:
     out = Path(config.out_dir)
     if config.resume and config.overwrite:
@@ -244,6 +265,7 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
     Everything is validated before anything is written to ``config.out_dir``.
     """
     out = _check_out_dir(config)
+    rank, world = _distributed()
     n_layers = num_decoder_layers(target)
     try:
         layer_ids = validate_aux_layer_ids(config.aux_layer_ids, n_layers) if config.aux_layer_ids \
@@ -261,7 +283,8 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
         head = load_draft_head(out / (out / "latest").read_text().strip(), target, dtype=torch.float32)
         state = torch.load(out / (out / "latest").read_text().strip() / "trainer_state.pt", weights_only=False)
     else:
-        if config.overwrite and out.exists():
+        _barrier()  # every process has checked the directory before process 0 clears it
+        if config.overwrite and out.exists() and rank == 0:
             shutil.rmtree(out)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -275,8 +298,9 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
         if not head_config.owns_embedding:
             head.attach_embedding(target.get_input_embeddings().weight.float())
         state = None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
 
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
@@ -291,9 +315,11 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
         else torch.autocast(device.type, enabled=False)
 
     head.train()
-    bar = tqdm(total=config.max_steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=config.max_steps, initial=step, disable=not progress or rank > 0, desc="train", dynamic_ncols=True)
     while step < config.max_steps:
-        idx = batch_indices(data.input_ids.shape[0], config.batch_size, step, config.seed)
+        # The global batch of this step; this process takes its share.
+        idx = batch_indices(data.input_ids.shape[0], config.batch_size * world, step, config.seed)
+        idx = idx[rank * config.batch_size:(rank + 1) * config.batch_size]
         ids, mask = data.input_ids[idx].to(device), data.loss_mask[idx].to(device)
         if data.features is not None:
             feats, logits = data.features[idx].to(device), data.target_logits[idx].to(device)
@@ -304,6 +330,10 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
             result = ttt_loss(out_logits, logits.float(), mask, head.t2d, head.d2t)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
+        if world > 1:  # the mean of per-process gradients = the gradient of the global-batch loss
+            for p in params:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= world
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -318,10 +348,12 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
             log(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc0=record["acc"][0], **({"tau": record["tau"]} if "tau" in record else {}))
         bar.update(1)
-        if step % config.save_every == 0 or step == config.max_steps:
+        if (step % config.save_every == 0 or step == config.max_steps) and rank == 0:
             save_checkpoint(out, head, optimizer, scheduler, step, history)
     bar.close()
-    save_draft_head(head, out)  # the final head, loadable with load_draft_head(out_dir)
-    (out / "history.json").write_text(json.dumps(history))
+    if rank == 0:
+        save_draft_head(head, out)  # the final head, loadable with load_draft_head(out_dir)
+        (out / "history.json").write_text(json.dumps(history))
+    _barrier()
     return head
 

@@ -29,3 +29,13 @@ def test_ci_runs_the_readme_test_command():
     block = readme.split("<!-- test-command -->", 1)[1].split("<!-- /test-command -->", 1)[0]
     assert "python -m pytest" in block
     assert "test-command" in (ROOT / ".ci/run").read_text()
+
+
+def test_ttt_memory_example_runs_small():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs/examples"))
+    import ttt_memory
+
+    rows = ttt_memory.main(seq_len=32, steps=3, hidden=16)
+    assert [r["implementation"] for r in rows] == ["diagonal", "dense"]

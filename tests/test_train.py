@@ -185,3 +185,24 @@ def test_bad_inputs_are_named_and_write_nothing(tiny, tmp_path, capsys):
         assert main(["train", "--target", str(path), "--out", str(busy), "--quiet"] + extra) == 2
         assert message in capsys.readouterr().err
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tiny, tmp_path):
+    # torchrun (as accelerate launch) sets RANK/WORLD_SIZE: two processes with batch 4 each
+    # average their gradients, which must match one process with batch 8 (Gloo on CPU).
+    path, _, _ = tiny
+    data_file = tmp_path / "train.txt"
+    data_file.write_text(TRAIN_TEXT)
+    args = ["train", "--target", str(path), "--data", str(data_file), "--steps", "6", "--seq-len", "32",
+            "--lr", "3e-3", "--warmup", "2", "--ttt-steps", "2", "--draft-vocab-size", "128", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "eagle3_ref.cli"] + args + ["--batch-size", "8", "--out", str(tmp_path / "one")],
+                   check=True, env=env, capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "eagle3_ref.cli"] + args + ["--batch-size", "4", "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
