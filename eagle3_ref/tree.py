@@ -140,6 +140,14 @@ class Pool(NamedTuple):
     scores: list[float | Tensor]
     depths: list[int]
 
+    def lineage(self, node: int) -> list[int]:
+        """Pool ids from level 1 down to ``node`` (the root excluded)."""
+        out = []
+        while node > 0:
+            out.append(node)
+            node = self.parents[node]
+        return out[::-1]
+
 
 # propose(frontier pool ids, pool) -> log-probs over the draft vocabulary, (k, V_d)
 Propose = Callable[[list[int], Pool], Tensor]
@@ -224,10 +232,7 @@ def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
         mask = torch.zeros(1, 1, len(frontier), T + len(fed), dtype=torch.bool, device=device)
         mask[..., :T] = True
         for r, node in enumerate(frontier):
-            ancestors = set()
-            while node > 0:
-                ancestors.add(node)
-                node = pool.parents[node]
+            ancestors = set(pool.lineage(node))
             mask[0, 0, r, T:] = torch.tensor([f in ancestors for f in fed], device=device)
         ids = torch.tensor([pool.tokens[f] for f in frontier], device=device)
         ids = ids + head.d2t[ids]  # the head embeds target ids

@@ -22,7 +22,8 @@ from eagle3_ref.fusion import collect_features, default_aux_layer_ids
 from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, prefill, speculative_generate
 from eagle3_ref.testing.adapter import official_config_of, state_dict_of
 from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
-from eagle3_ref.tree import TreeConfig, grow_tree
+from eagle3_ref.testing.drafters import OracleDrafter
+from eagle3_ref.tree import TreeConfig
 
 pytestmark = pytest.mark.generate
 
@@ -60,37 +61,6 @@ def test_greedy_equals_transformers_generate(impl, device, dtype, tc, seed, data
     assert got.tolist() == want.tolist()
     assert sum(lengths) + (1 if max_new else 0) == got.shape[1] - prompt.shape[1]
     assert all(1 <= n <= tree.max_depth + 1 for n in lengths)
-
-
-class OracleDrafter:
-    """Proposes the target's own argmax continuation (``wrong=False``) or never proposes it."""
-
-    def __init__(self, target, wrong=False):
-        self.target, self.wrong = target, wrong
-
-    @torch.no_grad()
-    def truth(self, input_ids, path):
-        seq = torch.cat([input_ids, input_ids.new_tensor([path])], 1) if path else input_ids
-        return int(self.target(seq).logits[0, -1].argmax())
-
-    def logprobs(self, input_ids, path):
-        V = self.target.config.vocab_size
-        x = torch.linspace(0, 1, V, dtype=torch.float64)
-        x[self.truth(input_ids, path)] = -50.0 if self.wrong else 50.0
-        return torch.log_softmax(x, -1)
-
-    def draft(self, features, input_ids, config, state):
-        def propose(frontier, pool):
-            rows = []
-            for f in frontier:
-                path, n = [], f
-                while n > 0:
-                    path.append(pool.tokens[n])
-                    n = pool.parents[n]
-                rows.append(self.logprobs(input_ids, path[::-1]))
-            return torch.stack(rows)
-
-        return grow_tree(int(input_ids[0, -1]), self.logprobs(input_ids, []), propose, config), None
 
 
 @settings(max_examples=6)

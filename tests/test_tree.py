@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eagle3_ref.testing.adapter import official_config_of, state_dict_of
+from eagle3_ref.testing.drafters import confident_logprobs, path_proposer
 from eagle3_ref.testing.strategies import build_draft_head, head_configs, seeds, target_configs, trees
 from eagle3_ref.tree import TreeConfig, build_draft_tree_naive, grow_tree, tree_buffers
 
@@ -96,25 +97,9 @@ def test_chain_is_greedy_drafting(impl, config, seed, length):
 
 
 def _proposer(truth, vocab, wrong=False):
-    """Proposes the ground-truth next token (``truth(path)``) with high confidence, or,
-    when ``wrong``, gives it the lowest probability of all."""
-
-    def logprobs(path):
-        x = torch.linspace(0, 1, vocab, dtype=torch.float64)  # distinct, tie-free
-        x[truth(path)] = -50.0 if wrong else 50.0
-        return torch.log_softmax(x, -1)
-
-    def propose(frontier, pool):
-        rows = []
-        for f in frontier:
-            path, n = [], f
-            while n > 0:
-                path.append(pool.tokens[n])
-                n = pool.parents[n]
-            rows.append(logprobs(path[::-1]))
-        return torch.stack(rows)
-
-    return logprobs([]), propose
+    """Proposes ``truth(path)`` with near certainty, or, when ``wrong``, least of all."""
+    logprobs_of = lambda path: confident_logprobs(truth(path), vocab, wrong)  # noqa: E731
+    return logprobs_of([]), path_proposer(logprobs_of)
 
 
 @given(vocab=st.integers(4, 12), seed=seeds, data=st.data())
