@@ -112,6 +112,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_toy_train_target(args: argparse.Namespace) -> int:
+    from eagle3_ref.toy import train_target
+
+    try:
+        train_target(args.out, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                     seed=args.seed, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    except ValueError as err:
+        print(f"eagle3-ref toy train-target: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eagle3-ref",
@@ -150,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--overwrite", action="store_true", help="delete OUT and start over")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    toy = sub.add_parser("toy", help="the toy world: a small target trained on the Python standard library")
+    toy_sub = toy.add_subparsers(dest="toy_command", metavar="TOY_COMMAND", required=True)
+    tt = toy_sub.add_parser("train-target", help="train the toy target from scratch (CPU: about an hour; resumable)")
+    tt.add_argument("--out", required=True)
+    tt.add_argument("--steps", type=int, default=1600)
+    tt.add_argument("--batch-size", type=int, default=16)
+    tt.add_argument("--seq-len", type=int, default=256)
+    tt.add_argument("--lr", type=float, default=2e-3)
+    tt.add_argument("--seed", type=int, default=0)
+    group = tt.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true")
+    group.add_argument("--overwrite", action="store_true")
+    tt.add_argument("--quiet", action="store_true")
+    tt.set_defaults(func=cmd_toy_train_target)
     return parser
 
 

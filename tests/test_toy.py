@@ -1,0 +1,59 @@
+"""The toy world's recipe: corpus split, tokenizer, target training (resumable)."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from eagle3_ref.cli import main
+from eagle3_ref.toy import EOS, corpus_text, split_modules, stdlib_files, train_target, train_tokenizer
+
+pytestmark = pytest.mark.toy
+
+
+def test_split_is_by_module_and_stable():
+    files = stdlib_files()
+    assert len(files) > 300 and not any("test" in p.parts for p in files)
+    train, held = split_modules(files)
+    assert train and held and not set(train) & set(held)
+    assert split_modules(files) == (train, held)  # a pure function of the names
+    held_packages = {p.parent for p in held if p.name == "__init__.py"}
+    assert all(q.parent not in held_packages for q in train)  # no module is split across the two
+
+
+def test_tokenizer_round_trips_code():
+    text = corpus_text(stdlib_files()[:5])
+    tok = train_tokenizer(text, vocab_size=400)
+    snippet = "def f(x):\n    return x ** 2  # ünïcode\n"
+    assert tok.decode(tok(snippet)["input_ids"]) == snippet
+    assert tok.convert_tokens_to_ids(EOS) == tok.eos_token_id and len(tok) == 400
+
+
+def _files():
+    train, held = split_modules(stdlib_files())
+    return train[:3], held[:1]
+
+
+def test_train_target_resumes_exactly(tmp_path):
+    kw = dict(steps=4, batch_size=2, seq_len=32, warmup=1, save_every=2, progress=False, log=None, files=_files())
+    train_target(tmp_path / "straight", **kw)
+
+    def stop_at_two(message):  # the log line comes right after the step-2 checkpoint is on disk
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_target(tmp_path / "cut", **(kw | {"log": stop_at_two}))
+    train_target(tmp_path / "cut", **(kw | {"resume": True}))
+    a, b = load_file(tmp_path / "straight/model.safetensors"), load_file(tmp_path / "cut/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A plain Hugging Face directory, offline.
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "straight")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "straight")
+    assert model.config.num_hidden_layers == 16 and model.config.vocab_size == len(tok)
+
+
+def test_cli_refuses_to_clobber(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep").write_text("1")
+    assert main(["toy", "train-target", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "--resume" in capsys.readouterr().err
