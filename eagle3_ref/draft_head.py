@@ -318,7 +318,8 @@ class Eagle3DraftHead(nn.Module):
             return self.embed_tokens(input_ids)
         if self.embed_weight is None:
             raise RuntimeError("no token embedding: pass embed_weight or call attach_embedding(target_embedding)")
-        return F.embedding(input_ids, self.embed_weight)
+        # The target's embedding may be in another dtype (a bf16 target drafting for a float32 head).
+        return F.embedding(input_ids, self.embed_weight).to(self.lm_head.weight.dtype)
 
     def fuse(self, features: Tensor) -> Tensor:
         """Target features ``(B, T, k*H_t)`` -> hidden inputs ``(B, T, H)`` via ``fc``."""

@@ -211,3 +211,17 @@ def test_tie_aware_check_rejects_a_real_divergence():
     with pytest.raises(AssertionError, match="position 4"):
         tie_aware_greedy_check(target, bad, 2, 0.5)
     assert tie_aware_greedy_check(target, bad[:, :5], 2, 1e9)[0].position == 4  # huge epsilon: reported, not raised
+
+
+def test_a_float32_head_drafts_for_a_bfloat16_target():
+    # Training keeps heads in float32 while targets often run in bf16: the head must cast the
+    # target's features and embedding, not fail on mixed dtypes.
+    from eagle3_ref.testing.ties import tie_aware_greedy_check
+
+    tc = LlamaConfig(vocab_size=30, hidden_size=8, intermediate_size=16, num_hidden_layers=7, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=64)
+    target = build_target(tc, 0, torch.bfloat16)
+    head = build_draft_head(Eagle3Config.for_target(tc), 0, target.get_input_embeddings().weight, torch.float32)
+    out = speculative_generate(target, head, torch.tensor([[1, 2]]), max_new_tokens=12, tree=TreeConfig(8, 3, 2))
+    assert out.sequences.shape == (1, 14)
+    tie_aware_greedy_check(target, out.sequences, 2, LOW_PRECISION_EPSILON[torch.bfloat16])
