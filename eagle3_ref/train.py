@@ -4,7 +4,8 @@ The pipeline, as EAGLE-3 trains its heads:
 
 1. **data**: tokenise a text corpus into sequences (or, with ``regenerate``, use each
    sequence's start as a prompt and let the target write the rest: self-distillation, the
-   peers' advice for acceptance); the loss mask marks the tokens to learn;
+   peers' advice for acceptance), or continue the prompts of a JSON-lines prompt file
+   with the target; the loss mask marks the tokens to learn;
 2. **target pass**: one target forward per sequence gives the tapped features and its
    logits, on the fly or cached to disk in safetensors shards;
 3. **vocabulary**: the draft vocabulary from the token counts of the training targets;
@@ -49,7 +50,8 @@ from .fusion import default_aux_layer_ids, num_decoder_layers, select_features, 
 from .ttt import ttt_forward, ttt_loss
 from .vocab import build_vocab_mapping, count_tokens
 
-__all__ = ["TrainConfig", "TrainData", "tokenize_corpus", "regenerate", "target_pass", "prepare_data",
+__all__ = ["TrainConfig", "TrainData", "tokenize_corpus", "regenerate", "continue_prompts", "read_data_file",
+           "target_pass", "prepare_data",
            "train_head", "evaluate_tau", "TrainingError"]
 
 
@@ -127,15 +129,59 @@ def target_pass(target: nn.Module, input_ids: Tensor, layer_ids: tuple[int, ...]
     return select_features(out.hidden_states, layer_ids), out.logits
 
 
+@torch.no_grad()
+def continue_prompts(target: nn.Module, prompts: list[list[int]], seq_len: int) -> tuple[Tensor, Tensor]:
+    """A prompt file's way: each prompt (cut to ``seq_len // 2`` tokens) is continued
+    greedily by the target up to ``seq_len``; the loss mask covers the continuation only."""
+    ids = torch.zeros(len(prompts), seq_len, dtype=torch.long)
+    mask = torch.zeros(len(prompts), seq_len, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        prompt = torch.tensor([prompt[: seq_len // 2]], device=target.device)
+        out = target.generate(prompt, do_sample=False, max_new_tokens=seq_len - prompt.shape[1],
+                              min_new_tokens=seq_len - prompt.shape[1], pad_token_id=0,
+                              attention_mask=torch.ones_like(prompt))
+        ids[row] = out[0].cpu()
+        mask[row, prompt.shape[1]:] = 1
+    return ids, mask
+
+
+def read_data_file(text: str, tokenizer) -> tuple[str, list[list[int]]]:
+    """A data file is plain text (the corpus), or JSON lines: ``{"text": ...}`` lines are
+    corpus, ``{"prompt": ...}`` lines are prompts for the target to continue."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or not lines[0].lstrip().startswith("{"):
+        return text, []
+    corpus, prompts = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TrainingError(f"data line {number}: not JSON ({err.msg})") from None
+        if "prompt" in record:
+            prompts.append(tokenizer(record["prompt"], add_special_tokens=False)["input_ids"])
+        elif "text" in record:
+            corpus.append(record["text"])
+        else:
+            raise TrainingError(f"data line {number}: expected a 'text' or a 'prompt' field")
+    return "\n".join(corpus), [p for p in prompts if p]
+
+
 def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, layer_ids: tuple[int, ...],
                  batch_size: int = 8) -> TrainData:
     """Tokenise (and optionally regenerate); with ``cache_dir``, run the target once and
     keep features and logits in safetensors shards (reused when they match)."""
-    ids = tokenize_corpus(text, tokenizer, config.seq_len)
-    if config.regenerate_prompt_tokens:
-        ids, mask = regenerate(target, ids, config.regenerate_prompt_tokens)
+    corpus, prompts = read_data_file(text, tokenizer)
+    if prompts and not corpus.strip():
+        ids, mask = continue_prompts(target, prompts, config.seq_len)
     else:
-        mask = torch.ones_like(ids)
+        ids = tokenize_corpus(corpus, tokenizer, config.seq_len)
+        if config.regenerate_prompt_tokens:
+            ids, mask = regenerate(target, ids, config.regenerate_prompt_tokens)
+        else:
+            mask = torch.ones_like(ids)
+        if prompts:
+            more, more_mask = continue_prompts(target, prompts, config.seq_len)
+            ids, mask = torch.cat([ids, more]), torch.cat([mask, more_mask])
     data = TrainData(ids, mask)
     if config.cache_dir is None:
         return data
@@ -346,7 +392,8 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
         history.append(record)
         if log:
             log(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", acc0=record["acc"][0], **({"tau": record["tau"]} if "tau" in record else {}))
+        accuracy = "/".join("-" if a is None else f"{a:.2f}" for a in record["acc"])  # per TTT step
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=accuracy, **({"tau": f"{record['tau']:.2f}"} if "tau" in record else {}))
         bar.update(1)
         if (step % config.save_every == 0 or step == config.max_steps) and rank == 0:
             save_checkpoint(out, head, optimizer, scheduler, step, history)

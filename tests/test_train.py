@@ -206,3 +206,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny, tmp_path):
     b = load_file(tmp_path / "two" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
+def test_a_prompt_file_is_continued_by_the_target(tiny, tmp_path):
+    _, target, tokenizer = tiny
+    lines = [json.dumps({"prompt": "def parse(s):\n    return"}), json.dumps({"prompt": "import json\n"})]
+    data = prepare_data(target, "\n".join(lines), tokenizer, _config(tmp_path / "p", seq_len=16), (2, 3, 4))
+    assert data.input_ids.shape == (2, 16)
+    first = tokenizer("def parse(s):\n    return", add_special_tokens=False)["input_ids"][:8]
+    assert data.input_ids[0, :len(first)].tolist() == first
+    assert data.loss_mask[0, :len(first)].sum() == 0 and bool(data.loss_mask[0, len(first):].all())
+    with pytest.raises(TrainingError, match="line 2"):
+        prepare_data(target, lines[0] + "\n{\"question\": 1}", tokenizer, _config(tmp_path / "q"), (2, 3, 4))
