@@ -32,7 +32,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 from .train import batch_indices
 
 __all__ = ["stdlib_files", "split_modules", "corpus_text", "train_tokenizer", "toy_target_config", "train_target",
-           "EOS"]
+           "EOS", "TOY_DIR", "load_toy", "held_out_prompts"]
+
+TOY_DIR = Path(__file__).parent / "toy_model"  # shipped: target/ (HF directory + tokenizer) and head/
 
 EOS = "<|endoftext|>"
 _SKIP = {"site-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo", "__pycache__", "ensurepip"}
@@ -172,3 +174,34 @@ def train_target(out: str | os.PathLike, *, steps: int = 1800, batch_size: int =
     if log:
         log(f"held-out loss {loss:.3f} nats/token, {metrics['held_out_bits_per_byte']:.3f} bits/byte")
     return out
+
+
+def load_toy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The shipped toy target, its tokenizer and its EAGLE-3 head, offline, by path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .checkpoint import load_draft_head
+
+    target_dir, head_dir = TOY_DIR / "target", TOY_DIR / "head"
+    if not (target_dir / "config.json").exists() or not (head_dir / "config.json").exists():
+        raise FileNotFoundError(f"the toy model is not shipped in {TOY_DIR} (see docs/toy.md to rebuild it)")
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    return target, tokenizer, load_draft_head(head_dir, target)
+
+
+def held_out_prompts(tokenizer, count: int = 8, length: int = 64) -> list[torch.Tensor]:
+    """Prompts from the held-out modules (never trained on): the start of each function
+    definition found there, ``length`` tokens long, the first ``count`` of them."""
+    _, held = split_modules(stdlib_files())
+    prompts = []
+    for path in held:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for start in (i for i in range(len(text)) if text.startswith("\ndef ", i) or text.startswith("\n    def ", i)):
+            ids = tokenizer(text[start + 1:], add_special_tokens=False)["input_ids"][:length]
+            if len(ids) == length:
+                prompts.append(torch.tensor(ids))
+                break
+        if len(prompts) == count:
+            break
+    return prompts
