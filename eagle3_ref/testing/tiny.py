@@ -1,8 +1,8 @@
 """A small target *directory* (tokenizer + random HF Llama), for tests of everything that
 takes a path: training from the command line, loading, the demo.
 
-The tokenizer is a byte-level BPE trained with ``tokenizers`` on the given text, wrapped as
-a ``PreTrainedTokenizerFast``; ``from_pretrained`` of the directory works with plain
+The tokenizer is the toy world's byte-level BPE (:func:`eagle3_ref.toy.train_tokenizer`)
+trained on the given text; ``from_pretrained`` of the directory works with plain
 transformers, offline.
 """
 
@@ -11,21 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
-__all__ = ["train_tokenizer", "make_tiny_target_dir"]
+from eagle3_ref.toy import train_tokenizer
 
-
-def train_tokenizer(text: str, vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """Byte-level BPE over ``text`` (256 byte tokens + merges + specials)."""
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([text], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+__all__ = ["make_tiny_target_dir"]
 
 
 def make_tiny_target_dir(path: str | Path, text: str, *, vocab_size: int = 300, layers: int = 7, hidden: int = 32,
