@@ -35,7 +35,7 @@ def one_run(implementation: str, seq_len: int, steps: int, hidden: int) -> dict:
             "peak_rss_mib": peak / 1024, "increase_mib": (peak - base) / 1024, "seconds": time.perf_counter() - start}
 
 
-def main(seq_len: int = 2048, steps: int = 7, hidden: int = 256) -> list[dict]:
+def main(seq_len: int = 2048, steps: int = 7, hidden: int = 128) -> list[dict]:
     rows = []
     for implementation in ("diagonal", "dense"):
         code = (f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import ttt_memory; "
@@ -52,6 +52,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=7)
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=128, help="head width (128 = the toy head)")
     args = parser.parse_args()
     main(args.seq_len, args.steps, args.hidden)
