@@ -260,13 +260,18 @@ def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: l
 
 @torch.no_grad()
 def evaluate_tau(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], max_new_tokens: int) -> float:
-    """Mean acceptance length over held-out prompts, greedy, the default tree."""
+    """Mean acceptance length over held-out prompts, greedy, the default tree (its branching
+    cut to the draft vocabulary when that has fewer than 10 tokens)."""
     from .generate import speculative_generate
+    from .tree import TreeConfig
 
+    top_k = min(TreeConfig().top_k, head.config.draft_vocab_size)
+    tree = TreeConfig() if top_k == TreeConfig().top_k else TreeConfig(num_nodes=top_k + 1, max_depth=8, top_k=top_k)
     head.eval()
     lengths = []
     for prompt in prompts:
-        out = speculative_generate(target, head, prompt[None].to(target.device), max_new_tokens=max_new_tokens)
+        out = speculative_generate(target, head, prompt[None].to(target.device), max_new_tokens=max_new_tokens,
+                                   tree=tree)
         lengths += out.accepted_lengths
     head.train()
     return sum(lengths) / max(1, len(lengths))
@@ -326,8 +331,9 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
     target.eval().requires_grad_(False)
 
     if config.resume:
-        head = load_draft_head(out / (out / "latest").read_text().strip(), target, dtype=torch.float32)
-        state = torch.load(out / (out / "latest").read_text().strip() / "trainer_state.pt", weights_only=False)
+        checkpoint = out / (out / "latest").read_text().strip()
+        head = load_draft_head(checkpoint, target, dtype=torch.float32)
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     else:
         _barrier()  # every process has checked the directory before process 0 clears it
         if config.overwrite and out.exists() and rank == 0:

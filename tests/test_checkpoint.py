@@ -179,9 +179,9 @@ def test_engine_exports():
 
 
 def test_saved_config_is_llama_style(tmp_path):
-    head = build_draft_head(LLAMA31_8B_HEAD.__class__(**{**LLAMA31_8B_HEAD.to_dict(), "hidden_size": 8,
-                            "intermediate_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1,
-                            "vocab_size": 50, "draft_vocab_size": 10, "head_dim": None}), 0, torch.randn(50, 8))
+    config = Eagle3Config(hidden_size=8, intermediate_size=8, num_attention_heads=2, num_key_value_heads=1,
+                          vocab_size=50, draft_vocab_size=10, rms_norm_eps=1e-5)
+    head = build_draft_head(config, 0, torch.randn(50, 8))
     save_draft_head(head, tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     for field in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "rms_norm_eps",

@@ -218,3 +218,16 @@ def test_a_prompt_file_is_continued_by_the_target(tiny, tmp_path):
     assert data.loss_mask[0, :len(first)].sum() == 0 and bool(data.loss_mask[0, len(first):].all())
     with pytest.raises(TrainingError, match="line 2"):
         prepare_data(target, lines[0] + "\n{\"question\": 1}", tokenizer, _config(tmp_path / "q"), (2, 3, 4))
+
+
+def test_tau_evaluation_with_a_tiny_draft_vocabulary(tiny, tmp_path):
+    # The default tree branches 10 ways: a draft vocabulary of 6 must still be evaluated.
+    from eagle3_ref.train import evaluate_tau
+
+    _, target, tokenizer = tiny
+    config = _config(tmp_path / "v", max_steps=2, draft_vocab_size=6, eval_every=2, eval_max_new_tokens=4)
+    data = prepare_data(target, TRAIN_TEXT[:3000], tokenizer, config, (2, 3, 4))
+    history = []
+    head = train_head(target, data, config, [data.input_ids[0, :8]], log=history.append, progress=False)
+    assert history[-1]["tau"] >= 1.0
+    assert evaluate_tau(target, head, [data.input_ids[1, :8]], 4) >= 1.0
