@@ -7,6 +7,7 @@ subcommands (demo, bench, train, vectors, ...) come with their issues.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from importlib import metadata
@@ -61,6 +62,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _device_dtype(args):
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in the output of our commands
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return device, getattr(torch, args.dtype)
@@ -75,12 +79,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         out_dir=args.out, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
         warmup_steps=args.warmup, ttt_steps=args.ttt_steps, draft_vocab_size=args.draft_vocab_size,
         aux_layer_ids=tuple(int(i) for i in args.aux_layer_ids.split(",")) if args.aux_layer_ids else None,
-        regenerate_prompt_tokens=args.regenerate_prompt_tokens, seed=args.seed, save_every=args.save_every,
+        regenerate_prompt_tokens=args.regenerate_prompt_tokens, max_sequences=args.max_sequences, seed=args.seed, save_every=args.save_every,
         eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir,
     )
     try:  # every check before anything is loaded or written
         if not (Path(args.target) / "config.json").is_file():
             raise TrainingError(f"--target {args.target}: not a Hugging Face model directory (no config.json)")
+        if args.max_sequences is not None and args.max_sequences < 1:
+            raise TrainingError(f"--max-sequences must be at least 1, got {args.max_sequences}")
         if not Path(args.data).is_file():
             raise TrainingError(f"--data {args.data}: no such file")
         _check_out_dir(config)
@@ -99,7 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             layer_ids = validate_aux_layer_ids(config.aux_layer_ids, n) if config.aux_layer_ids else default_aux_layer_ids(n)
         except ValueError as err:
             raise TrainingError(str(err)) from None
-        data = prepare_data(target, Path(args.data).read_text(), tokenizer, config, tuple(layer_ids))
+        data = prepare_data(target, Path(args.data).read_text(), tokenizer, config, tuple(layer_ids),
+                            progress=not args.quiet)
         prompts = []
         if args.eval_data:
             ids = tokenizer(Path(args.eval_data).read_text(), add_special_tokens=False)["input_ids"]
@@ -112,16 +119,176 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tree_config(args):
+    from eagle3_ref.tree import TreeConfig
+
+    if args.chain is not None:
+        return TreeConfig.chain(args.chain)
+    return TreeConfig(num_nodes=args.tree_nodes, max_depth=args.tree_depth, top_k=args.tree_top_k)
+
+
+def _add_decoding_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", help="Hugging Face causal LM directory with its tokenizer (default: the toy target)")
+    p.add_argument("--draft", help="EAGLE-3 head directory, official format (default: the toy head)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from eagle3_ref.demo import DemoError, default_prompt, encode_prompt, load_pair, report, run_demo
+
+    try:
+        tree = _tree_config(args)
+        if args.max_new_tokens < 1:
+            raise DemoError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        if args.prompt is not None and args.prompt_file is not None:
+            raise DemoError("give --prompt or --prompt-file, not both")
+        if args.prompt_file is not None:
+            try:
+                prompt = open(args.prompt_file, encoding="utf-8").read()
+            except OSError as err:
+                raise DemoError(f"--prompt-file {args.prompt_file}: {err.strerror}") from None
+        else:
+            prompt = args.prompt if args.prompt is not None else default_prompt()
+        device, dtype = _device_dtype(args)
+        target, tokenizer, head = load_pair(args.target, args.draft, device, dtype)
+        input_ids = encode_prompt(tokenizer, prompt, args.chat, device)
+        torch.set_grad_enabled(False)
+        result = run_demo(target, tokenizer, head, input_ids, max_new_tokens=args.max_new_tokens, tree=tree,
+                          temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                          plain=not args.no_plain)
+    except (DemoError, ValueError) as err:
+        print(f"eagle3-ref demo: error: {err}", file=sys.stderr)
+        return 2
+    colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+    print(f"eagle3-ref demo: {args.target or 'the toy target'} + {args.draft or 'its EAGLE-3 head'}, "
+          f"{device} {args.dtype}, {input_ids.shape[1]}-token prompt")
+    print("-" * 72)
+    return report(result, tokenizer, tokenizer.decode(input_ids[0]), tree, args.temperature, dtype, colour)
+
+
+def _read_prompts(path: str) -> list[str]:
+    """A prompts file: JSON lines with a "prompt" field, or plain text, one prompt per line."""
+    import json
+
+    from eagle3_ref.demo import DemoError
+
+    try:
+        lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+    except OSError as err:
+        raise DemoError(f"--prompts-file {path}: {err.strerror}") from None
+    if not lines:
+        raise DemoError(f"--prompts-file {path}: no prompts in it")
+    if not lines[0].lstrip().startswith("{"):
+        return lines
+    try:
+        return [json.loads(line)["prompt"] for line in lines]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DemoError(f"--prompts-file {path}: every JSON line needs a \"prompt\" field") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from eagle3_ref import bench
+    from eagle3_ref.demo import DemoError, encode_prompt, load_pair
+    from eagle3_ref.toy import TOY_DIR, held_out_prompts
+
+    try:
+        if args.runs < 1:
+            raise DemoError(f"--runs must be at least 1, got {args.runs}")
+        if args.prompts < 1:
+            raise DemoError(f"--prompts must be at least 1, got {args.prompts}")
+        if args.max_new_tokens < 1:
+            raise DemoError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        try:
+            temperatures = tuple(float(t) for t in args.temperatures.split(","))
+        except ValueError:
+            raise DemoError(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}") from None
+        if any(t < 0 for t in temperatures):
+            raise DemoError(f"--temperatures must be >= 0, got {args.temperatures!r}")
+        device, dtype = _device_dtype(args)
+        target, tokenizer, head = load_pair(args.target, args.draft, device, dtype)
+        assistant_dir = args.assistant or (TOY_DIR / "sps" if args.target is None else None)
+        assistant = None
+        if assistant_dir is not None:
+            if not (Path(assistant_dir) / "config.json").is_file():
+                raise DemoError(f"--assistant {assistant_dir}: not a Hugging Face model directory (no config.json)")
+            from transformers import AutoModelForCausalLM
+
+            assistant = AutoModelForCausalLM.from_pretrained(assistant_dir, dtype=dtype).to(device).eval()
+            if assistant.config.vocab_size != target.config.vocab_size:
+                raise DemoError(f"--assistant {assistant_dir}: vocabulary {assistant.config.vocab_size} differs from "
+                                f"the target's {target.config.vocab_size} (assisted generation needs one tokenizer)")
+        if args.prompts_file:
+            texts = _read_prompts(args.prompts_file)[: args.prompts]
+            prompts = [encode_prompt(tokenizer, t, args.chat, device) for t in texts]
+        else:
+            prompts = [encode_prompt(tokenizer, tokenizer.decode(ids), False, device)
+                       for ids in held_out_prompts(tokenizer, count=args.prompts)] if args.target else \
+                [ids[None].to(device) for ids in held_out_prompts(tokenizer, count=args.prompts)]
+        methods = bench.default_methods(with_sps=assistant is not None)
+        torch.set_grad_enabled(False)
+        log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
+        results = bench.run_bench(target, head, prompts, methods=methods, temperatures=temperatures, runs=args.runs,
+                                  max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                  assistant=assistant, seed=args.seed, progress=log)
+        profile = None if args.no_profile else bench.profile_cycles(
+            target, head, prompts, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id)
+    except (DemoError, ValueError) as err:
+        print(f"eagle3-ref bench: error: {err}", file=sys.stderr)
+        return 2
+    baseline = methods[0].name
+    machine = bench.machine_description(device)
+    lines = [f"Measured on {machine}, {args.dtype}; {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
+             f"{args.runs} runs after a warm-up.", "", bench.markdown_table(results, baseline)]
+    if profile:
+        lines += ["", "Where a greedy cycle of the default tree (60/8/10) goes:", "", bench.profile_table(profile)]
+    lines += [""] + bench.summary_lines(results, baseline)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"machine": machine, "device": str(device), "dtype": args.dtype, "prompts": len(prompts),
+                "max_new_tokens": args.max_new_tokens, "runs": args.runs, "temperatures": list(temperatures),
+                "target": args.target or "toy", "draft": args.draft or "toy", "baseline": baseline,
+                "methods": [{"name": m.name, "kind": m.kind, "tree": m.tree and m.tree.__dict__} for m in methods]}
+        (out / "bench.json").write_text(json.dumps(bench.to_json(results, profile, meta), indent=1))
+        (out / "bench.md").write_text(text + "\n")
+        plotted = bench.plot(results, baseline, out / "bench.png")
+        print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.json'}"
+              + (f", {out / 'bench.png'}" if plotted else " (no plot: pip install matplotlib)"))
+    return 0
+
+
 def cmd_toy_train_target(args: argparse.Namespace) -> int:
     from eagle3_ref.toy import train_target
 
     try:
-        train_target(args.out, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+        train_target(args.out, num_layers=args.layers, tokenizer_dir=args.tokenizer, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                      seed=args.seed, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     except ValueError as err:
         print(f"eagle3-ref toy train-target: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _add_tree_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tree-nodes", type=int, default=60, help="tree nodes including the root (EAGLE total_token)")
+    p.add_argument("--tree-depth", type=int, default=8, help="deepest level, root = 0 (EAGLE depth + 1)")
+    p.add_argument("--tree-top-k", type=int, default=10, help="branching and frontier size")
+    p.add_argument("--chain", type=int, metavar="N", help="draft a chain of N tokens instead of a tree (top_k = 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--aux-layer-ids", help="tapped layers as hidden_states indices, e.g. 2,16,29 (default EAGLE-3's)")
     train.add_argument("--regenerate-prompt-tokens", type=int, default=0,
                        help="self-distillation: the target rewrites each sequence after this many tokens")
+    train.add_argument("--max-sequences", type=int,
+                       help="train on a seeded sample of this many corpus sequences (default: all)")
     train.add_argument("--cache-dir", help="cache the target's features and logits here (safetensors shards)")
     train.add_argument("--save-every", type=int, default=100)
     train.add_argument("--eval-every", type=int, default=0)
@@ -163,10 +332,49 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
+    demo = sub.add_parser("demo", help="decode a prompt speculatively, accepted tokens marked (the main command)",
+                          description="EAGLE-3 speculative decoding of one prompt, shown: accepted draft tokens "
+                                      "marked, tau, tokens/s against plain decoding, and whether the outputs are "
+                                      "equal. With no arguments: the shipped toy pair on a held-out prompt.")
+    _add_decoding_options(demo)
+    demo.add_argument("--prompt", help="prompt text (default: a held-out function from the toy world)")
+    demo.add_argument("--prompt-file", help="read the prompt from this file")
+    demo.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    _add_tree_options(demo)
+    demo.add_argument("--no-plain", action="store_true", help="skip the plain decoding run (no speedup, no equality)")
+    demo.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                      help="mark accepted tokens with colour (auto: when printing to a terminal)")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="tau and speedup of EAGLE-3 against plain decoding and SpS",
+                           description="Acceptance length and speedup as Spec-Bench defines them, on the toy world's "
+                                       "held-out prompts by default: plain transformers generate, the project's plain "
+                                       "loop, assisted generation with a small draft LM (SpS), EAGLE-3 chain, small "
+                                       "tree and default tree, at each temperature. Plus a per-phase cycle profile.")
+    bench.add_argument("--target", help="Hugging Face causal LM directory (default: the toy target)")
+    bench.add_argument("--draft", help="EAGLE-3 head directory (default: the toy head)")
+    bench.add_argument("--assistant", help="draft LM for the SpS baseline (default: the toy's; none for --target)")
+    bench.add_argument("--prompts", type=int, default=8, help="how many prompts (default 8)")
+    bench.add_argument("--prompts-file", help="JSON lines with a \"prompt\" field, or one prompt per line")
+    bench.add_argument("--chat", action="store_true", help="wrap --prompts-file prompts in the chat template")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
+    bench.add_argument("--temperatures", default="0,1", help="comma-separated (default 0,1)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    bench.add_argument("--out", help="write bench.md, bench.json and bench.png here")
+    bench.add_argument("--no-profile", action="store_true", help="skip the per-phase cycle profile")
+    bench.add_argument("--quiet", action="store_true", help="no progress lines")
+    bench.set_defaults(func=cmd_bench)
+
     toy = sub.add_parser("toy", help="the toy world: a small target trained on the Python standard library")
     toy_sub = toy.add_subparsers(dest="toy_command", metavar="TOY_COMMAND", required=True)
     tt = toy_sub.add_parser("train-target", help="train the toy target from scratch (CPU: about an hour; resumable)")
     tt.add_argument("--out", required=True)
+    tt.add_argument("--layers", type=int, default=16,
+                    help="decoder layers (16: the toy target; 2: the small draft LM of the SpS baseline)")
+    tt.add_argument("--tokenizer", help="reuse this directory's tokenizer (a draft LM must share its target's)")
     tt.add_argument("--steps", type=int, default=1600)
     tt.add_argument("--batch-size", type=int, default=16)
     tt.add_argument("--seq-len", type=int, default=256)

@@ -72,8 +72,8 @@ def train_tokenizer(text: str, vocab_size: int = 4096) -> PreTrainedTokenizerFas
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS)
 
 
-def toy_target_config(vocab_size: int, eos_id: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=16,
+def toy_target_config(vocab_size: int, eos_id: int, num_layers: int = 16) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=num_layers,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                        tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=eos_id, eos_token_id=eos_id,
                        pad_token_id=eos_id)
@@ -95,13 +95,21 @@ def held_out_loss(model, tokens: torch.Tensor, seq_len: int, max_sequences: int 
     return sum(losses) / len(losses)
 
 
-def train_target(out: str | os.PathLike, *, steps: int = 1800, batch_size: int = 16, seq_len: int = 256,
+def train_target(out: str | os.PathLike, *, num_layers: int = 16, tokenizer_dir: str | os.PathLike | None = None,
+                 steps: int = 1800, batch_size: int = 16, seq_len: int = 256,
                  lr: float = 2e-3, warmup: int = 100, seed: int = 0, save_every: int = 100, resume: bool = False,
                  overwrite: bool = False, progress: bool = True, log=print,
                  files: tuple[list[Path], list[Path]] | None = None) -> Path:
     """Train the toy target from scratch (or resume). Writes a Hugging Face directory
-    (``from_pretrained`` works with plain transformers) plus ``toy_target.json`` metrics."""
+    (``from_pretrained`` works with plain transformers) plus ``toy_target.json`` metrics.
+
+    ``num_layers=2, tokenizer_dir=<target>`` trains the small draft LM of the SpS baseline
+    (transformers' assisted generation), which must share the target's tokenizer."""
     out = Path(out)
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+    if tokenizer_dir is not None and not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise ValueError(f"tokenizer_dir {tokenizer_dir}: no tokenizer.json there")
     state_file = out / "train_state.pt"
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise ValueError(f"{out} exists and is not empty: pass resume=True (--resume) or overwrite=True (--overwrite)")
@@ -115,12 +123,15 @@ def train_target(out: str | os.PathLike, *, steps: int = 1800, batch_size: int =
     train_files, held_files = files or split_modules(stdlib_files())
     if resume:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(out)
+    elif tokenizer_dir is not None:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+        tokenizer.save_pretrained(out)
     else:
         tokenizer = train_tokenizer(corpus_text(train_files))
         tokenizer.save_pretrained(out)
     train_tokens, held_tokens = _tokens(tokenizer, train_files), _tokens(tokenizer, held_files)
     sequences = train_tokens[: train_tokens.numel() // seq_len * seq_len].view(-1, seq_len)
-    config = toy_target_config(len(tokenizer), tokenizer.eos_token_id)
+    config = toy_target_config(len(tokenizer), tokenizer.eos_token_id, num_layers)
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
@@ -133,7 +144,7 @@ def train_target(out: str | os.PathLike, *, steps: int = 1800, batch_size: int =
         step, history = state["step"], state["history"]
         torch.set_rng_state(state["rng"])
     model.train()
-    bar = tqdm(total=steps, initial=step, disable=not progress, desc="toy target")
+    bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"toy model ({num_layers} layers)")
     start = time.time()
     while step < steps:
         x = sequences[batch_indices(sequences.shape[0], batch_size, step, seed)].long()
@@ -164,7 +175,7 @@ def train_target(out: str | os.PathLike, *, steps: int = 1800, batch_size: int =
         "held_out_bits_per_byte": loss * held_tokens.numel() / held_bytes / math.log(2),
         "train_tokens": int(train_tokens.numel()), "held_out_tokens": int(held_tokens.numel()),
         "train_files": len(train_files), "held_out_files": len(held_files), "steps": steps,
-        "tokens_seen": steps * batch_size * seq_len, "python": sysconfig.get_python_version(), "seed": seed,
+        "tokens_seen": steps * batch_size * seq_len, "num_layers": num_layers, "python": sysconfig.get_python_version(), "seed": seed,
         "held_out_modules": sorted({p.stem if p.parent.name == "python" + sysconfig.get_python_version() else p.parent.name
                                     for p in held_files}),
         "history_every_50": history[::50],

@@ -73,6 +73,7 @@ class TrainConfig:
     draft_vocab_size: int | None = None  # None: the target's vocabulary
     aux_layer_ids: tuple[int, ...] | None = None  # None: EAGLE-3's default (2, N//2, N-3)
     regenerate_prompt_tokens: int = 0  # > 0: self-distillation with prompts of this many tokens
+    max_sequences: int | None = None  # keep this many corpus sequences (a seeded sample); None: all
     seed: int = 0
     save_every: int = 100
     eval_every: int = 0  # 0: no periodic tau evaluation
@@ -108,18 +109,23 @@ def tokenize_corpus(text: str, tokenizer, seq_len: int) -> Tensor:
 
 
 @torch.no_grad()
-def regenerate(target: nn.Module, sequences: Tensor, prompt_tokens: int) -> tuple[Tensor, Tensor]:
+def regenerate(target: nn.Module, sequences: Tensor, prompt_tokens: int, batch_size: int = 64,
+               progress: bool = False) -> tuple[Tensor, Tensor]:
     """Self-distillation: keep each sequence's first ``prompt_tokens`` tokens and let the
-    target write the rest greedily. Returns (input_ids, loss_mask on the written part)."""
+    target write the rest greedily (``batch_size`` sequences per ``generate`` call).
+    Returns (input_ids, loss_mask on the written part)."""
     N, T = sequences.shape
     if not 0 < prompt_tokens < T:
         raise TrainingError(f"regenerate prompt length must be in [1, {T - 1}], got {prompt_tokens}")
-    out = target.generate(sequences[:, :prompt_tokens].to(target.device), do_sample=False, max_new_tokens=T - prompt_tokens,
-                          min_new_tokens=T - prompt_tokens, pad_token_id=0,
-                          attention_mask=torch.ones(N, prompt_tokens, dtype=torch.long, device=target.device))
+    rows = []
+    for start in tqdm(range(0, N, batch_size), disable=not progress, desc="regenerate"):
+        prompts = sequences[start:start + batch_size, :prompt_tokens].to(target.device)
+        rows.append(target.generate(prompts, do_sample=False, max_new_tokens=T - prompt_tokens,
+                                    min_new_tokens=T - prompt_tokens, pad_token_id=0,
+                                    attention_mask=torch.ones_like(prompts)).cpu())
     mask = torch.zeros(N, T, dtype=torch.long)
     mask[:, prompt_tokens:] = 1
-    return out.cpu(), mask
+    return torch.cat(rows), mask
 
 
 @torch.no_grad()
@@ -167,7 +173,7 @@ def read_data_file(text: str, tokenizer) -> tuple[str, list[list[int]]]:
 
 
 def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, layer_ids: tuple[int, ...],
-                 batch_size: int = 8) -> TrainData:
+                 batch_size: int = 8, progress: bool = False) -> TrainData:
     """Tokenise (and optionally regenerate); with ``cache_dir``, run the target once and
     keep features and logits in safetensors shards (reused when they match)."""
     corpus, prompts = read_data_file(text, tokenizer)
@@ -175,8 +181,11 @@ def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, l
         ids, mask = continue_prompts(target, prompts, config.seq_len)
     else:
         ids = tokenize_corpus(corpus, tokenizer, config.seq_len)
+        if config.max_sequences is not None and config.max_sequences < ids.shape[0]:
+            keep = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(config.seed))
+            ids = ids[keep[: config.max_sequences].sort().values]
         if config.regenerate_prompt_tokens:
-            ids, mask = regenerate(target, ids, config.regenerate_prompt_tokens)
+            ids, mask = regenerate(target, ids, config.regenerate_prompt_tokens, progress=progress)
         else:
             mask = torch.ones_like(ids)
         if prompts:
@@ -187,7 +196,8 @@ def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, l
         return data
     cache = Path(config.cache_dir)
     stamp = {"layer_ids": list(layer_ids), "n": ids.shape[0], "seq_len": config.seq_len,
-             "ids_sum": int(ids.sum()), "regenerate": config.regenerate_prompt_tokens}
+             "ids_sum": int(ids.sum()), "regenerate": config.regenerate_prompt_tokens,
+             "max_sequences": config.max_sequences}
     if (cache / "manifest.json").exists() and json.loads((cache / "manifest.json").read_text()) == stamp:
         shards = [load_file(p) for p in sorted(cache.glob("shard_*.safetensors"))]
     else:

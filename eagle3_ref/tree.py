@@ -114,21 +114,28 @@ class DraftTree(NamedTuple):
 
 def tree_buffers(parents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``tree_mask``, ``tree_position_ids``, ``retrieve_indices`` from a parent array in
-    which every parent precedes its children."""
+    which every parent precedes its children.
+
+    The ancestor relation is the transitive closure of "is my parent": starting from
+    ``I + P`` (``P[i, parent(i)] = 1``), each squaring doubles the path length covered, so
+    ``ceil(log2(depth))`` boolean matrix products give the whole mask."""
     n = parents.shape[0]
+    if n > 1 and not bool((parents[1:] < torch.arange(1, n)).all() and (parents[1:] >= 0).all()):
+        raise ValueError("tree_buffers needs every parent before its child (parents[i] < i, root first)")
     mask = torch.eye(n, dtype=torch.bool)
-    depth = torch.zeros(n, dtype=torch.long)
-    for i in range(1, n):
-        p = int(parents[i])
-        mask[i] |= mask[p]  # my ancestors are my parent's ancestors, and my parent
-        depth[i] = depth[p] + 1
+    mask[torch.arange(1, n), parents[1:]] = True
+    while True:  # closure by repeated squaring (in float: bool matmul is not supported everywhere)
+        closed = (mask.float() @ mask.float()) > 0
+        if torch.equal(closed, mask):
+            break
+        mask = closed
+    depth = mask.sum(1) - 1
     has_child = torch.zeros(n, dtype=torch.bool)
     has_child[parents[1:]] = True
-    leaves = (~has_child).nonzero().flatten().tolist()
-    retrieve = torch.full((len(leaves), int(depth.max()) + 1), -1, dtype=torch.long)
-    for row, leaf in enumerate(leaves):
-        path = mask[leaf].nonzero().flatten()  # ancestors in index order = root-to-leaf order
-        retrieve[row, : path.numel()] = path
+    leaves = (~has_child).nonzero().flatten()
+    # a leaf's path = its ancestors in index order (= root-to-leaf order); pad with -1
+    order = torch.where(mask[leaves], torch.arange(n), n).sort(dim=1).values[:, : int(depth.max()) + 1]
+    retrieve = torch.where(order == n, -1, order)
     return mask, depth, retrieve
 
 
@@ -137,7 +144,6 @@ class Pool(NamedTuple):
 
     tokens: list[int]  # draft-vocabulary ids (root: its target id; never re-emitted)
     parents: list[int]
-    scores: list[float | Tensor]
     depths: list[int]
 
     def lineage(self, node: int) -> list[int]:
@@ -154,8 +160,20 @@ Propose = Callable[[list[int], Pool], Tensor]
 
 
 def _best(values: Tensor, k: int) -> Tensor:
-    """Indices of the k largest values; ties to the lower index (deterministic)."""
-    return torch.sort(values, descending=True, stable=True).indices[:k]
+    """Indices of the k largest values along the last dimension, best first; equal values
+    in index order (deterministic, unlike ``torch.topk`` alone).
+
+    ``topk`` finds the k best values fast; only when the k-th value ties with a value left
+    out can ``topk``'s choice of *which* index differ from the lowest-index rule, and then
+    we fall back to a full stable sort. Inside the chosen k, two small stable sorts order
+    them by (value descending, index ascending)."""
+    top = torch.topk(values, k, dim=-1)
+    kth = top.values[..., -1:]
+    if ((values == kth).sum(-1) != (top.values == kth).sum(-1)).any():  # a tie straddles the cut
+        return torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
+    by_index = top.indices.sort(dim=-1).values
+    order = torch.sort(values.gather(-1, by_index), dim=-1, descending=True, stable=True).indices
+    return by_index.gather(-1, order)
 
 
 def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: TreeConfig,
@@ -165,35 +183,39 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
     ``root_logprobs``: ``(V_d,)`` the draft's log-probs after the root. ``propose`` gets
     the frontier's pool ids and returns their children's log-probs ``(k, V_d)``. ``d2t``
     maps draft ids to target ids (None: the same vocabulary).
+
+    One level is a handful of tensor operations (a batched top-k, one add, one top-k over
+    the k^2 children); the pool's Python lists grow by whole levels.
     """
     k = config.top_k
     if k > root_logprobs.shape[-1]:
         raise ValueError(f"TreeConfig.top_k={k} exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
-    pool = Pool([root_token], [-1], [root_logprobs.new_zeros(())], [0])
+    pool = Pool([root_token], [-1], [0])
     first = _best(root_logprobs, k)
-    for t in first.tolist():
-        pool.tokens.append(t), pool.parents.append(0), pool.scores.append(root_logprobs[t]), pool.depths.append(1)
-    frontier = list(range(1, k + 1))
+    score_chunks = [root_logprobs.new_zeros(1), root_logprobs[first]]  # the pool's scores, level by level
+    pool.tokens.extend(first.tolist()), pool.parents.extend([0] * k), pool.depths.extend([1] * k)
+    frontier, frontier_scores = list(range(1, k + 1)), score_chunks[-1]
     for level in range(2, config.max_depth + 1):
         logprobs = propose(frontier, pool)  # (k, V_d)
-        top = torch.stack([_best(row, k) for row in logprobs])  # (k, k) child draft ids
-        cumulative = torch.stack([pool.scores[f] for f in frontier])[:, None] + logprobs.gather(1, top)  # (k, k)
+        top = _best(logprobs, k)  # (k, k) each frontier node's k best children (draft ids)
+        cumulative = (frontier_scores[:, None] + logprobs.gather(1, top)).flatten()  # (k*k,) path scores
         first_child = len(pool.tokens)
-        for r, f in enumerate(frontier):
-            for c in range(k):
-                pool.tokens.append(int(top[r, c])), pool.parents.append(f)
-                pool.scores.append(cumulative[r, c]), pool.depths.append(level)
-        frontier = [first_child + int(i) for i in _best(cumulative.flatten(), k)]
+        pool.tokens.extend(top.flatten().tolist())
+        pool.parents.extend([f for f in frontier for _ in range(k)])
+        pool.depths.extend([level] * (k * k))
+        score_chunks.append(cumulative)
+        best = _best(cumulative, k)  # the next frontier: the k best children of this level
+        frontier, frontier_scores = (first_child + best).tolist(), cumulative[best]
 
-    scores = torch.stack(pool.scores)
+    scores = torch.cat(score_chunks).cpu()
     kept = torch.sort(_best(scores[1:], config.num_nodes - 1) + 1).values  # pool order
     index = torch.full((len(pool.tokens),), -1, dtype=torch.long)
     index[0] = 0
     index[kept] = torch.arange(1, kept.numel() + 1)
-    parents = torch.tensor([-1] + [int(index[pool.parents[i]]) for i in kept.tolist()])
+    parents = torch.cat([torch.tensor([-1]), index[torch.tensor(pool.parents)[kept]]])
     if (parents[1:] < 0).any():  # cannot happen: children never outscore parents
         raise AssertionError("reranking dropped an ancestor")
-    draft_ids = torch.tensor([pool.tokens[i] for i in kept.tolist()], dtype=torch.long)
+    draft_ids = torch.tensor(pool.tokens)[kept]
     if d2t is not None:
         draft_ids = draft_ids + d2t.to(draft_ids.device)[draft_ids]
     tokens = torch.cat([torch.tensor([root_token]), draft_ids])
@@ -224,24 +246,32 @@ def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
         raise ValueError(f"features cover {features.shape[1]} slots, expected T - S = {T} - {S} = {T - S}")
     device = input_ids.device
     prefix = head(input_ids[:, S + 1:], head.fuse(features), torch.arange(S, T, device=device)[None], cache)
-    hidden_of = {0: prefix.hidden[0, -1]}  # pool id -> the head's output hidden at that node
-    scratch = {"cache": prefix.cache, "fed": []}  # tree keys appended after the prefix
+    # What the tree part of the draft's attention needs, kept level by level:
+    scratch = {
+        "cache": prefix.cache,  # the prefix cache + the keys of every node fed so far
+        "fed": torch.zeros(0, dtype=torch.long),  # pool ids of the fed nodes, in cache order
+        "mask": torch.zeros(0, 0, dtype=torch.bool, device=device),  # fed x fed: j is i or i's ancestor
+        "hidden": prefix.hidden[0, -1:],  # the head's output hidden of the last fed level (root first)
+        "level": torch.zeros(1, dtype=torch.long),  # their pool ids
+    }
 
     def propose(frontier: list[int], pool: Pool) -> Tensor:
-        fed = scratch["fed"] + frontier
-        mask = torch.zeros(1, 1, len(frontier), T + len(fed), dtype=torch.bool, device=device)
-        mask[..., :T] = True
-        for r, node in enumerate(frontier):
-            ancestors = set(pool.lineage(node))
-            mask[0, 0, r, T:] = torch.tensor([f in ancestors for f in fed], device=device)
+        k, fed = len(frontier), scratch["fed"]
+        nodes = torch.tensor(frontier)
+        parents = torch.tensor([pool.parents[f] for f in frontier])
+        # each node sees the prefix, its parent's ancestors among the fed nodes, and itself
+        parent_slot = (fed[None, :] == parents[:, None]).to(device)  # (k, F): where the parent sits
+        inherited = (parent_slot.float() @ scratch["mask"].float()) > 0 if fed.numel() else parent_slot
+        rows = torch.cat([inherited, torch.eye(k, dtype=torch.bool, device=device)], dim=1)  # (k, F + k)
+        grown = torch.cat([scratch["mask"], torch.zeros(fed.numel(), k, dtype=torch.bool, device=device)], dim=1)
+        scratch["mask"] = torch.cat([grown, rows], dim=0)
+        mask = torch.cat([torch.ones(k, T, dtype=torch.bool, device=device), rows], dim=1)[None, None]
         ids = torch.tensor([pool.tokens[f] for f in frontier], device=device)
         ids = ids + head.d2t[ids]  # the head embeds target ids
-        out = head(ids[None], torch.stack([hidden_of[pool.parents[f]] for f in frontier])[None],
-                   torch.full((1, len(frontier)), T - 1 + pool.depths[frontier[0]], device=device),
+        hidden = scratch["hidden"][(scratch["level"][None, :] == parents[:, None]).long().argmax(1).to(device)]
+        out = head(ids[None], hidden[None], torch.full((1, k), T - 1 + pool.depths[frontier[0]], device=device),
                    scratch["cache"], mask)
-        scratch["cache"], scratch["fed"] = out.cache, fed
-        for r, f in enumerate(frontier):
-            hidden_of[f] = out.hidden[0, r]
+        scratch.update(cache=out.cache, fed=torch.cat([fed, nodes]), hidden=out.hidden[0], level=nodes)
         return F.log_softmax(out.logits[0].float() if out.logits.dtype in (torch.float16, torch.bfloat16)
                              else out.logits[0], dim=-1)
 

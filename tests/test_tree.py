@@ -62,9 +62,7 @@ def check_invariants(tree, num_nodes: int | None = None):
     assert all(scores[i] <= scores[parents[i]] + 1e-12 for i in range(1, n)), "a child never outscores its parent"
 
 
-@given(config=target_configs(max_layers=3).flatmap(head_configs), seed=seeds, T=st.integers(1, 6), data=st.data())
-def test_builder_equals_brute_force(impl, device, config, seed, T, data):
-    tree_config = data.draw(tree_configs(config.draft_vocab_size))
+def _check_builder(impl, device, config, seed, T, tree_config):
     ref, handle, ids, feats = _head_and_inputs(impl, config, seed, T, device)
     got = impl.build_tree(handle, feats, ids, tree_config.num_nodes, tree_config.max_depth, tree_config.top_k)
     want = build_draft_tree_naive(ref, feats, ids, tree_config)
@@ -74,6 +72,21 @@ def test_builder_equals_brute_force(impl, device, config, seed, T, data):
     for name in ("tree_mask", "tree_position_ids", "retrieve_indices"):
         assert torch.equal(getattr(got, name).cpu(), getattr(want, name)), name
     check_invariants(got, tree_config.num_nodes)
+
+
+@given(config=target_configs(max_layers=3).flatmap(head_configs), seed=seeds, T=st.integers(1, 6), data=st.data())
+def test_builder_equals_brute_force(impl, device, config, seed, T, data):
+    _check_builder(impl, device, config, seed, T, data.draw(tree_configs(config.draft_vocab_size)))
+
+
+@given(config=target_configs(max_layers=3).flatmap(head_configs), seed=seeds, T=st.integers(1, 4))
+def test_deep_whole_pool_equals_brute_force(impl, device, config, seed, T):
+    """Every candidate kept, 5 levels: a level-4 node's draft attention must reach its
+    grandparent and great-grandparent too, not only its parent (a bug the random,
+    mostly shallow trees above rarely exercise)."""
+    k = min(2, config.draft_vocab_size)
+    tree_config = TreeConfig(num_nodes=1 + k + 4 * k * k, max_depth=5, top_k=k)
+    _check_builder(impl, device, config, seed, T, tree_config)
 
 
 @given(parents=trees(max_nodes=16))
@@ -149,3 +162,17 @@ def test_config_errors(kwargs, match):
 def test_top_k_larger_than_draft_vocab_is_an_error():
     with pytest.raises(ValueError, match="exceeds the draft vocabulary"):
         grow_tree(0, torch.log_softmax(torch.randn(3), -1), lambda f, p: None, TreeConfig(num_nodes=4, max_depth=1, top_k=4))
+
+
+@given(rows=st.integers(1, 4), width=st.integers(1, 40), data=st.data())
+def test_best_breaks_ties_by_index(rows, width, data):
+    # Values from a handful of integers (and -inf, as a masked logit): ties everywhere,
+    # including across the k-th place, where torch.topk alone may pick any of the equals.
+    from eagle3_ref.tree import _best
+
+    k = data.draw(st.integers(1, width))
+    values = torch.tensor(data.draw(st.lists(st.lists(st.sampled_from([0.0, -1.0, -2.0, -float("inf")]),
+                                                      min_size=width, max_size=width), min_size=rows, max_size=rows)))
+    got = _best(values, k)
+    for row, chosen in zip(values.tolist(), got.tolist()):
+        assert chosen == sorted(range(width), key=lambda i: (-row[i], i))[:k]

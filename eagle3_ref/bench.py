@@ -1,0 +1,312 @@
+"""``eagle3-ref bench``: acceptance length and speedup, measured as the field measures them.
+
+Definitions (Spec-Bench; the EAGLE papers):
+
+* **tau**, the acceptance length: tokens appended per target forward, accepted drafts plus
+  the bonus token, averaged over decoding cycles (the prefill, which yields one token
+  for every method, is not a cycle). 1.0 for plain decoding. For transformers' assisted
+  generation (whose first target forward already verifies drafts) it is new tokens per
+  target forward, counted with a forward hook.
+* **speedup**: mean tokens/s of a method over mean tokens/s of plain decoding
+  (transformers ``generate``), the same prompts, process, device and dtype, after a
+  warm-up; every run times all methods in turn, so drift hits them alike.
+
+Methods side by side: plain ``generate``; this project's own plain loop (the same loop
+machinery as the speculative one, one token per forward); transformers' assisted
+generation with a small draft LM trained on the same corpus (the field's "SpS"
+baseline); EAGLE-3 as a chain (top_k = 1), with the default dynamic tree and with a
+smaller tree. Where a cycle's time goes is measured for the default tree: the head's
+forwards (drafting), the rest of tree building, the target's verification forward,
+acceptance with cache compaction, and the loop's remaining Python.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .demo import plain_generate
+from .draft_head import Eagle3DraftHead
+from .generate import autoregressive_generate, speculative_generate
+from .tree import TreeConfig
+
+__all__ = ["Method", "default_methods", "run_bench", "profile_cycles", "markdown_table", "machine_description",
+           "plot", "SMALL_TREE"]
+
+SMALL_TREE = TreeConfig(num_nodes=16, max_depth=5, top_k=4)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "hf" (transformers generate), "loop" (our plain loop), "sps" (assisted generation), "eagle3"
+    tree: TreeConfig | None = None
+
+
+def default_methods(with_sps: bool = True) -> list[Method]:
+    methods = [Method("plain (transformers generate)", "hf"), Method("plain (eagle3-ref loop)", "loop")]
+    if with_sps:
+        methods.append(Method("SpS (transformers assisted, 2-layer draft LM)", "sps"))
+    return methods + [
+        Method("EAGLE-3 chain (top_k=1, 7 deep)", "eagle3", TreeConfig.chain(7)),
+        Method(f"EAGLE-3 tree {SMALL_TREE.num_nodes}/{SMALL_TREE.max_depth}/{SMALL_TREE.top_k}", "eagle3", SMALL_TREE),
+        Method("EAGLE-3 tree 60/8/10 (default)", "eagle3", TreeConfig()),
+    ]
+
+
+@dataclass
+class Measurement:
+    method: str
+    temperature: float
+    tokens_per_second: list[float] = field(default_factory=list)  # one per run
+    cycle_lengths: list[int] = field(default_factory=list)  # tokens per target forward, every cycle of every run
+    new_tokens: int = 0
+    target_forwards: int = 0
+
+    @property
+    def tau(self) -> float:
+        if self.cycle_lengths:
+            return sum(self.cycle_lengths) / len(self.cycle_lengths)
+        return self.new_tokens / self.target_forwards if self.target_forwards else 1.0
+
+    @property
+    def mean_tps(self) -> float:
+        return statistics.fmean(self.tokens_per_second)
+
+    @property
+    def std_tps(self) -> float:
+        return statistics.stdev(self.tokens_per_second) if len(self.tokens_per_second) > 1 else 0.0
+
+
+class _ForwardCounter:
+    """Counts a module's forward calls (the target's, inside transformers' generate)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.count = 0
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _generate_once(method: Method, target, head, assistant, prompt: Tensor, max_new_tokens: int, temperature: float,
+                   eos: int | None, seed: int) -> tuple[int, float, list[int], int]:
+    """One generation: (new tokens, seconds, per-cycle lengths, target forwards)."""
+    generator = torch.Generator(device=prompt.device).manual_seed(seed)
+    torch.manual_seed(seed)  # transformers' sampling uses the global generator
+    counter = _ForwardCounter(target) if method.kind in ("hf", "sps") else None
+    start = time.perf_counter()
+    if method.kind in ("hf", "sps"):
+        sequence = plain_generate(target, prompt, max_new_tokens, temperature=temperature, eos_token_id=eos,
+                                  assistant=assistant if method.kind == "sps" else None)
+        lengths = []
+    elif method.kind == "loop":
+        out = autoregressive_generate(target, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                      eos_token_id=eos, generator=generator)
+        sequence, lengths = out.sequences, []
+    else:
+        out = speculative_generate(target, head, prompt, max_new_tokens=max_new_tokens, tree=method.tree,
+                                   temperature=temperature, eos_token_id=eos, generator=generator)
+        sequence, lengths = out.sequences, out.accepted_lengths
+    _sync(prompt.device)
+    seconds = time.perf_counter() - start
+    forwards = 0
+    if counter is not None:
+        forwards = counter.count
+        counter.close()
+    return sequence.shape[1] - prompt.shape[1], seconds, lengths, forwards
+
+
+def run_bench(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], *, methods: list[Method],
+              temperatures: tuple[float, ...] = (0.0, 1.0), runs: int = 3, max_new_tokens: int = 128,
+              eos_token_id: int | None = None, assistant: nn.Module | None = None, seed: int = 0,
+              progress=None) -> list[Measurement]:
+    """Every method at every temperature, ``runs`` times over all ``prompts`` (each ``(1, T)``)."""
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    if not prompts:
+        raise ValueError("no prompts to benchmark")
+    if any(m.kind == "sps" for m in methods) and assistant is None:
+        raise ValueError("the SpS method needs an assistant (draft LM)")
+    results = []
+    for temperature in temperatures:
+        rows = {m.name: Measurement(m.name, temperature) for m in methods}
+        for m in methods:  # warm-up, not timed
+            _generate_once(m, target, head, assistant, prompts[0], min(16, max_new_tokens), temperature, eos_token_id, seed)
+        for run in range(runs):
+            for m in methods:
+                tokens = seconds = 0.0
+                for i, prompt in enumerate(prompts):
+                    n, s, lengths, forwards = _generate_once(m, target, head, assistant, prompt, max_new_tokens,
+                                                             temperature, eos_token_id, seed + 1000 * run + i)
+                    tokens += n
+                    seconds += s
+                    row = rows[m.name]
+                    row.cycle_lengths += lengths
+                    row.new_tokens += n
+                    row.target_forwards += forwards
+                rows[m.name].tokens_per_second.append(tokens / seconds)
+                if progress:
+                    progress(f"T={temperature} run {run + 1}/{runs} {m.name}: {tokens / seconds:.1f} tokens/s")
+        results += rows.values()
+    return results
+
+
+@torch.no_grad()
+def profile_cycles(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], tree: TreeConfig = TreeConfig(),
+                   max_new_tokens: int = 128, eos_token_id: int | None = None) -> dict[str, float]:
+    """Milliseconds per cycle of each part of a greedy cycle, summed over ``prompts``.
+
+    drafting: the head's forwards (timed by wrapping ``head.forward``); tree building: the
+    rest of the draft phase (top-k, pool, masks, buffers); verification: the target's tree
+    forward; acceptance: verification's choice, cache compaction, feature selection;
+    overhead: the loop's remaining Python (wall time minus all of the above and the prefill).
+    """
+    spent = {"head": 0.0}
+    original = head.forward
+
+    def timed_forward(*args, **kwargs):
+        start = time.perf_counter()
+        result = original(*args, **kwargs)
+        _sync(result.logits.device)
+        spent["head"] += time.perf_counter() - start
+        return result
+
+    speculative_generate(target, head, prompts[0], max_new_tokens=16, tree=tree, eos_token_id=eos_token_id)  # warm-up
+    head.forward = timed_forward
+    try:
+        totals = dict.fromkeys(["prefill", "draft", "verify", "accept"], 0.0)
+        wall, cycles = 0.0, 0
+        spent["head"] = 0.0
+        for prompt in prompts:
+            start = time.perf_counter()
+            out = speculative_generate(target, head, prompt, max_new_tokens=max_new_tokens, tree=tree,
+                                       eos_token_id=eos_token_id)
+            wall += time.perf_counter() - start
+            cycles += len(out.accepted_lengths)
+            for k in totals:
+                totals[k] += out.timings[k]
+    finally:
+        del head.forward  # back to the class's method
+    ms = lambda seconds: 1000 * seconds / max(cycles, 1)  # noqa: E731
+    return {
+        "drafting (head forwards)": ms(spent["head"]),
+        "tree building (top-k, pool, masks)": ms(totals["draft"] - spent["head"]),
+        "verification (target forward)": ms(totals["verify"]),
+        "acceptance and cache compaction": ms(totals["accept"]),
+        "Python overhead (loop)": ms(wall - sum(totals.values())),
+        "prefill (once per prompt, per cycle)": ms(totals["prefill"]),
+    }
+
+
+def machine_description(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def markdown_table(results: list[Measurement], baseline: str) -> str:
+    lines = ["| method | temperature | tau | tokens/s (mean ± std over runs) | speedup vs plain |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        base = next(b for b in results if b.method == baseline and b.temperature == r.temperature)
+        lines.append(f"| {r.method} | {r.temperature:g} | {r.tau:.2f} | {r.mean_tps:.1f} ± {r.std_tps:.1f} | "
+                     f"{r.mean_tps / base.mean_tps:.2f}x |")
+    return "\n".join(lines)
+
+
+def profile_table(profile: dict[str, float]) -> str:
+    cycle = sum(v for k, v in profile.items() if not k.startswith("prefill"))
+    lines = ["| part of a cycle | ms per cycle | share |", "|---|---|---|"]
+    for k, v in profile.items():
+        share = "" if k.startswith("prefill") else f"{100 * v / cycle:.0f} %"
+        lines.append(f"| {k} | {v:.2f} | {share} |")
+    lines.append(f"| **cycle** | **{cycle:.2f}** | 100 % |")
+    return "\n".join(lines)
+
+
+def to_json(results: list[Measurement], profile: dict[str, float] | None, meta: dict) -> dict:
+    return {"meta": meta, "profile_ms_per_cycle": profile,
+            "results": [{**asdict(r), "tau": r.tau, "mean_tokens_per_second": r.mean_tps,
+                         "std_tokens_per_second": r.std_tps} for r in results]}
+
+
+def plot(results: list[Measurement], baseline: str, path: str | os.PathLike) -> bool:
+    """Tau distribution (greedy, EAGLE-3 methods) and speedup bars; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    greedy = [r for r in results if r.temperature == 0 and r.cycle_lengths]
+    longest = max((max(r.cycle_lengths) for r in greedy), default=1)
+    width = 0.8 / max(len(greedy), 1)
+    for i, r in enumerate(greedy):
+        counts = [r.cycle_lengths.count(n) / len(r.cycle_lengths) for n in range(1, longest + 1)]
+        left.bar([n + (i - (len(greedy) - 1) / 2) * width for n in range(1, longest + 1)], counts, width,
+                 label=f"{r.method} (tau {r.tau:.2f})")
+    left.set(xlabel="tokens per target forward", ylabel="share of cycles", title="Acceptance length, temperature 0")
+    left.legend(fontsize=7)
+    temperatures = sorted({r.temperature for r in results})
+    names = [r.method for r in results if r.temperature == temperatures[0]]
+    width = 0.8 / len(temperatures)
+    for j, t in enumerate(temperatures):
+        base = next(b for b in results if b.method == baseline and b.temperature == t)
+        rows = [next(r for r in results if r.method == n and r.temperature == t) for n in names]
+        right.barh([i + (j - (len(temperatures) - 1) / 2) * width for i in range(len(names))],
+                   [r.mean_tps / base.mean_tps for r in rows], width,
+                   xerr=[r.std_tps / base.mean_tps for r in rows], label=f"temperature {t:g}")
+    right.axvline(1.0, color="grey", linewidth=0.8)
+    right.set_yticks(range(len(names)), names, fontsize=7)
+    right.set(xlabel="speedup over plain decoding (transformers generate)", title="Speedup")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def summary_lines(results: list[Measurement], baseline: str) -> list[str]:
+    """The issue's bars, checked against what was measured (stated, not asserted)."""
+    out = []
+    for t in sorted({r.temperature for r in results}):
+        rows = {r.method: r for r in results if r.temperature == t}
+        base = rows[baseline].mean_tps
+        eagle = [r for r in rows.values() if r.cycle_lengths]
+        if not eagle:
+            continue
+        best = max(eagle, key=lambda r: r.mean_tps)
+        sps = next((r for r in rows.values() if "SpS" in r.method), None)
+        line = f"temperature {t:g}: best EAGLE-3 is {best.method} at {best.mean_tps / base:.2f}x plain"
+        if sps is not None:
+            line += f", {best.mean_tps / sps.mean_tps:.2f}x SpS"
+        out.append(line)
+    return out
+

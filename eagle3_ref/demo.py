@@ -1,0 +1,228 @@
+"""The main job: ``eagle3-ref demo`` decodes one prompt speculatively and shows its work.
+
+With no arguments it runs the shipped toy pair (``eagle3_ref/toy_model``) on a held-out
+prompt, greedily: the generated code with each cycle's accepted draft tokens marked, the
+acceptance length tau, tokens/s of speculative and of plain decoding (transformers'
+``generate``, the same process, both warmed up) and whether the two outputs are equal.
+``--target``/``--draft`` take any Hugging Face causal LM directory and any EAGLE-3 head in
+the official format.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import load_draft_head
+from .draft_head import Eagle3DraftHead
+from .generate import GenerationOutput, speculative_generate
+from .toy import TOY_DIR, held_out_prompts
+
+__all__ = ["DemoError", "load_pair", "default_prompt", "plain_generate", "mark_cycles", "cycle_spans", "run_demo"]
+
+
+class DemoError(ValueError):
+    """A bad argument of the demo or the benchmark, named in the message."""
+
+
+def load_pair(target: str | os.PathLike | None, draft: str | os.PathLike | None, device: str = "cpu",
+              dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object, Eagle3DraftHead]:
+    """Load a target (HF directory with its tokenizer) and an EAGLE-3 head for it; None
+    means the shipped toy one. Every path and the pair's fit are checked with errors that
+    name the argument."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target_dir = Path(target) if target is not None else TOY_DIR / "target"
+    draft_dir = Path(draft) if draft is not None else TOY_DIR / "head"
+    if target is not None and draft is None:
+        raise DemoError("--target needs --draft: the toy head only fits the toy target")
+    if not target_dir.is_dir():
+        raise DemoError(f"--target {target_dir}: no such directory")
+    if not (target_dir / "config.json").is_file():
+        raise DemoError(f"--target {target_dir}: not a Hugging Face model directory (no config.json)")
+    if not draft_dir.is_dir():
+        raise DemoError(f"--draft {draft_dir}: no such directory")
+    if not (draft_dir / "config.json").is_file():
+        raise DemoError(f"--draft {draft_dir}: not an EAGLE-3 head directory (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds here
+        raise DemoError(f"--target {target_dir}: no usable tokenizer ({str(err).splitlines()[0]})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=dtype).to(device).eval()
+    except Exception as err:  # noqa: BLE001
+        raise DemoError(f"--target {target_dir}: cannot load it as a causal LM ({str(err).splitlines()[0]})") from None
+    try:
+        head = load_draft_head(draft_dir, model)
+    except (ValueError, FileNotFoundError) as err:
+        raise DemoError(f"--draft {draft_dir} does not fit --target {target_dir}: {err}") from None
+    return model, tokenizer, head
+
+
+def default_prompt() -> str:
+    """The first held-out prompt of the toy world (a function definition from a standard
+    library module the toy target never saw), as text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TOY_DIR / "target")
+    return tokenizer.decode(held_out_prompts(tokenizer, count=1)[0])
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool, device) -> Tensor:
+    if not prompt:
+        raise DemoError("--prompt is empty")
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DemoError("--chat: the target's tokenizer has no chat template")
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_dict=False)
+    else:
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    return torch.tensor([ids], device=device)
+
+
+@torch.no_grad()
+def plain_generate(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0,
+                   top_p: float = 1.0, top_k: int = 0, eos_token_id=None, assistant: nn.Module | None = None) -> Tensor:
+    """transformers' own ``generate`` (the baseline), or its assisted generation with a small
+    draft LM (``assistant``, the field's SpS baseline). Returns the full sequence ``(1, T)``."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0, eos_token_id=eos_token_id,
+                              pad_token_id=eos_token_id if eos_token_id is not None else 0,
+                              **({"temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 else {}))
+    return target.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+                           assistant_model=assistant)
+
+
+def cycle_spans(out: GenerationOutput) -> list[tuple[int, int, int]]:
+    """Per target forward, ``(start, accepted_end, end)`` offsets into the new tokens:
+    ``[start, accepted_end)`` are the draft tokens it accepted, ``[accepted_end, end)`` the
+    target's own token (the bonus; absent when generation stopped at an accepted token).
+    The first span is the prefill's one token."""
+    spans, start = [(0, 0, min(1, out.new_tokens.numel()))], 1
+    for length in out.accepted_lengths:
+        end = start + length
+        # length - 1 accepted drafts, then the bonus. (The last cycle may have been cut at
+        # max_new_tokens before its bonus; its last token is shown as the target's all the same.)
+        spans.append((start, end - 1, end))
+        start = end
+    return spans
+
+
+_COLOURS = ("\033[1;32m", "\033[1;36m")  # alternate cycles: green, cyan (bold)
+_RESET, _DIM = "\033[0m", "\033[2m"
+
+
+def mark_cycles(tokenizer, out: GenerationOutput, colour: bool) -> str:
+    """The generated text with each cycle's accepted draft tokens marked: in alternating
+    colours, or (``colour=False``) between ``«`` and ``»``."""
+    ids = out.new_tokens.tolist()
+
+    def text(upto: int) -> str:  # decode prefixes, so multi-token characters come out whole
+        return tokenizer.decode(ids[:upto], skip_special_tokens=False)
+
+    pieces, shown, cycle = [], "", 0
+    for start, accepted_end, end in cycle_spans(out):
+        drafted, own = text(accepted_end)[len(shown):], text(end)[len(text(accepted_end)):]
+        if drafted:
+            pieces.append(f"{_COLOURS[cycle % 2]}{drafted}{_RESET}" if colour else f"«{drafted}»")
+            cycle += 1
+        pieces.append(own)
+        shown = text(end)
+    return "".join(pieces)
+
+
+@dataclass
+class DemoResult:
+    output: GenerationOutput
+    spec_seconds: float
+    plain_sequence: Tensor | None
+    plain_seconds: float | None
+
+    @property
+    def equal(self) -> bool | None:
+        if self.plain_sequence is None:
+            return None
+        return torch.equal(self.output.sequences.cpu(), self.plain_sequence.cpu())
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def run_demo(target: nn.Module, tokenizer, head: Eagle3DraftHead, input_ids: Tensor, *, max_new_tokens: int,
+             tree, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+             plain: bool = True) -> DemoResult:
+    """Warm both up, then one speculative and one plain run of the same prompt."""
+    eos = tokenizer.eos_token_id
+    common = dict(temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos)
+
+    def spec(n):
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed) if temperature > 0 else None
+        return speculative_generate(target, head, input_ids, max_new_tokens=n, tree=tree, generator=generator, **common)
+
+    spec(min(8, max_new_tokens))  # warm-up: first-call allocations and kernel selection
+    if plain:
+        plain_generate(target, input_ids, min(8, max_new_tokens), **common)
+    output, spec_seconds = _timed(lambda: spec(max_new_tokens))
+    plain_sequence = plain_seconds = None
+    if plain:
+        torch.manual_seed(seed)
+        plain_sequence, plain_seconds = _timed(lambda: plain_generate(target, input_ids, max_new_tokens, **common))
+    return DemoResult(output, spec_seconds, plain_sequence, plain_seconds)
+
+
+def report(result: DemoResult, tokenizer, prompt_text: str, tree, temperature: float, dtype: torch.dtype,
+           colour: bool, file=None) -> int:
+    """Print the demo's report; the exit status: 1 when a float32/64 greedy run differs
+    from plain greedy decoding (that would be a bug), else 0."""
+    file = file or sys.stdout
+    out = result.output
+    n_new = out.new_tokens.numel()
+    shape = f"chain of {tree.max_depth}" if tree.top_k == 1 else \
+        f"tree of {tree.num_nodes} nodes, depth {tree.max_depth}, top-k {tree.top_k}"
+    mode = "greedy" if temperature == 0 else f"sampling at temperature {temperature}"
+    print((_DIM if colour else "") + prompt_text + (_RESET if colour else ""), end="", file=file)
+    print(mark_cycles(tokenizer, out, colour), file=file)
+    print("-" * 72, file=file)
+    legend = "coloured" if colour else "between « and »"
+    print(f"{mode}, {shape}. Tokens {legend}: draft tokens the target accepted in one forward; "
+          f"the rest: the target's own token of each forward.", file=file)
+    print(f"tau {out.tau:.2f}: {n_new} new tokens from {len(out.accepted_lengths) + 1} target forwards "
+          f"(the prefill and {len(out.accepted_lengths)} verification cycles)", file=file)
+    spec_rate = n_new / result.spec_seconds
+    line = f"speculative {spec_rate:7.1f} tokens/s"
+    if result.plain_seconds is not None:
+        plain_rate = result.plain_sequence.shape[1] - out.prompt_length
+        plain_rate /= result.plain_seconds
+        line += f"   plain (transformers generate) {plain_rate:7.1f} tokens/s   speedup {spec_rate / plain_rate:.2f}x"
+    print(line, file=file)
+    if result.plain_sequence is None:
+        return 0
+    if temperature > 0:
+        print("sampling: the outputs are samples of the same distribution (verification is lossless), "
+              "not equal strings", file=file)
+        return 0
+    if result.equal:
+        print(f"output equals plain greedy decoding: yes ({n_new} tokens identical)", file=file)
+        return 0
+    plain_new = result.plain_sequence[0, out.prompt_length:].cpu()
+    first = next((i for i, (a, b) in enumerate(zip(out.new_tokens.tolist(), plain_new.tolist())) if a != b),
+                 min(n_new, plain_new.numel()))
+    exact = dtype in (torch.float32, torch.float64)
+    why = "a bug: please report it" if exact else \
+        f"expected now and then in {str(dtype).removeprefix('torch.')}: a tree forward rounds differently from a " \
+        "one-token forward, and a near-tie can flip (docs/testing.md)"
+    print(f"output equals plain greedy decoding: NO, first difference at new token {first} ({why})", file=file)
+    return 1 if exact else 0

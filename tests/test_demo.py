@@ -1,0 +1,121 @@
+"""The main job (``eagle3-ref demo``) and the benchmark (``eagle3-ref bench``) on the toy pair."""
+
+import json
+import re
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers import AutoTokenizer
+
+from eagle3_ref.cli import main
+from eagle3_ref.demo import cycle_spans, mark_cycles
+from eagle3_ref.generate import GenerationOutput
+from eagle3_ref.testing.tiny import make_tiny_target_dir
+from eagle3_ref.toy import TOY_DIR
+
+pytestmark = pytest.mark.demo
+
+ANSI = re.compile(r"\033\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer():
+    return AutoTokenizer.from_pretrained(TOY_DIR / "target")
+
+
+@given(lengths=st.lists(st.integers(1, 6), max_size=12), seed=st.integers(0, 2**16), colour=st.booleans())
+def test_marks_cover_exactly_the_accepted_drafts(toy_tokenizer, lengths, seed, colour):
+    # Bugs caught: a token dropped or repeated at a cycle boundary, a bonus token marked as
+    # accepted, a cycle with no accepted draft given an empty mark.
+    n = 1 + sum(lengths)
+    ids = torch.randint(0, len(toy_tokenizer), (1, 3 + n), generator=torch.Generator().manual_seed(seed))
+    out = GenerationOutput(ids, lengths, {}, 3)
+    text = mark_cycles(toy_tokenizer, out, colour)
+    plain = ANSI.sub("", text) if colour else text.replace("«", "").replace("»", "")
+    assert plain == toy_tokenizer.decode(ids[0, 3:].tolist())
+    spans = cycle_spans(out)
+    assert [end - start for start, _, end in spans] == [1] + lengths
+    assert [accepted - start for start, accepted, _ in spans] == [0] + [length - 1 for length in lengths]
+    marks = re.findall(r"\033\[1;3[26]m(.*?)\033\[0m", text, re.S) if colour else re.findall("«(.*?)»", text, re.S)
+    drafted = ["".join(toy_tokenizer.decode(ids[0, 3 + s:3 + a].tolist())) for s, a, _ in spans if a > s]
+    assert len(marks) == len([d for d in drafted if d])
+
+
+def test_demo_with_no_arguments(capsys):
+    assert main(["demo", "--max-new-tokens", "24", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "«" in out and "»" in out  # accepted drafts marked (piped: plain marks)
+    assert "\033[" not in out
+    assert re.search(r"tau \d\.\d\d: 24 new tokens", out)
+    assert re.search(r"speculative +\d+\.\d tokens/s +plain \(transformers generate\) +\d+\.\d tokens/s", out)
+    assert "output equals plain greedy decoding: yes (24 tokens identical)" in out
+
+
+def test_demo_colour_chain_and_sampling(capsys):
+    assert main(["demo", "--max-new-tokens", "16", "--color", "always", "--chain", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "\033[1;32m" in out and "chain of 4" in out
+    assert main(["demo", "--max-new-tokens", "16", "--temperature", "1", "--top-p", "0.9", "--no-plain",
+                 "--prompt", "def add(a, b):\n"]) == 0
+    out = capsys.readouterr().out
+    assert "sampling at temperature 1.0" in out and "equals" not in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "/nonexistent"], "--target needs --draft"),
+    (["--target", "/nonexistent", "--draft", str(TOY_DIR / "head")], "--target /nonexistent: no such directory"),
+    (["--draft", str(TOY_DIR)], "not an EAGLE-3 head directory"),
+    (["--tree-nodes", "1"], "num_nodes"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--prompt", ""], "--prompt is empty"),
+    (["--prompt", "x", "--prompt-file", "y"], "not both"),
+    (["--chat", "--prompt", "hi"], "no chat template"),
+])
+def test_demo_errors_name_the_argument(argv, message, capsys):
+    assert main(["demo", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_refuses_a_head_of_another_target(tmp_path, capsys):
+    other = make_tiny_target_dir(tmp_path / "other", "def f(x):\n    return x\n" * 50, vocab_size=300)
+    assert main(["demo", "--target", str(other), "--draft", str(TOY_DIR / "head")]) == 2
+    err = capsys.readouterr().err
+    assert f"--draft {TOY_DIR / 'head'} does not fit --target {other}" in err and "vocab" in err
+
+
+def test_bench_writes_table_json_and_plot(tmp_path, capsys):
+    assert main(["bench", "--prompts", "2", "--max-new-tokens", "12", "--runs", "2", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = {(r["method"], r["temperature"]): r for r in data["results"]}
+    names = {m["name"] for m in data["meta"]["methods"]}
+    assert {"plain (transformers generate)", "SpS (transformers assisted, 2-layer draft LM)",
+            "EAGLE-3 tree 60/8/10 (default)"} <= names
+    assert set(rows) == {(n, t) for n in names for t in (0.0, 1.0)}
+    for (name, _), r in rows.items():
+        assert len(r["tokens_per_second"]) == 2 and all(v > 0 for v in r["tokens_per_second"])
+        assert r["new_tokens"] == 2 * 2 * 12  # no EOS within 12 tokens of these prompts
+        if name.startswith("plain"):
+            assert r["tau"] == 1.0
+        elif name.startswith("SpS"):  # counted target forwards, fewer than tokens when drafts are accepted
+            assert 0 < r["target_forwards"] <= r["new_tokens"] and r["tau"] == r["new_tokens"] / r["target_forwards"]
+        else:  # every cycle's tokens add up to the new tokens minus the prefill's one, per prompt and run
+            assert sum(r["cycle_lengths"]) == r["new_tokens"] - 4 and r["tau"] >= 1
+    profile = data["profile_ms_per_cycle"]
+    assert profile["drafting (head forwards)"] > 0 and profile["verification (target forward)"] > 0
+    assert all(v >= 0 for v in profile.values())
+    table = (tmp_path / "bench.md").read_text()
+    assert table.count("\n| ") >= 2 * len(names) and "speedup vs plain" in table and table.strip() in out
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def test_bench_errors(capsys):
+    assert main(["bench", "--runs", "0"]) == 2
+    assert "--runs must be at least 1" in capsys.readouterr().err
+    assert main(["bench", "--temperatures", "0,hot"]) == 2
+    assert "--temperatures" in capsys.readouterr().err
+    assert main(["bench", "--assistant", "/nonexistent"]) == 2
+    assert "--assistant /nonexistent" in capsys.readouterr().err
