@@ -77,3 +77,24 @@ def test_the_shipped_toy_loads_offline_and_drafts_losslessly():
         taus.append(spec.tau)
     # A trained head drafts well: several tokens per target forward on code it never saw.
     assert sum(taus) / len(taus) > 2.0, taus
+
+
+def test_the_sps_draft_lm_recipe_shares_the_target_tokenizer(tmp_path, capsys):
+    from eagle3_ref.toy import TOY_DIR
+
+    train_target(tmp_path / "sps", num_layers=2, tokenizer_dir=TOY_DIR / "target", steps=2, batch_size=2, seq_len=32,
+                 warmup=1, progress=False, log=None, files=_files())
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "sps")
+    mine, theirs = AutoTokenizer.from_pretrained(tmp_path / "sps"), AutoTokenizer.from_pretrained(TOY_DIR / "target")
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(theirs)
+    snippet = "    def close(self):\n        self._closed = True\n"
+    assert mine(snippet)["input_ids"] == theirs(snippet)["input_ids"]
+    with pytest.raises(ValueError, match="num_layers"):
+        train_target(tmp_path / "a", num_layers=0)
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        train_target(tmp_path / "b", tokenizer_dir=tmp_path)
+    # The shipped SpS draft LM is this recipe's output: 2 layers, the target's vocabulary.
+    shipped = AutoModelForCausalLM.from_pretrained(TOY_DIR / "sps")
+    assert shipped.config.num_hidden_layers == 2 and shipped.config.vocab_size == len(theirs)
+    assert main(["toy", "train-target", "--out", str(tmp_path / "c"), "--layers", "0", "--quiet"]) == 2
+    assert "num_layers must be at least 1" in capsys.readouterr().err

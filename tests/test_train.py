@@ -22,7 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from eagle3_ref.checkpoint import load_draft_head
 from eagle3_ref.cli import main
 from eagle3_ref.testing.tiny import make_tiny_target_dir
-from eagle3_ref.train import TrainConfig, TrainingError, prepare_data, target_pass, tokenize_corpus, train_head
+from eagle3_ref.train import (TrainConfig, TrainingError, prepare_data, regenerate, target_pass, tokenize_corpus,
+                              train_head)
 from eagle3_ref.ttt import ttt_forward, ttt_loss
 
 pytestmark = pytest.mark.train
@@ -155,6 +156,20 @@ def test_self_distillation_regenerates_continuations(tiny, tmp_path):
     first = data.input_ids[:1]
     with torch.no_grad():
         assert int(target(first[:, :8]).logits[0, -1].argmax()) == int(first[0, 8])
+    # In batches (the last one partial) it is the same text, in the same order.
+    sequences = tokenize_corpus(TRAIN_TEXT[:3000], tokenizer, 16)
+    batched, _ = regenerate(target, sequences, 8, batch_size=3)
+    assert sequences.shape[0] % 3 and torch.equal(batched, data.input_ids)
+
+
+def test_max_sequences_is_a_seeded_sample_of_the_corpus(tiny, tmp_path):
+    _, target, tokenizer = tiny
+    every = tokenize_corpus(TRAIN_TEXT, tokenizer, 32).tolist()
+    picks = [prepare_data(target, TRAIN_TEXT, tokenizer, _config(tmp_path / "m", max_sequences=5, seed=seed),
+                          (2, 3, 4)).input_ids.tolist() for seed in (0, 0, 1)]
+    assert all(len(p) == 5 and all(row in every for row in p) for p in picks)
+    assert picks[0] == picks[1] != picks[2]
+    assert [every.index(row) for row in picks[0]] == sorted(every.index(row) for row in picks[0])  # corpus order
 
 
 def test_bad_inputs_are_named_and_write_nothing(tiny, tmp_path, capsys):
