@@ -272,6 +272,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_head(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from eagle3_ref.check_head import check_head_dir
+
+    layers = args.target_layers
+    if args.target is not None:
+        config_file = Path(args.target) / "config.json"
+        if not config_file.is_file():
+            print(f"eagle3-ref check-head: error: --target {args.target}: no config.json", file=sys.stderr)
+            return 2
+        raw = json.loads(config_file.read_text())
+        raw = raw.get("text_config") or raw
+        layers = raw.get("num_hidden_layers")
+    if layers is not None and layers < 1:
+        print(f"eagle3-ref check-head: error: --target-layers must be positive, got {layers}", file=sys.stderr)
+        return 2
+    check = check_head_dir(args.dir, layers)
+    print(check.report())
+    return 0 if check.ok else 1
+
+
 def cmd_toy_train_target(args: argparse.Namespace) -> int:
     from eagle3_ref.toy import train_target
 
@@ -367,6 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-profile", action="store_true", help="skip the per-phase cycle profile")
     bench.add_argument("--quiet", action="store_true", help="no progress lines")
     bench.set_defaults(func=cmd_bench)
+
+    ch = sub.add_parser("check-head", help="validate an EAGLE-3 head directory; which layers each engine would tap",
+                        description="Report every problem of an EAGLE-3 head directory (config, keys, shapes, dtypes, "
+                                    "draft vocabulary, layer ids) and where vLLM, SGLang, EAGLE and eagle3-ref would "
+                                    "read its tapped layer ids from. Exit status 1 when there are errors.")
+    ch.add_argument("dir", help="the head directory")
+    group = ch.add_mutually_exclusive_group()
+    group.add_argument("--target-layers", type=int, help="the target's number of decoder layers")
+    group.add_argument("--target", help="the target's directory (only its config.json is read)")
+    ch.set_defaults(func=cmd_check_head)
 
     toy = sub.add_parser("toy", help="the toy world: a small target trained on the Python standard library")
     toy_sub = toy.add_subparsers(dest="toy_command", metavar="TOY_COMMAND", required=True)

@@ -1,0 +1,205 @@
+"""``eagle3-ref check-head DIR``: is this directory an EAGLE-3 head, and who can load it?
+
+Loading (:func:`eagle3_ref.checkpoint.load_draft_head`) stops at the first problem; this
+check reports *all* of them, then says where each engine would read the tapped layer ids
+from and which ids that gives. That is the silent failure of a converted head: a head
+trained on layers ``(1, 15, 28)`` but loaded by an engine that reads its ids from elsewhere
+(or falls back to its default) drafts from the wrong layers and only shows a low tau.
+
+Checked: ``config.json`` (required fields, plain RoPE), the weight file (safetensors or
+``pytorch_model.bin``), the key set against the official one, every shape against the
+config, dtypes (floating weights, integer ``d2t``, bool ``t2d``), the draft vocabulary
+(``d2t`` in range, ``t2d`` count and agreement with ``d2t``), and the layer ids declared
+in each convention (agreeing with each other; in range, with ``--target-layers N``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CONFIG, SAFETENSORS, TORCH_BIN, _read_weights, config_from_dict, expected_shapes
+from .fusion import default_aux_layer_ids, from_convention, validate_aux_layer_ids
+from .vocab import validate_vocab_mapping
+
+__all__ = ["HeadCheck", "check_head_dir", "declared_layer_ids"]
+
+
+@dataclass
+class HeadCheck:
+    path: Path
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+    engines: dict[str, str] = field(default_factory=dict)  # engine -> where its layer ids come from, and which
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def report(self) -> str:
+        lines = [f"EAGLE-3 head check: {self.path}"]
+        lines += [f"  {fact}" for fact in self.facts]
+        lines += [f"  ERROR   {e}" for e in self.errors]
+        lines += [f"  WARNING {w}" for w in self.warnings]
+        if self.engines:
+            lines.append("  tapped layers, as each loader would read them (hidden_states indices):")
+            lines += [f"    {engine:<9} {how}" for engine, how in self.engines.items()]
+        lines.append("  result: " + ("OK" if self.ok else f"{len(self.errors)} error(s)"))
+        return "\n".join(lines)
+
+
+def declared_layer_ids(raw: dict) -> dict[str, tuple[int, ...]]:
+    """The tapped layer ids a config declares, per place, converted to ``hidden_states``
+    indices: ``eagle3_ref`` (this project), ``vllm`` (top-level
+    ``eagle_aux_hidden_state_layer_ids``), ``sglang`` (``eagle_config.…``, one less)."""
+    out = {}
+    ours = (raw.get("eagle3_ref") or {}).get("aux_layer_ids")
+    if ours:
+        out["eagle3_ref"] = tuple(int(i) for i in ours)
+    if raw.get("eagle_aux_hidden_state_layer_ids"):
+        out["vllm"] = tuple(from_convention(raw["eagle_aux_hidden_state_layer_ids"], "vllm"))
+    sglang = (raw.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    if sglang:
+        out["sglang"] = tuple(from_convention(sglang, "sglang"))
+    return out
+
+
+def _some(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_weights(check: HeadCheck, config, state: dict) -> None:
+    shapes = expected_shapes(config)
+    identity = config.draft_vocab_size == config.vocab_size and "d2t" not in state and "t2d" not in state
+    if identity:
+        check.facts.append("no d2t/t2d: the draft vocabulary is the whole target vocabulary (identity mapping)")
+        shapes = {k: v for k, v in shapes.items() if k not in ("d2t", "t2d")}
+    missing = [k for k in shapes if k not in state]
+    unexpected = [k for k in state if k not in shapes]
+    if any(k.startswith("model.layers.") for k in unexpected):
+        check.errors.append("this looks like a whole model (model.layers.*), not an EAGLE-3 head")
+    if missing:
+        check.errors.append(f"missing key(s): {_some(missing)}")
+    if unexpected == ["embed_tokens.weight"]:
+        check.warnings.append("extra key embed_tokens.weight: the official format has no embedding (the head uses "
+                              "the target's); load with ignore_keys=('embed_tokens.weight',)")
+    elif unexpected:
+        check.errors.append(f"unexpected key(s): {_some(unexpected)}")
+    for k, shape in shapes.items():
+        if k not in state:
+            continue
+        t = state[k]
+        if tuple(t.shape) != shape:
+            check.errors.append(f"{k} has shape {list(t.shape)}, the config implies {list(shape)}")
+        elif k == "d2t":
+            if t.dtype not in (torch.int64, torch.int32):
+                check.errors.append(f"d2t must be an integer tensor, got {t.dtype}")
+            elif t.dtype == torch.int32:
+                check.warnings.append("d2t is int32; the official format uses int64")
+        elif k == "t2d":
+            if t.dtype != torch.bool:
+                check.errors.append(f"t2d must be bool, got {t.dtype}")
+        elif not t.is_floating_point():
+            check.errors.append(f"{k} must be floating point, got {t.dtype}")
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for k, t in state.items() if t.is_floating_point()})
+    check.facts.append(f"weights: {len(state)} tensors, dtype {'/'.join(dtypes) or 'none'}")
+    if not identity and "d2t" in state and "t2d" in state and not check.errors:
+        try:
+            validate_vocab_mapping(state["d2t"], state["t2d"], config.vocab_size, config.draft_vocab_size)
+        except ValueError as err:
+            check.errors.append(str(err))
+
+
+def _check_layer_ids(check: HeadCheck, config, raw: dict, target_layers: int | None) -> None:
+    declared = declared_layer_ids(raw)
+    for place, ids in declared.items():
+        check.facts.append(f"layer ids declared ({place}): {list(ids)} as hidden_states indices")
+    if len(set(declared.values())) > 1:
+        check.errors.append(f"the declared layer ids disagree: {declared} (all as hidden_states indices)")
+    if len(declared) == 0 and config.num_aux_layers != 3:
+        check.errors.append(f"the head fuses {config.num_aux_layers} layers but declares no layer ids")
+    default = None
+    if target_layers is not None:
+        try:
+            default = default_aux_layer_ids(target_layers)
+        except ValueError:
+            pass
+        for place, ids in declared.items():
+            try:
+                validate_aux_layer_ids(ids, target_layers)
+            except ValueError as err:
+                check.errors.append(f"layer ids ({place}) do not fit a {target_layers}-layer target: {err}")
+    default_text = f"the default {list(default)}" if default else "the default (2, N//2, N-3)"
+    trained = next(iter(declared.values()), None)
+    where = {"eagle3_ref": "eagle3_ref.aux_layer_ids", "vllm": "top-level eagle_aux_hidden_state_layer_ids",
+             "sglang": "eagle_config.eagle_aux_hidden_state_layer_ids"}
+
+    def reads(*places: str) -> str:  # the first declared place wins, else the default
+        for place in places:
+            if place in declared:
+                return f"{list(declared[place])} from {where[place]}"
+        return f"{default_text} (no {' / '.join(where[p] for p in places)})"
+
+    check.engines = {
+        "EAGLE": f"{default_text} (the official code always taps the default layers)",
+        "vLLM": reads("vllm"),
+        "SGLang": reads("sglang"),
+        "eagle3-ref": reads("eagle3_ref", "vllm", "sglang"),
+    }
+    if trained is not None and (default is None or tuple(trained) != tuple(default)):
+        unknown = " (equal only for the right target depth: pass --target-layers N)" if default is None else ""
+        for name, place in (("vLLM", "vllm"), ("SGLang", "sglang")):
+            if place not in declared:
+                check.warnings.append(f"{name} would tap {default_text}, the head declares {list(trained)}{unknown}; "
+                                      f"to be explicit, export with save_draft_head(head, path, engine={place!r})")
+
+
+def check_head_dir(path: str | os.PathLike, target_layers: int | None = None) -> HeadCheck:
+    """Every problem of a head directory, and how each engine would read its layer ids."""
+    path = Path(path)
+    check = HeadCheck(path)
+    if not path.is_dir():
+        check.errors.append("no such directory")
+        return check
+    if not (path / CONFIG).is_file():
+        check.errors.append(f"no {CONFIG} (not an EAGLE-3 head directory)")
+        return check
+    try:
+        raw = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        check.errors.append(f"{CONFIG} is not JSON: {err.msg} (line {err.lineno})")
+        return check
+    if not isinstance(raw, dict):
+        check.errors.append(f"{CONFIG} must hold a JSON object")
+        return check
+    try:
+        state = _read_weights(path)
+    except FileNotFoundError:
+        check.errors.append(f"no weights: neither {SAFETENSORS} nor {TORCH_BIN}")
+        state = None
+    except Exception as err:  # noqa: BLE001 - a corrupt file can raise anything
+        check.errors.append(f"the weight file cannot be read: {str(err).splitlines()[0]}")
+        state = None
+    num_aux = None
+    if state and "fc.weight" in state:
+        th = raw.get("target_hidden_size") or raw.get("hidden_size")
+        if th and state["fc.weight"].shape[-1] % th == 0:
+            num_aux = state["fc.weight"].shape[-1] // th
+    try:
+        config = config_from_dict(raw, num_aux_layers=num_aux)
+    except ValueError as err:
+        check.errors.append(str(err))
+        return check
+    check.facts.append(
+        f"config: hidden {config.hidden_size}, {config.num_attention_heads} heads / {config.num_key_value_heads} KV, "
+        f"MLP {config.intermediate_size}, target hidden {config.target_hidden_size}, fuses {config.num_aux_layers} "
+        f"layers, vocabulary {config.vocab_size}, draft vocabulary {config.draft_vocab_size}")
+    if state is not None:
+        _check_weights(check, config, state)
+    _check_layer_ids(check, config, raw, target_layers)
+    return check

@@ -1,0 +1,122 @@
+"""``eagle3-ref check-head``: every problem of a head directory reported, none invented."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from eagle3_ref.check_head import check_head_dir, declared_layer_ids
+from eagle3_ref.checkpoint import save_draft_head
+from eagle3_ref.cli import main
+from eagle3_ref.draft_head import Eagle3Config, Eagle3DraftHead
+from eagle3_ref.toy import TOY_DIR
+from eagle3_ref.vocab import build_vocab_mapping
+
+pytestmark = pytest.mark.checkpoint
+
+CONFIG = Eagle3Config(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1,
+                      vocab_size=40, draft_vocab_size=24, aux_layer_ids=(1, 5, 9))
+
+
+def _head_dir(tmp_path, name="head", engine=None, config=CONFIG):
+    torch.manual_seed(0)
+    head = Eagle3DraftHead(config)
+    if config.draft_vocab_size < config.vocab_size:
+        mapping = build_vocab_mapping(torch.arange(config.vocab_size, 0, -1), config.draft_vocab_size)
+        head.d2t.copy_(mapping.d2t)
+        head.t2d.copy_(mapping.t2d)
+    return save_draft_head(head, tmp_path / name, engine=engine, num_target_layers=12)
+
+
+def _edit(path, weights=None, config=None):
+    if weights:
+        state = load_file(path / "model.safetensors")
+        weights(state)
+        save_file(state, path / "model.safetensors")
+    if config:
+        raw = json.loads((path / "config.json").read_text())
+        config(raw)
+        (path / "config.json").write_text(json.dumps(raw))
+    return path
+
+
+def test_a_saved_head_is_clean_and_its_ids_are_read_per_engine(tmp_path):
+    for engine, place in ((None, "eagle3_ref"), ("vllm", "vllm"), ("sglang", "sglang")):
+        check = check_head_dir(_head_dir(tmp_path, f"h-{engine}", engine), target_layers=12)
+        declared = declared_layer_ids(json.loads((check.path / "config.json").read_text()))
+        assert check.ok and declared == {"eagle3_ref": (1, 5, 9), place: (1, 5, 9)}  # exports keep our block too
+        assert "[1, 5, 9] from" in check.engines["eagle3-ref"]
+        # (1, 5, 9) is not the 12-layer default (2, 6, 9): an engine that reads no ids would tap the wrong layers.
+        for name, own in (("vLLM", "vllm"), ("SGLang", "sglang")):
+            assert ("[1, 5, 9] from" in check.engines[name]) == (own == place)
+            assert any(w.startswith(f"{name} would tap the default [2, 6, 9]") for w in check.warnings) == (own != place)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = _head_dir(tmp_path)
+
+    def corrupt(state):
+        del state["norm.weight"]
+        state["fc.weight"] = state["fc.weight"][:, :-1].contiguous()
+        state["t2d"] = state["t2d"].to(torch.uint8)
+        state["extra.bias"] = torch.zeros(3)
+
+    check = check_head_dir(_edit(path, weights=corrupt), target_layers=12)
+    text = "\n".join(check.errors)
+    assert len(check.errors) == 4, check.errors
+    for expected in ("missing key(s): norm.weight", "unexpected key(s): extra.bias", "fc.weight has shape [16, 47]",
+                     "t2d must be bool"):
+        assert expected in text
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (dict(weights=lambda s: s.__setitem__("d2t", s["d2t"] + 100)), "d2t points outside the target vocabulary"),
+    (dict(weights=lambda s: s.__setitem__("t2d", torch.ones(40, dtype=torch.bool))), "t2d marks 40 tokens"),
+    (dict(weights=lambda s: s.__setitem__("d2t", s["d2t"].float())), "d2t must be an integer tensor"),
+    (dict(weights=lambda s: s.__setitem__("lm_head.weight", s["lm_head.weight"].long())), "must be floating point"),
+    (dict(config=lambda c: c.pop("hidden_size")), "required field 'hidden_size' is missing"),
+    (dict(config=lambda c: c.update(rope_scaling={"rope_type": "yarn"})), "rope scaling 'yarn'"),
+    (dict(config=lambda c: c.update(eagle_aux_hidden_state_layer_ids=[2, 6, 9])), "the declared layer ids disagree"),
+    (dict(config=lambda c: c["eagle3_ref"].update(aux_layer_ids=[1, 5, 12])), "do not fit a 12-layer target"),
+])
+def test_each_defect_is_named(tmp_path, edit, expected):
+    check = check_head_dir(_edit(_head_dir(tmp_path), **edit), target_layers=12)
+    assert not check.ok and any(expected in e for e in check.errors), check.errors
+
+
+def test_directory_level_problems(tmp_path):
+    assert check_head_dir(tmp_path / "nope").errors == ["no such directory"]
+    assert "no config.json" in check_head_dir(tmp_path).errors[0]
+    path = _head_dir(tmp_path)
+    (path / "config.json").write_text("{not json")
+    assert "config.json is not JSON" in check_head_dir(path).errors[0]
+    path = _head_dir(tmp_path, "w")
+    (path / "model.safetensors").unlink()
+    assert any("no weights" in e for e in check_head_dir(path).errors)
+    (path / "model.safetensors").write_bytes(b"garbage")
+    assert any("cannot be read" in e for e in check_head_dir(path).errors)
+    whole_model = check_head_dir(TOY_DIR / "target")
+    assert "this looks like a whole model (model.layers.*), not an EAGLE-3 head" in whole_model.errors
+    assert "and 140 more" in "\n".join(whole_model.errors)  # long key lists are cut
+
+
+def test_an_extra_embedding_and_an_identity_vocabulary(tmp_path):
+    full = Eagle3Config(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1,
+                        vocab_size=40)
+    path = _edit(_head_dir(tmp_path, config=full), weights=lambda s: (
+        s.pop("d2t"), s.pop("t2d"), s.__setitem__("embed_tokens.weight", torch.zeros(40, 16))))
+    check = check_head_dir(path, target_layers=12)
+    assert check.ok, check.errors
+    assert any("embed_tokens.weight" in w for w in check.warnings)
+    assert any("identity mapping" in f for f in check.facts)
+
+
+def test_the_command(tmp_path, capsys):
+    assert main(["check-head", str(TOY_DIR / "head"), "--target", str(TOY_DIR / "target")]) == 0
+    out = capsys.readouterr().out
+    assert "result: OK" in out and "WARNING" not in out and "the default [2, 8, 13]" in out
+    assert main(["check-head", str(TOY_DIR / "target")]) == 1
+    assert "ERROR" in capsys.readouterr().out
+    assert main(["check-head", str(TOY_DIR / "head"), "--target", str(tmp_path)]) == 2
+    assert "--target" in capsys.readouterr().err
