@@ -39,3 +39,19 @@ def test_ttt_memory_example_runs_small():
 
     rows = ttt_memory.main(seq_len=32, steps=3, hidden=16)
     assert [r["implementation"] for r in rows] == ["diagonal", "dense"]
+
+
+def test_readme_lists_every_pytest_marker():
+    import tomllib
+
+    markers = [m.split(":")[0] for m in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]]
+    readme = (ROOT / "README.md").read_text()
+    assert [m for m in markers if f"`{m}`" not in readme] == []
+
+
+def test_readme_documents_every_command():
+    from eagle3_ref.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    readme = (ROOT / "README.md").read_text()
+    assert [c for c in sub.choices if f"eagle3-ref {c}" not in readme] == []
