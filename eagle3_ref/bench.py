@@ -37,10 +37,10 @@ from .draft_head import Eagle3DraftHead
 from .generate import autoregressive_generate, speculative_generate
 from .tree import TreeConfig
 
-__all__ = ["Method", "default_methods", "run_bench", "profile_cycles", "markdown_table", "machine_description",
-           "plot", "SMALL_TREE"]
+__all__ = ["Method", "default_methods", "run_bench", "profile_cycles", "forward_costs", "markdown_table",
+           "profile_table", "costs_table", "machine_description", "plot", "SMALL_TREE"]
 
-SMALL_TREE = TreeConfig(num_nodes=16, max_depth=5, top_k=4)
+SMALL_TREE = TreeConfig(num_nodes=24, max_depth=6, top_k=4)
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,49 @@ def profile_cycles(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tenso
     }
 
 
+@torch.no_grad()
+def forward_costs(target: nn.Module, head: Eagle3DraftHead, sizes: tuple[int, ...] = (1, 8, 16, 60),
+                  prefix: int = 128, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds of one target forward over ``n`` new tokens after a ``prefix``-token
+    cache (what verifying an ``n``-node tree costs), and of one head forward over 10
+    tokens: the two prices a cycle pays. On a GPU a big target's forward costs about the
+    same for 1 and 60 tokens (memory-bound); on a CPU it grows with ``n``."""
+    from transformers import DynamicCache
+
+    from .generate import compact_cache, tree_attention_mask
+
+    device = next(target.parameters()).device
+    dtype = next(target.parameters()).dtype
+    ids = torch.randint(0, target.config.vocab_size, (1, prefix + max(sizes)), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
+    out = {}
+
+    def clock(fn) -> float:
+        fn()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        _sync(device)
+        return 1000 * (time.perf_counter() - start) / repeats
+
+    for n in sizes:
+        cache = DynamicCache(config=target.config)
+        target(input_ids=ids[:, :prefix], past_key_values=cache, use_cache=True)
+        mask = tree_attention_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril(), prefix, dtype)
+        position_ids = torch.arange(prefix, prefix + n, device=device)[None]
+
+        def verify():
+            target(input_ids=ids[:, prefix:prefix + n], past_key_values=cache, use_cache=True, attention_mask=mask,
+                   position_ids=position_ids, output_hidden_states=True)
+            compact_cache(cache, prefix, [])  # back to the prefix (Cache.crop's meaning differs across versions)
+
+        out[f"target forward, {n} token{'s' if n > 1 else ''}"] = clock(verify)
+    hidden = torch.zeros(1, 10, head.config.hidden_size, device=device, dtype=head.fc.weight.dtype)
+    out["head forward, 10 tokens"] = clock(lambda: head(ids[:, :10], hidden, torch.arange(10, device=device)[None]))
+    return out
+
+
 def machine_description(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
@@ -249,8 +292,13 @@ def profile_table(profile: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def to_json(results: list[Measurement], profile: dict[str, float] | None, meta: dict) -> dict:
-    return {"meta": meta, "profile_ms_per_cycle": profile,
+def costs_table(costs: dict[str, float]) -> str:
+    return "\n".join(["| one forward | ms |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in costs.items()])
+
+
+def to_json(results: list[Measurement], profile: dict[str, float] | None, meta: dict,
+            costs: dict[str, float] | None = None) -> dict:
+    return {"meta": meta, "profile_ms_per_cycle": profile, "forward_costs_ms": costs,
             "results": [{**asdict(r), "tau": r.tau, "mean_tokens_per_second": r.mean_tps,
                          "std_tokens_per_second": r.std_tps} for r in results]}
 

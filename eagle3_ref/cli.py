@@ -160,10 +160,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device, dtype = _device_dtype(args)
         target, tokenizer, head = load_pair(args.target, args.draft, device, dtype)
         input_ids = encode_prompt(tokenizer, prompt, args.chat, device)
-        torch.set_grad_enabled(False)
-        result = run_demo(target, tokenizer, head, input_ids, max_new_tokens=args.max_new_tokens, tree=tree,
-                          temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                          plain=not args.no_plain)
+        with torch.no_grad():  # not set_grad_enabled(False): main() may run inside a larger program
+            result = run_demo(target, tokenizer, head, input_ids, max_new_tokens=args.max_new_tokens, tree=tree,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                              plain=not args.no_plain)
     except (DemoError, ValueError) as err:
         print(f"eagle3-ref demo: error: {err}", file=sys.stderr)
         return 2
@@ -226,7 +226,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 raise DemoError(f"--assistant {assistant_dir}: not a Hugging Face model directory (no config.json)")
             from transformers import AutoModelForCausalLM
 
-            assistant = AutoModelForCausalLM.from_pretrained(assistant_dir, dtype=dtype).to(device).eval()
+            try:
+                assistant = AutoModelForCausalLM.from_pretrained(assistant_dir, dtype=dtype).to(device).eval()
+            except Exception as err:  # noqa: BLE001 - transformers raises many kinds here
+                raise DemoError(f"--assistant {assistant_dir}: cannot load it ({str(err).splitlines()[0]})") from None
             if assistant.config.vocab_size != target.config.vocab_size:
                 raise DemoError(f"--assistant {assistant_dir}: vocabulary {assistant.config.vocab_size} differs from "
                                 f"the target's {target.config.vocab_size} (assisted generation needs one tokenizer)")
@@ -238,13 +241,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        for ids in held_out_prompts(tokenizer, count=args.prompts)] if args.target else \
                 [ids[None].to(device) for ids in held_out_prompts(tokenizer, count=args.prompts)]
         methods = bench.default_methods(with_sps=assistant is not None)
-        torch.set_grad_enabled(False)
         log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
-        results = bench.run_bench(target, head, prompts, methods=methods, temperatures=temperatures, runs=args.runs,
-                                  max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                  assistant=assistant, seed=args.seed, progress=log)
-        profile = None if args.no_profile else bench.profile_cycles(
-            target, head, prompts, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id)
+        with torch.no_grad():
+            results = bench.run_bench(target, head, prompts, methods=methods, temperatures=temperatures,
+                                      runs=args.runs, max_new_tokens=args.max_new_tokens,
+                                      eos_token_id=tokenizer.eos_token_id, assistant=assistant, seed=args.seed,
+                                      progress=log)
+            profile = costs = None
+            if not args.no_profile:
+                profile = bench.profile_cycles(target, head, prompts, max_new_tokens=args.max_new_tokens,
+                                               eos_token_id=tokenizer.eos_token_id)
+                costs = bench.forward_costs(target, head)
     except (DemoError, ValueError) as err:
         print(f"eagle3-ref bench: error: {err}", file=sys.stderr)
         return 2
@@ -253,7 +260,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     lines = [f"Measured on {machine}, {args.dtype}; {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
              f"{args.runs} runs after a warm-up.", "", bench.markdown_table(results, baseline)]
     if profile:
-        lines += ["", "Where a greedy cycle of the default tree (60/8/10) goes:", "", bench.profile_table(profile)]
+        lines += ["", "Where a greedy cycle of the default tree (60/8/10) goes:", "", bench.profile_table(profile),
+                  "", "What one forward costs (after a 128-token prefix):", "", bench.costs_table(costs)]
     lines += [""] + bench.summary_lines(results, baseline)
     text = "\n".join(lines)
     print(text)
@@ -264,7 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "max_new_tokens": args.max_new_tokens, "runs": args.runs, "temperatures": list(temperatures),
                 "target": args.target or "toy", "draft": args.draft or "toy", "baseline": baseline,
                 "methods": [{"name": m.name, "kind": m.kind, "tree": m.tree and m.tree.__dict__} for m in methods]}
-        (out / "bench.json").write_text(json.dumps(bench.to_json(results, profile, meta), indent=1))
+        (out / "bench.json").write_text(json.dumps(bench.to_json(results, profile, meta, costs), indent=1))
         (out / "bench.md").write_text(text + "\n")
         plotted = bench.plot(results, baseline, out / "bench.png")
         print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.json'}"

@@ -68,7 +68,8 @@ def compact_cache(cache: DynamicCache, prefix_len: int, keep: Sequence[int]) -> 
     """Keep the ``prefix_len`` prefix slots and the tree nodes ``keep`` (in that order);
     drop the other tree nodes' keys and values. In place, on the target's own cache."""
     device = cache.layers[0].keys.device
-    index = torch.cat([torch.arange(prefix_len, device=device), prefix_len + torch.tensor(list(keep), device=device)])
+    index = torch.cat([torch.arange(prefix_len, device=device),
+                       prefix_len + torch.tensor(list(keep), dtype=torch.long, device=device)])
     for layer in cache.layers:
         layer.keys = layer.keys.index_select(-2, index)
         layer.values = layer.values.index_select(-2, index)

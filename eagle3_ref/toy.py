@@ -32,7 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 from .train import batch_indices
 
 __all__ = ["stdlib_files", "split_modules", "corpus_text", "train_tokenizer", "toy_target_config", "train_target",
-           "EOS", "TOY_DIR", "load_toy", "held_out_prompts"]
+           "EOS", "TOY_DIR", "load_toy", "load_toy_sps", "held_out_prompts"]
 
 TOY_DIR = Path(__file__).parent / "toy_model"  # shipped: target/ (HF directory + tokenizer) and head/
 
@@ -199,6 +199,16 @@ def load_toy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.floa
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     return target, tokenizer, load_draft_head(head_dir, target)
+
+
+def load_toy_sps(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The shipped 2-layer draft LM of the SpS baseline (the toy target's tokenizer), for
+    transformers' assisted generation: ``target.generate(..., assistant_model=sps)``."""
+    from transformers import AutoModelForCausalLM
+
+    if not (TOY_DIR / "sps" / "config.json").exists():
+        raise FileNotFoundError(f"the SpS draft LM is not shipped in {TOY_DIR / 'sps'} (see docs/toy.md to rebuild it)")
+    return AutoModelForCausalLM.from_pretrained(TOY_DIR / "sps", dtype=dtype).to(device).eval()
 
 
 def held_out_prompts(tokenizer, count: int = 8, length: int = 64) -> list[torch.Tensor]:

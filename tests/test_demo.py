@@ -107,6 +107,9 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     profile = data["profile_ms_per_cycle"]
     assert profile["drafting (head forwards)"] > 0 and profile["verification (target forward)"] > 0
     assert all(v >= 0 for v in profile.values())
+    costs = data["forward_costs_ms"]
+    assert set(costs) == {"target forward, 1 token", "target forward, 8 tokens", "target forward, 16 tokens",
+                          "target forward, 60 tokens", "head forward, 10 tokens"} and min(costs.values()) > 0
     table = (tmp_path / "bench.md").read_text()
     assert table.count("\n| ") >= 2 * len(names) and "speedup vs plain" in table and table.strip() in out
     assert (tmp_path / "bench.png").stat().st_size > 10_000
@@ -119,3 +122,13 @@ def test_bench_errors(capsys):
     assert "--temperatures" in capsys.readouterr().err
     assert main(["bench", "--assistant", "/nonexistent"]) == 2
     assert "--assistant /nonexistent" in capsys.readouterr().err
+
+
+def test_the_commands_leave_autograd_as_they_found_it(capsys):
+    # main() runs inside other programs (and this test suite): a global
+    # torch.set_grad_enabled(False) would break every later backward pass.
+    assert torch.is_grad_enabled()
+    assert main(["demo", "--max-new-tokens", "4", "--no-plain"]) == 0
+    assert main(["bench", "--prompts", "1", "--max-new-tokens", "4", "--runs", "1", "--temperatures", "0",
+                 "--no-profile", "--quiet"]) == 0
+    assert torch.is_grad_enabled()

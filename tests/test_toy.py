@@ -94,7 +94,9 @@ def test_the_sps_draft_lm_recipe_shares_the_target_tokenizer(tmp_path, capsys):
     with pytest.raises(ValueError, match="no tokenizer.json"):
         train_target(tmp_path / "b", tokenizer_dir=tmp_path)
     # The shipped SpS draft LM is this recipe's output: 2 layers, the target's vocabulary.
-    shipped = AutoModelForCausalLM.from_pretrained(TOY_DIR / "sps")
+    from eagle3_ref.toy import load_toy_sps
+
+    shipped = load_toy_sps()
     assert shipped.config.num_hidden_layers == 2 and shipped.config.vocab_size == len(theirs)
     assert main(["toy", "train-target", "--out", str(tmp_path / "c"), "--layers", "0", "--quiet"]) == 2
     assert "num_layers must be at least 1" in capsys.readouterr().err
