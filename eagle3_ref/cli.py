@@ -127,13 +127,11 @@ def _tree_config(args):
     return TreeConfig(num_nodes=args.tree_nodes, max_depth=args.tree_depth, top_k=args.tree_top_k)
 
 
-def _add_decoding_options(p: argparse.ArgumentParser) -> None:
+def _add_pair_options(p: argparse.ArgumentParser) -> None:
+    """Options demo and bench share: the pair, the length, the seed, device and dtype."""
     p.add_argument("--target", help="Hugging Face causal LM directory with its tokenizer (default: the toy target)")
     p.add_argument("--draft", help="EAGLE-3 head directory, official format (default: the toy head)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
@@ -367,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="EAGLE-3 speculative decoding of one prompt, shown: accepted draft tokens "
                                       "marked, tau, tokens/s against plain decoding, and whether the outputs are "
                                       "equal. With no arguments: the shipped toy pair on a held-out prompt.")
-    _add_decoding_options(demo)
+    _add_pair_options(demo)
+    demo.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    demo.add_argument("--top-p", type=float, default=1.0)
+    demo.add_argument("--top-k", type=int, default=0, help="0 = off")
     demo.add_argument("--prompt", help="prompt text (default: a held-out function from the toy world)")
     demo.add_argument("--prompt-file", help="read the prompt from this file")
     demo.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
@@ -382,18 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "held-out prompts by default: plain transformers generate, the project's plain "
                                        "loop, assisted generation with a small draft LM (SpS), EAGLE-3 chain, small "
                                        "tree and default tree, at each temperature. Plus a per-phase cycle profile.")
-    bench.add_argument("--target", help="Hugging Face causal LM directory (default: the toy target)")
-    bench.add_argument("--draft", help="EAGLE-3 head directory (default: the toy head)")
+    _add_pair_options(bench)
     bench.add_argument("--assistant", help="draft LM for the SpS baseline (default: the toy's; none for --target)")
     bench.add_argument("--prompts", type=int, default=8, help="how many prompts (default 8)")
     bench.add_argument("--prompts-file", help="JSON lines with a \"prompt\" field, or one prompt per line")
     bench.add_argument("--chat", action="store_true", help="wrap --prompts-file prompts in the chat template")
-    bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
     bench.add_argument("--temperatures", default="0,1", help="comma-separated (default 0,1)")
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     bench.add_argument("--out", help="write bench.md, bench.json and bench.png here")
     bench.add_argument("--no-profile", action="store_true", help="skip the per-phase cycle profile")
     bench.add_argument("--quiet", action="store_true", help="no progress lines")

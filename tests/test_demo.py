@@ -39,8 +39,7 @@ def test_marks_cover_exactly_the_accepted_drafts(toy_tokenizer, lengths, seed, c
     assert [end - start for start, _, end in spans] == [1] + lengths
     assert [accepted - start for start, accepted, _ in spans] == [0] + [length - 1 for length in lengths]
     marks = re.findall(r"\033\[1;3[26]m(.*?)\033\[0m", text, re.S) if colour else re.findall("«(.*?)»", text, re.S)
-    drafted = ["".join(toy_tokenizer.decode(ids[0, 3 + s:3 + a].tolist())) for s, a, _ in spans if a > s]
-    assert len(marks) == len([d for d in drafted if d])
+    assert len(marks) == sum(accepted > start for start, accepted, _ in spans)  # one mark per cycle with drafts
 
 
 def test_demo_with_no_arguments(capsys):
@@ -132,3 +131,24 @@ def test_the_commands_leave_autograd_as_they_found_it(capsys):
     assert main(["bench", "--prompts", "1", "--max-new-tokens", "4", "--runs", "1", "--temperatures", "0",
                  "--no-profile", "--quiet"]) == 0
     assert torch.is_grad_enabled()
+
+
+def test_a_difference_from_plain_decoding_is_reported(toy_tokenizer):
+    # The equality line must come from comparing the two outputs, and a float32 difference
+    # is a failure (exit 1), while a bfloat16 one is explained (exit 0).
+    import io
+
+    from eagle3_ref.demo import DemoResult, report
+    from eagle3_ref.tree import TreeConfig
+
+    out = GenerationOutput(torch.tensor([[5, 6, 7, 8, 9]]), [2, 1], {}, 2)
+    same, other = out.sequences.clone(), torch.tensor([[5, 6, 7, 8, 1]])
+    for plain, dtype, status, line in [
+        (same, torch.float32, 0, "output equals plain greedy decoding: yes (3 tokens identical)"),
+        (other, torch.float32, 1, "NO, first difference at new token 2 (a bug"),
+        (other, torch.bfloat16, 0, "NO, first difference at new token 2 (expected now and then in bfloat16"),
+    ]:
+        text = io.StringIO()
+        assert report(DemoResult(out, 1.0, plain, 1.0), toy_tokenizer, "", TreeConfig(), 0.0, dtype, False, text) \
+            == status
+        assert line in text.getvalue()
