@@ -234,10 +234,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.prompts_file:
             texts = _read_prompts(args.prompts_file)[: args.prompts]
             prompts = [encode_prompt(tokenizer, t, args.chat, device) for t in texts]
-        else:
-            prompts = [encode_prompt(tokenizer, tokenizer.decode(ids), False, device)
-                       for ids in held_out_prompts(tokenizer, count=args.prompts)] if args.target else \
-                [ids[None].to(device) for ids in held_out_prompts(tokenizer, count=args.prompts)]
+        else:  # the toy world's held-out code, in the target's tokenizer
+            prompts = [ids[None].to(device) for ids in held_out_prompts(tokenizer, count=args.prompts)]
+            if args.target:  # another model: re-encode, so its tokenizer adds its special tokens (BOS)
+                prompts = [encode_prompt(tokenizer, tokenizer.decode(ids[0]), False, device) for ids in prompts]
         methods = bench.default_methods(with_sps=assistant is not None)
         log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
         with torch.no_grad():

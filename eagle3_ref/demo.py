@@ -24,7 +24,8 @@ from .draft_head import Eagle3DraftHead
 from .generate import GenerationOutput, speculative_generate
 from .toy import TOY_DIR, held_out_prompts
 
-__all__ = ["DemoError", "load_pair", "default_prompt", "plain_generate", "mark_cycles", "cycle_spans", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "load_pair", "default_prompt", "encode_prompt", "plain_generate", "cycle_spans",
+           "mark_cycles", "run_demo", "report"]
 
 
 class DemoError(ValueError):
