@@ -13,7 +13,7 @@ once, for every slot in parallel:
   padding respected), plus the keys of steps ``1..k`` *at slot i only*: exactly the keys a
   chain drafted from the prefix ending at slot ``i`` would have in its KV cache.
 
-That last point is the whole trick, and ``tests/test_ttt.py`` proves it: the parallel
+That last point is the whole trick, and ``eagle3_ref/testing/conformance/test_ttt.py`` proves it: the parallel
 K-step logits equal drafting each chain step by step with the cached head.
 
 Two implementations of the attention, proven equal: ``dense`` builds the (K*T)^2 mask over

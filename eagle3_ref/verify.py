@@ -16,7 +16,7 @@ if every child is rejected the bonus token is drawn from that residual, else fro
 the last accepted node. Why exact: the first child is emitted with probability ``p(x1)``;
 the second with ``(1 - p(x1)) * p(x2) / (1 - p(x1)) = p(x2)``; and so on; any other token
 ``y`` with ``(1 - sum_i p(x_i)) * p(y) / (1 - sum_i p(x_i)) = p(y)``.
-``tests/test_verify.py`` checks this by enumerating every random choice.
+``eagle3_ref/testing/conformance/test_verify.py`` checks this by enumerating every random choice.
 """
 
 from __future__ import annotations

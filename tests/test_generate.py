@@ -1,9 +1,8 @@
-"""The speculative decoding loop.
+"""The speculative decoding loop, the reference's own tests. (Greedy output identical to
+transformers' ``generate`` is proven for any implementation in
+``eagle3_ref/testing/conformance/test_generate.py``.)
 
 Proofs (DESIGN "what proven means" 1 and 5):
-* greedy output is identical to transformers' ``target.generate(do_sample=False)`` for
-  random Llama and Qwen2 targets, random heads and random tree configs, EOS and length
-  limits included (float64 and float32 on CPU);
 * a perfect drafter appends max_depth + 1 tokens per full cycle, an always-wrong one 1;
 * over many cycles (a hypothesis state machine), the target's cache and the draft's prefix
   cache always equal a fresh prefill of the accepted text, and the features carried to
@@ -20,47 +19,12 @@ from transformers import DynamicCache, LlamaConfig
 from eagle3_ref.draft_head import Eagle3Config
 from eagle3_ref.fusion import collect_features, default_aux_layer_ids
 from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, prefill, speculative_generate
-from eagle3_ref.testing.adapter import official_config_of, state_dict_of
-from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
+from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
+from eagle3_ref.testing.strategies import build_draft_head, build_target, seeds, target_configs
 from eagle3_ref.testing.drafters import OracleDrafter
 from eagle3_ref.tree import TreeConfig
 
 pytestmark = pytest.mark.generate
-
-
-@st.composite
-def tree_configs(draw, draft_vocab: int):
-    top_k = draw(st.integers(1, min(3, draft_vocab)))
-    depth = draw(st.integers(1, 4))
-    pool = top_k + (depth - 1) * top_k**2
-    return TreeConfig(num_nodes=draw(st.integers(2, min(pool, 16) + 1)), max_depth=depth, top_k=top_k)
-
-
-def hf_greedy(target, input_ids, max_new_tokens, eos):
-    target.generation_config.eos_token_id = None  # HF's default EOS must not differ from ours
-    out = target.generate(input_ids, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                          pad_token_id=0, attention_mask=torch.ones_like(input_ids))
-    return out
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@given(tc=target_configs(min_layers=3, max_layers=7), seed=seeds, data=st.data())
-def test_greedy_equals_transformers_generate(impl, device, dtype, tc, seed, data):
-    target = build_target(tc, seed, dtype, device)
-    config = data.draw(head_configs(tc))
-    embed = None if config.owns_embedding else target.get_input_embeddings().weight
-    ref = build_draft_head(config, seed, embed, dtype, device)
-    head = impl.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
-    tree = data.draw(tree_configs(config.draft_vocab_size))
-    prompt = torch.tensor([data.draw(st.lists(st.integers(0, tc.vocab_size - 1), min_size=1, max_size=8))], device=device)
-    max_new = data.draw(st.integers(0, 24))
-    eos = data.draw(st.one_of(st.none(), st.integers(0, tc.vocab_size - 1)))
-    want = hf_greedy(target, prompt, max_new, eos) if max_new else prompt
-    got, lengths = impl.generate(target, head, prompt, max_new_tokens=max_new, num_nodes=tree.num_nodes,
-                                 max_depth=tree.max_depth, top_k=tree.top_k, eos_token_id=eos)
-    assert got.tolist() == want.tolist()
-    assert sum(lengths) + (1 if max_new else 0) == got.shape[1] - prompt.shape[1]
-    assert all(1 <= n <= tree.max_depth + 1 for n in lengths)
 
 
 @settings(max_examples=6)

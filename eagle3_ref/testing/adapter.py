@@ -4,7 +4,8 @@ Every core property test calls an :class:`Eagle3Adapter`, never ``eagle3_ref`` d
 By default it is :class:`ReferenceAdapter` (this project); point the suite at another
 implementation (vLLM's, SGLang's, a CUDA kernel's, a student's) with
 ``pytest --eagle3-impl=package.module`` or ``EAGLE3_IMPL=package.module``, where the module
-defines ``ADAPTER``, an object with the methods below.
+defines ``ADAPTER``, an object with the methods below (``package.module:NAME`` picks another
+name). The suite itself is :mod:`eagle3_ref.testing.conformance`.
 
 The seam speaks the *official checkpoint format* and plain tensors: a head is handed over
 as its ``config.json`` dict plus a state dict with the official keys (see
@@ -24,9 +25,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-__all__ = ["Eagle3Adapter", "ReferenceAdapter", "load_adapter", "ENV_VAR"]
+from .plugin import ENV_VAR
 
-ENV_VAR = "EAGLE3_IMPL"
+__all__ = ["Eagle3Adapter", "ReferenceAdapter", "load_adapter", "ENV_VAR"]
 
 
 @runtime_checkable
@@ -207,13 +208,20 @@ ADAPTER_METHODS = ("default_aux_layer_ids", "collect_features", "load_head", "he
 
 
 def load_adapter(spec: str | None = None) -> Eagle3Adapter:
-    """The adapter named by ``spec`` ("package.module", whose ``ADAPTER`` is used), else by
-    ``$EAGLE3_IMPL``, else the reference."""
+    """The adapter named by ``spec``, else by ``$EAGLE3_IMPL``, else the reference.
+
+    ``spec`` is ``package.module`` (its ``ADAPTER`` is used) or ``package.module:NAME``.
+    """
     spec = spec or os.environ.get(ENV_VAR) or "eagle3_ref.testing.adapter"
-    module = importlib.import_module(spec)
-    adapter = getattr(module, "ADAPTER", None)
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--eagle3-impl {spec!r}: cannot import {module_name!r} ({err})") from err
+    adapter = getattr(module, attr or "ADAPTER", None)
     if adapter is None:
-        raise ValueError(f"{spec}: module defines no ADAPTER (an Eagle3Adapter instance)")
+        raise ValueError(f"--eagle3-impl {spec!r}: module {module_name} defines no {attr or 'ADAPTER'} "
+                         "(an Eagle3Adapter instance)")
     missing = [m for m in ADAPTER_METHODS if not callable(getattr(adapter, m, None))]
     if missing:
         raise ValueError(f"{spec}.ADAPTER is not an Eagle3Adapter: it lacks {missing}")

@@ -45,7 +45,7 @@ seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
 @st.composite
 def target_configs(draw, architectures: Sequence[str] = ("llama", "qwen2"), min_layers: int = 1,
-                   max_layers: int = 8, max_vocab: int = 64) -> PretrainedConfig:
+                   max_layers: int = 8, max_vocab: int = 64, min_vocab: int = 8) -> PretrainedConfig:
     """A tiny HF config: GQA (kv heads divide heads), even head_dim, RoPE."""
     arch = draw(st.sampled_from(list(architectures)))
     n_kv = draw(st.integers(1, 2))
@@ -53,7 +53,7 @@ def target_configs(draw, architectures: Sequence[str] = ("llama", "qwen2"), min_
     head_dim = draw(st.sampled_from([2, 4, 8]))
     hidden = n_heads * head_dim
     kwargs = dict(
-        vocab_size=draw(st.integers(8, max_vocab)),
+        vocab_size=draw(st.integers(min_vocab, max_vocab)),
         hidden_size=hidden,
         intermediate_size=draw(st.integers(4, 48)),
         num_hidden_layers=draw(st.integers(min_layers, max_layers)),

@@ -1,0 +1,112 @@
+"""Five deliberately buggy EAGLE-3 implementations, one classic bug per core piece.
+
+Each is the reference with exactly one thing done wrong, the way real implementations get
+it wrong. They exist to show that the conformance suite catches each bug and says where:
+
+    python -m pytest --pyargs eagle3_ref.testing.conformance -m fusion \\
+        --eagle3-impl=eagle3_ref.testing.buggy:OFF_BY_ONE_LAYER
+
+======================== ============ ==================================================
+adapter                  piece        the bug
+======================== ============ ==================================================
+``OFF_BY_ONE_LAYER``     ``fusion``   reads ``hidden_states[i + 1]``: the *output* of
+                                      layer i (SpecForge's convention) where EAGLE-3
+                                      means the input
+``TTT_SEES_FUTURE``      ``ttt``      the training-time-test mask lets step k >= 1 at
+                                      slot i see the step-0 key of slot i + 1
+``TREE_POSITION_PLUS_1`` ``tree``     ``tree_position_ids = tree_mask.sum(-1)``, the
+                                      missing ``- 1`` (EAGLE's own buffers subtract it)
+``SAMPLING_NO_RENORM``   ``verify``   after rejecting a child, accepts the next with
+                                      ``p(x)`` instead of ``p(x)`` renormalised
+``CACHE_NOT_COMPACTED``  ``generate`` keeps the first ``len(accepted)`` tree slots of the
+                                      target's KV cache instead of the accepted nodes'
+======================== ============ ==================================================
+
+``tests/test_oracle.py`` runs the suite against each and checks it fails, naming the
+implementation, the counterexample and the first divergence.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import torch
+
+from eagle3_ref.testing.adapter import ReferenceAdapter
+
+__all__ = ["OFF_BY_ONE_LAYER", "TTT_SEES_FUTURE", "TREE_POSITION_PLUS_1", "SAMPLING_NO_RENORM", "CACHE_NOT_COMPACTED",
+           "BUGS"]
+
+
+class OffByOneLayer(ReferenceAdapter):
+    name = "buggy: off-by-one layer id"
+
+    def collect_features(self, target, input_ids, layer_ids, attention_mask=None):
+        out = target(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+        return torch.cat([out.hidden_states[i + 1] for i in layer_ids], dim=-1)  # BUG: + 1
+
+
+class TTTSeesFuture(ReferenceAdapter):
+    name = "buggy: TTT mask sees the future"
+
+    def ttt_forward(self, head, features, input_ids, steps, attention_mask):
+        from eagle3_ref.ttt import ttt_attention_mask, ttt_forward
+
+        B, T = input_ids.shape
+        mask = ttt_attention_mask(T, steps, attention_mask).clone()  # (B or 1, 1, K*T, K*T)
+        for k in range(1, steps):
+            for i in range(T - 1):
+                mask[:, :, k * T + i, i + 1] = True  # BUG: step k, slot i sees slot i + 1's step-0 key
+        return ttt_forward(head, features, input_ids, steps, attention_mask, dense_mask=mask).logits
+
+
+class TreePositionPlusOne(ReferenceAdapter):
+    name = "buggy: tree position ids off by one"
+
+    def build_tree(self, head, features, input_ids, num_nodes, max_depth, top_k):
+        tree = super().build_tree(head, features, input_ids, num_nodes, max_depth, top_k)
+        return tree._replace(tree_position_ids=tree.tree_mask.sum(-1))  # BUG: forgot the - 1
+
+
+class SamplingNoRenorm(ReferenceAdapter):
+    name = "buggy: sampling verification without renormalising the residual"
+
+    def verify_sampling(self, tree, target_probs, sampler):
+        node, accepted = 0, [0]
+        while True:
+            p = target_probs[node].clone()
+            for child in tree.children(node):
+                x = int(tree.tokens[child])
+                if sampler.accept(float(target_probs[node, x])):  # BUG: p[x] / p.sum() is right
+                    node = child
+                    break
+                p[x] = 0
+            else:
+                return accepted, sampler.draw(p / p.sum())
+            accepted.append(node)
+
+
+def _crop_instead_of_compact(cache, prefix_len, keep):
+    """BUG: what a chain-only implementation does: keep the first ``len(keep)`` tree slots."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., : prefix_len + len(keep), :]
+        layer.values = layer.values[..., : prefix_len + len(keep), :]
+
+
+class CacheNotCompacted(ReferenceAdapter):
+    name = "buggy: KV cache not compacted after acceptance"
+
+    def generate(self, *args, **kwargs):
+        with mock.patch("eagle3_ref.generate.compact_cache", _crop_instead_of_compact):
+            return super().generate(*args, **kwargs)
+
+
+OFF_BY_ONE_LAYER = OffByOneLayer()
+TTT_SEES_FUTURE = TTTSeesFuture()
+TREE_POSITION_PLUS_1 = TreePositionPlusOne()
+SAMPLING_NO_RENORM = SamplingNoRenorm()
+CACHE_NOT_COMPACTED = CacheNotCompacted()
+
+# adapter name -> the marker of the piece whose tests must catch it
+BUGS = {"OFF_BY_ONE_LAYER": "fusion", "TTT_SEES_FUTURE": "ttt", "TREE_POSITION_PLUS_1": "tree",
+        "SAMPLING_NO_RENORM": "verify", "CACHE_NOT_COMPACTED": "generate"}

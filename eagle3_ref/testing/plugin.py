@@ -1,0 +1,105 @@
+"""The pytest plugin behind ``--eagle3-impl``, registered as the ``pytest11`` entry point
+``eagle3_ref.testing.plugin`` (installing eagle3-ref is enough; no conftest needed).
+
+It adds:
+
+* ``--eagle3-impl=package.module[:NAME]``: the implementation under test, the module's
+  ``ADAPTER`` (or ``NAME``); ``$EAGLE3_IMPL`` alike; default the reference;
+* the fixture ``impl`` (that adapter), and the conformance markers (``fusion``, ``head``,
+  ``vocab``, ``ttt``, ``tree``, ``verify``, ``generate``);
+* :func:`load_profile` and :func:`devices`, which the suites' own conftests call for the
+  hypothesis profiles and the ``device`` parameters (not done here: a plugin that every
+  pytest run loads must not change other projects' settings or fixtures);
+* on every failing test that uses ``impl``, a report section naming the implementation's
+  module. Hypothesis adds the shrunk counterexample, and the suite's assertions
+  (:mod:`eagle3_ref.testing.divergence`) the first divergence with both values.
+
+Run the conformance suite against your implementation::
+
+    python -m pytest --pyargs eagle3_ref.testing.conformance --eagle3-impl=my_package.my_adapter
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Imported lazily: this module is loaded by *every* pytest run in an environment where
+# eagle3-ref is installed, so it must cost nothing and need neither torch nor hypothesis.
+ENV_VAR = "EAGLE3_IMPL"
+PROFILE_VAR = "HYPOTHESIS_PROFILE"
+CONFORMANCE_MARKERS = {
+    "fusion": "feature fusion (which layers, collecting them, fc)",
+    "head": "the token-predicting draft head and its KV cache",
+    "vocab": "the reduced draft vocabulary (d2t / t2d)",
+    "ttt": "training-time test",
+    "tree": "the dynamic draft tree",
+    "verify": "lossless verification, greedy and sampling",
+    "generate": "the speculative decoding loop",
+}
+
+
+def load_profile() -> str:
+    """Register the hypothesis profiles ``ci`` (20 examples per property), ``dev`` (60) and
+    ``thorough`` (400), and load the one ``$HYPOTHESIS_PROFILE`` names (default ``ci``).
+    Called by the conftest of each suite that uses them."""
+    from hypothesis import HealthCheck, Phase, settings
+
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                  print_blob=True)
+    settings.register_profile("ci", max_examples=20, **common)
+    settings.register_profile("dev", max_examples=60, **common)
+    settings.register_profile("thorough", max_examples=400, **common)
+    # For grading and oracle runs, where the failure matters more than its last detail:
+    # shrink, but skip the "explain" phase (it re-runs a failing example many times).
+    settings.register_profile("quick", max_examples=20, phases=[p for p in Phase if p != Phase.explain], **common)
+    name = os.environ.get(PROFILE_VAR, "ci")
+    settings.load_profile(name)
+    return name
+
+
+def devices() -> list[str]:
+    """``cpu``, and ``cuda`` when one is available: the suites' ``device`` parameters."""
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def impl_spec(config) -> str:
+    """The implementation under test, as given (option, then environment, then the reference)."""
+    return config.getoption("--eagle3-impl") or os.environ.get(ENV_VAR) or "eagle3_ref.testing.adapter"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--eagle3-impl", default=None, metavar="package.module[:NAME]",
+                     help="the EAGLE-3 implementation under test: a module whose ADAPTER (or NAME) is an "
+                          f"Eagle3Adapter (default: ${ENV_VAR}, else the reference eagle3_ref)")
+
+
+def pytest_configure(config):
+    for name, text in CONFORMANCE_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_report_header(config):
+    if config.getoption("--eagle3-impl") or os.environ.get(ENV_VAR):
+        return [f"eagle3 implementation under test: {impl_spec(config)}"]
+    return None
+
+
+@pytest.fixture(scope="session")
+def impl(request):
+    """The :class:`~eagle3_ref.testing.adapter.Eagle3Adapter` under test."""
+    from .adapter import load_adapter
+
+    return load_adapter(impl_spec(request.config))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and "impl" in getattr(item, "fixturenames", ()):
+        report.sections.append(("eagle3 implementation under test",
+                                f"{impl_spec(item.config)} (chosen by --eagle3-impl or ${ENV_VAR})"))
+    return report
