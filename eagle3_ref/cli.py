@@ -301,6 +301,43 @@ def cmd_check_head(args: argparse.Namespace) -> int:
     return 0 if check.ok else 1
 
 
+def cmd_vectors_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from eagle3_ref.testing.vectors import export
+
+    out = Path(args.dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        print(f"eagle3-ref vectors export: error: {out} is not empty (pass --overwrite)", file=sys.stderr)
+        return 2
+    manifest = export(out)
+    pieces = sorted({c["piece"] for c in manifest["cases"]})
+    print(f"wrote {len(manifest['cases'])} cases ({', '.join(pieces)}), schema version {manifest['schema_version']}, "
+          f"to {out}; the schema: docs/vectors.md")
+    return 0
+
+
+def cmd_vectors_check(args: argparse.Namespace) -> int:
+    from eagle3_ref.testing.adapter import load_adapter
+    from eagle3_ref.testing.vectors import check
+
+    try:
+        impl = load_adapter(args.impl) if args.impl else None
+        results = check(args.dir, impl, only=args.only)
+    except ValueError as err:
+        print(f"eagle3-ref vectors check: error: {err}", file=sys.stderr)
+        return 2
+    if not results:
+        print(f"eagle3-ref vectors check: error: no case is named or of piece {args.only!r}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(f"{'PASS' if r.ok else 'FAIL'}  {r.piece:8s} {r.name}" + ("" if r.ok else f"\n      {r.error}"))
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} of {len(results)} cases agree with the reference"
+          + (f" ({args.impl})" if args.impl else ""))
+    return 1 if failed else 0
+
+
 def cmd_toy_train_target(args: argparse.Namespace) -> int:
     from eagle3_ref.toy import train_target
 
@@ -404,6 +441,18 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--target-layers", type=int, help="the target's number of decoder layers")
     group.add_argument("--target", help="the target's directory (only its config.json is read)")
     ch.set_defaults(func=cmd_check_head)
+
+    vec = sub.add_parser("vectors", help="golden vectors for implementations outside Python: export, check")
+    vec_sub = vec.add_subparsers(dest="vectors_command", metavar="VECTORS_COMMAND", required=True)
+    ve = vec_sub.add_parser("export", help="write inputs and expected outputs of every core piece (safetensors + JSON)")
+    ve.add_argument("dir")
+    ve.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
+    ve.set_defaults(func=cmd_vectors_export)
+    vc = vec_sub.add_parser("check", help="run an implementation on exported vectors; report each case")
+    vc.add_argument("dir")
+    vc.add_argument("--impl", metavar="package.module[:NAME]", help="the adapter to check (default: the reference)")
+    vc.add_argument("--only", metavar="NAME", help="one case, or one piece (fusion, head, vocab, ttt, tree, verify, generate)")
+    vc.set_defaults(func=cmd_vectors_check)
 
     toy = sub.add_parser("toy", help="the toy world: a small target trained on the Python standard library")
     toy_sub = toy.add_subparsers(dest="toy_command", metavar="TOY_COMMAND", required=True)
