@@ -338,6 +338,35 @@ def cmd_vectors_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_assignment_make(args: argparse.Namespace) -> int:
+    from eagle3_ref.assignment import TASKS, make
+
+    try:
+        regions = make(args.out)
+    except ValueError as err:
+        print(f"eagle3-ref assignment make: error: {err}", file=sys.stderr)
+        return 2
+    count = sum(len(t) for t in regions.values())
+    print(f"wrote the student skeleton to {args.out}: {count} solution regions in {len(regions)} modules, "
+          f"tasks {', '.join(TASKS)}.\nStudents: read its README.md; grade with `python grade.py` there.")
+    return 0
+
+
+def cmd_assignment_grade(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from eagle3_ref.assignment import format_scores, grade
+
+    root = Path(args.dir)
+    if not (root / "eagle3_ref" / "__init__.py").is_file():
+        print(f"eagle3-ref assignment grade: error: {root} holds no eagle3_ref package (a skeleton from "
+              "`eagle3-ref assignment make`)", file=sys.stderr)
+        return 2
+    scores = grade(root, profile=args.profile)
+    print(format_scores(scores))
+    return 0 if all(passed == total for passed, total in scores.values()) else 1
+
+
 def cmd_toy_train_target(args: argparse.Namespace) -> int:
     from eagle3_ref.toy import train_target
 
@@ -453,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     vc.add_argument("--impl", metavar="package.module[:NAME]", help="the adapter to check (default: the reference)")
     vc.add_argument("--only", metavar="NAME", help="one case, or one piece (fusion, head, vocab, ttt, tree, verify, generate)")
     vc.set_defaults(func=cmd_vectors_check)
+
+    asg = sub.add_parser("assignment", help="course assignments: a student skeleton, graded by the conformance suite")
+    asg_sub = asg.add_subparsers(dest="assignment_command", metavar="ASSIGNMENT_COMMAND", required=True)
+    am = asg_sub.add_parser("make", help="write a student skeleton: solution regions replaced by NotImplementedError")
+    am.add_argument("out")
+    am.set_defaults(func=cmd_assignment_make)
+    ag = asg_sub.add_parser("grade", help="score a skeleton per task (fusion, head, ttt, tree, verify, generate)")
+    ag.add_argument("dir", nargs="?", default=".")
+    ag.add_argument("--profile", default="quick", help="hypothesis profile (quick, ci, dev, thorough)")
+    ag.set_defaults(func=cmd_assignment_grade)
 
     toy = sub.add_parser("toy", help="the toy world: a small target trained on the Python standard library")
     toy_sub = toy.add_subparsers(dest="toy_command", metavar="TOY_COMMAND", required=True)

@@ -258,12 +258,18 @@ class Eagle3DecoderLayer(nn.Module):
 
     def attention_input(self, emb: Tensor, hidden: Tensor) -> Tensor:
         """``[input_layernorm(emb) ; hidden_norm(hidden)]``, ``(B, q, 2H)``: embedding first."""
+        # --- assignment head: normalise the token embedding with input_layernorm and the hidden input with
+        #   hidden_norm, and concatenate them, embedding first: (B, q, 2H).
         return torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)
+        # --- end assignment
 
     def finish(self, hidden: Tensor, attn: Tensor) -> Tensor:
         """Residual (the hidden input alone, not the embedding), then the MLP block."""
+        # --- assignment head: the residual adds the attention output to the hidden input alone (not to the
+        #   embedding); then the usual pre-norm MLP block (post_attention_layernorm, mlp) with its own residual.
         h = hidden + attn
         return h + self.mlp(self.post_attention_layernorm(h))
+        # --- end assignment
 
     def forward(self, emb, hidden, position_ids, cache, mask) -> tuple[Tensor, KVCache]:
         attn, cache = self.self_attn(self.attention_input(emb, hidden), position_ids, cache, mask)

@@ -73,6 +73,9 @@ def default_aux_layer_ids(num_hidden_layers: int) -> tuple[int, int, int]:
     """
     if not isinstance(num_hidden_layers, int) or num_hidden_layers < 1:
         raise ValueError(f"num_hidden_layers must be a positive int, got {num_hidden_layers!r}")
+    # --- assignment fusion: return EAGLE-3's default hidden_states indices (2, N//2, N-3) for N =
+    #   num_hidden_layers; where they collide or leave [0, N-1] (N < 7), raise a ValueError that mentions 'aux
+    #   layer ids' and says to pass explicit ids (validate_aux_layer_ids checks a tuple).
     n = num_hidden_layers
     ids = (2, n // 2, n - 3)
     try:
@@ -84,6 +87,7 @@ def default_aux_layer_ids(num_hidden_layers: int) -> tuple[int, int, int]:
             f"explicit aux_layer_ids: distinct, increasing hidden_states indices in [0, {n - 1}]."
         ) from None
     return ids  # type: ignore[return-value]
+    # --- end assignment
 
 
 def validate_aux_layer_ids(layer_ids: Sequence[int], num_hidden_layers: int) -> tuple[int, ...]:
@@ -158,7 +162,10 @@ def select_features(hidden_states: Sequence[Tensor], layer_ids: Sequence[int]) -
     """
     n = len(hidden_states) - 1  # the last entry is the final normed state
     validate_aux_layer_ids(layer_ids, n)
+    # --- assignment fusion: concatenate the tapped entries hidden_states[i], low to high, on the last dim: (B,
+    #   T, k*H_t). hidden_states[i] is the residual stream entering decoder layer i.
     return torch.cat([hidden_states[i] for i in layer_ids], dim=-1)
+    # --- end assignment
 
 
 @torch.no_grad()

@@ -58,21 +58,28 @@ def tree_attention_mask(tree_mask: Tensor, prefix_len: int, dtype: torch.dtype) 
     Additive, not bool: transformers 5's eager attention adds a 4D mask as-is, so a bool
     mask would be silently wrong there (SDPA would take either).
     """
+    # --- assignment generate: every tree node sees the whole prefix and, among the nodes, what tree_mask
+    #   allows; return (1, 1, n, prefix + n) additive: 0 where allowed, torch.finfo(dtype).min elsewhere.
     n = tree_mask.shape[0]
     allowed = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=tree_mask.device), tree_mask], dim=1)
     mask = torch.zeros(1, 1, n, prefix_len + n, dtype=dtype, device=tree_mask.device)
     return mask.masked_fill(~allowed[None, None], torch.finfo(dtype).min)
+    # --- end assignment
 
 
 def compact_cache(cache: DynamicCache, prefix_len: int, keep: Sequence[int]) -> None:
     """Keep the ``prefix_len`` prefix slots and the tree nodes ``keep`` (in that order);
     drop the other tree nodes' keys and values. In place, on the target's own cache."""
+    # --- assignment generate: after verification the cache holds prefix_len prefix slots, then one slot per
+    #   tree node: keep the prefix and the accepted nodes' slots (in the order of keep), drop the rest, in every
+    #   layer's keys and values (dim -2).
     device = cache.layers[0].keys.device
     index = torch.cat([torch.arange(prefix_len, device=device),
                        prefix_len + torch.tensor(list(keep), dtype=torch.long, device=device)])
     for layer in cache.layers:
         layer.keys = layer.keys.index_select(-2, index)
         layer.values = layer.values.index_select(-2, index)
+    # --- end assignment
 
 
 def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float,

@@ -122,6 +122,9 @@ def tree_buffers(parents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     n = parents.shape[0]
     if n > 1 and not bool((parents[1:] < torch.arange(1, n)).all() and (parents[1:] >= 0).all()):
         raise ValueError("tree_buffers needs every parent before its child (parents[i] < i, root first)")
+    # --- assignment tree: tree_mask[i, j] is True iff j is i or an ancestor of i; tree_position_ids[i] is i's
+    #   depth (root 0); retrieve_indices has one row per leaf: its root-to-leaf node indices, padded with -1 to
+    #   max depth + 1.
     mask = torch.eye(n, dtype=torch.bool)
     mask[torch.arange(1, n), parents[1:]] = True
     while True:  # closure by repeated squaring (in float: bool matmul is not supported everywhere)
@@ -137,6 +140,7 @@ def tree_buffers(parents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     order = torch.where(mask[leaves], torch.arange(n), n).sort(dim=1).values[:, : int(depth.max()) + 1]
     retrieve = torch.where(order == n, -1, order)
     return mask, depth, retrieve
+    # --- end assignment
 
 
 class Pool(NamedTuple):
@@ -190,6 +194,11 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
     k = config.top_k
     if k > root_logprobs.shape[-1]:
         raise ValueError(f"TreeConfig.top_k={k} exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
+    # --- assignment tree: EAGLE-2: the root's top_k children (by log-prob, ties to the lower id: use _best)
+    #   form level 1; at each further level, propose(frontier, pool) gives each frontier node's log-probs, keep
+    #   each one's top_k children, score them by cumulative log-prob, and the top_k of those k*k form the next
+    #   frontier. Finally keep the num_nodes - 1 best-scoring candidates of the whole pool (in pool order), re-
+    #   index parents, map draft ids to target ids with d2t, and build the buffers with tree_buffers.
     pool = Pool([root_token], [-1], [0])
     first = _best(root_logprobs, k)
     score_chunks = [root_logprobs.new_zeros(1), root_logprobs[first]]  # the pool's scores, level by level
@@ -221,6 +230,7 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
     tokens = torch.cat([torch.tensor([root_token]), draft_ids])
     mask, depth, retrieve = tree_buffers(parents)
     return DraftTree(tokens, parents, torch.cat([scores[:1], scores[kept]]), mask, depth, retrieve)
+    # --- end assignment
 
 
 # ----------------------------------------------------------------------------------------

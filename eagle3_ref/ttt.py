@@ -135,6 +135,11 @@ def ttt_forward(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor, step
         eye = torch.eye(T, dtype=torch.bool, device=input_ids.device)
         causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril() & (real[:, None, :] | eye)
         causal = causal[:, None]  # (B, 1, T, T): real keys j <= i, plus each slot's own
+    # --- assignment ttt: step 0 starts from head.fuse(features). For k in range(steps): feed the tokens shifted
+    #   left by k + 1 (shift_left) at positions i + k; the queries of step k attend to the step-0 keys causally
+    #   and to slot i's own keys of steps 1..k (use _diagonal_attention with the causal mask above, or
+    #   attention_naive with rows of the dense mask `full`); layer.finish gives the pre-norm hidden, which is
+    #   the next step's input; head.compute_logits gives the step's logits.
     hidden = head.fuse(features)  # step 0: target features through fc
     keys, values, logits, hiddens = [], [], [], []
     for k in range(steps):
@@ -150,6 +155,7 @@ def ttt_forward(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor, step
         hiddens.append(hidden)
         logits.append(head.compute_logits(hidden))
     return TTTOutput(logits, hiddens)
+    # --- end assignment
 
 
 def _step_targets(target_logits: Tensor, loss_mask: Tensor, k: int, t2d: Tensor):

@@ -71,6 +71,9 @@ def target_probs(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p
 
 def verify_greedy(tree: DraftTree, target_logits: Tensor) -> Verdict:
     """``target_logits (n, V)``: the target's logits at each tree node."""
+    # --- assignment verify: walk down from the root: follow the child whose token is the target's argmax at the
+    #   current node; when none matches, that argmax is the bonus token. Return Verdict(accepted node indices,
+    #   root first; bonus).
     best = target_logits.argmax(-1).tolist()
     tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
     node, accepted = 0, [0]
@@ -80,6 +83,7 @@ def verify_greedy(tree: DraftTree, target_logits: Tensor) -> Verdict:
             return Verdict(accepted, best[node])
         node = match[0]  # siblings carry distinct tokens, so at most one matches
         accepted.append(node)
+    # --- end assignment
 
 
 def verify_greedy_naive(tree: DraftTree, target_logits: Tensor) -> Verdict:
@@ -125,6 +129,10 @@ class TorchSampler:
 def verify_sampling(tree: DraftTree, target_probs: Tensor, generator: torch.Generator | Sampler | None = None) -> Verdict:
     """``target_probs (n, V)``: the processed target distribution at each tree node."""
     sampler = generator if hasattr(generator, "accept") else TorchSampler(generator)
+    # --- assignment verify: at each node try its children in order; accept child x with probability p(x) /
+    #   (mass left in p), which is certain when nothing else is left; on rejection set p(x) = 0 (the residual).
+    #   When every child is rejected, draw the bonus from the renormalised residual; at a leaf, from p. All
+    #   randomness through sampler.accept(prob) and sampler.draw(probs).
     tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
     node, accepted = 0, [0]
     while True:
@@ -142,3 +150,4 @@ def verify_sampling(tree: DraftTree, target_probs: Tensor, generator: torch.Gene
         else:
             return Verdict(accepted, sampler.draw(p / p.sum()))  # every child rejected: the residual
         accepted.append(node)
+    # --- end assignment

@@ -41,8 +41,10 @@ CONFORMANCE_MARKERS = {
 
 
 def load_profile() -> str:
-    """Register the hypothesis profiles ``ci`` (20 examples per property), ``dev`` (60) and
-    ``thorough`` (400), and load the one ``$HYPOTHESIS_PROFILE`` names (default ``ci``).
+    """Register the hypothesis profiles ``ci`` (20 examples per property), ``dev`` (60),
+    ``thorough`` (400), ``quick`` (``ci`` without the explain phase: for grading and the
+    oracle runs) and ``smoke`` (5 examples, no shrinking: the suite's own round trips), and
+    load the one ``$HYPOTHESIS_PROFILE`` names (default ``ci``).
     Called by the conftest of each suite that uses them."""
     from hypothesis import HealthCheck, Phase, settings
 
@@ -54,6 +56,9 @@ def load_profile() -> str:
     # For grading and oracle runs, where the failure matters more than its last detail:
     # shrink, but skip the "explain" phase (it re-runs a failing example many times).
     settings.register_profile("quick", max_examples=20, phases=[p for p in Phase if p != Phase.explain], **common)
+    # For the suite's own round trips (a skeleton must fail, a solution must pass): few
+    # examples, no shrinking. Never for a real check.
+    settings.register_profile("smoke", max_examples=5, phases=[Phase.explicit, Phase.reuse, Phase.generate], **common)
     name = os.environ.get(PROFILE_VAR, "ci")
     settings.load_profile(name)
     return name
