@@ -217,10 +217,10 @@ def load_adapter(spec: str | None = None) -> Eagle3Adapter:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"--eagle3-impl {spec!r}: cannot import {module_name!r} ({err})") from err
+        raise ValueError(f"implementation {spec!r}: cannot import {module_name!r} ({err})") from err
     adapter = getattr(module, attr or "ADAPTER", None)
     if adapter is None:
-        raise ValueError(f"--eagle3-impl {spec!r}: module {module_name} defines no {attr or 'ADAPTER'} "
+        raise ValueError(f"implementation {spec!r}: module {module_name} defines no {attr or 'ADAPTER'} "
                          "(an Eagle3Adapter instance)")
     missing = [m for m in ADAPTER_METHODS if not callable(getattr(adapter, m, None))]
     if missing:

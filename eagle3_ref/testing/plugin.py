@@ -101,10 +101,10 @@ def impl(request):
     return load_adapter(impl_spec(request.config))
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)  # the old-style wrapper: works with any pytest this may be loaded into
 def pytest_runtest_makereport(item, call):
-    report = yield
+    outcome = yield
+    report = outcome.get_result()
     if report.failed and "impl" in getattr(item, "fixturenames", ()):
         report.sections.append(("eagle3 implementation under test",
                                 f"{impl_spec(item.config)} (chosen by --eagle3-impl or ${ENV_VAR})"))
-    return report
