@@ -126,8 +126,13 @@ def mark_cycles(tokenizer, out: GenerationOutput, colour: bool) -> str:
     colours, or (``colour=False``) between ``«`` and ``»``."""
     ids = out.new_tokens.tolist()
 
-    def text(upto: int) -> str:  # decode prefixes, so multi-token characters come out whole
-        return tokenizer.decode(ids[:upto], skip_special_tokens=False)
+    def text(upto: int) -> str:
+        """The settled text of the first ``upto`` tokens. Prefixes are decoded whole, so a
+        character spread over several tokens comes out whole; a character still incomplete
+        at the end (bytes that decode to U+FFFD so far) waits for the next span, as a
+        streaming detokenizer waits."""
+        decoded = tokenizer.decode(ids[:upto], skip_special_tokens=False)
+        return decoded if upto == len(ids) else decoded.rstrip("\ufffd")
 
     pieces, shown, cycle = [], "", 0
     for start, accepted_end, end in cycle_spans(out):
