@@ -27,3 +27,29 @@ def device(request) -> str:
 
 def pytest_report_header(config):
     return [f"devices: {DEVICES}; hypothesis profile: {settings._current_profile}"]
+
+
+@pytest.fixture(scope="session")
+def executed_notebooks(tmp_path_factory):
+    """``run(path) -> path of the executed copy``: each tutorial runs at most once a session,
+    with the same function the docs site uses, and the site test reuses the copies."""
+    import importlib.util
+    from pathlib import Path
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location(
+        "eagle3_ref_site_hooks", Path(__file__).resolve().parents[1] / "docs" / "mkdocs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    out = tmp_path_factory.mktemp("executed_notebooks")
+
+    def run(path: Path) -> Path:
+        executed = out / path.name
+        if not executed.exists():
+            workdir = tmp_path_factory.mktemp(path.stem)
+            nbformat.write(hooks.execute_notebook(path, workdir), executed)  # raises on a failing cell
+        return executed
+
+    run.directory = out
+    return run

@@ -4,15 +4,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 pytestmark = pytest.mark.notebooks
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+SERIES = ["00_overview", "01_feature_fusion", "02_draft_head", "03_training_time_test", "04_dynamic_tree",
+          "05_verification", "06_end_to_end"]
 
 
-def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:1] == ["00_overview.ipynb"]
+def test_the_series_is_complete():
+    assert [p.stem for p in NOTEBOOKS] == SERIES
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -24,8 +25,11 @@ def test_notebook_is_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(path, tmp_path):
-    notebook = nbformat.read(path, as_version=4)
+def test_notebook_runs_top_to_bottom(path, executed_notebooks):
     # A failing assert in any cell raises CellExecutionError naming the cell.
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    assert sum(cell.cell_type == "code" for cell in notebook.cells) >= 3
+    notebook = nbformat.read(executed_notebooks(path), as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert len(code) >= 3
+    assert all(cell.execution_count is not None for cell in code)
+    # A notebook that prints but checks nothing proves nothing.
+    assert sum("assert" in cell.source for cell in code) >= 2

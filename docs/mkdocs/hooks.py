@@ -1,0 +1,106 @@
+"""mkdocs hooks of the eagle3-ref site (``mkdocs build --strict -f docs/mkdocs/mkdocs.yml``).
+
+Two jobs:
+
+* **The executed tutorials.** The notebooks in ``notebooks/`` are committed without outputs;
+  the site shows them executed. :func:`execute_notebook` runs one top to bottom with nbclient (the
+  test suite uses the same function, so what the site shows is what the tests ran). With
+  ``EAGLE3_REF_EXECUTED_NOTEBOOKS=DIR`` the build takes already executed copies from ``DIR``
+  (``tests/test_site.py`` passes the ones the notebook tests produced) instead of running them
+  again. Progress bars and warnings (stderr) are dropped from the pages.
+* **The code beside the equations.** A line ``<!-- source: eagle3_ref.tree.grow_tree -->`` in a
+  page becomes the current source of that function or class, so a concept page can never show
+  stale code. (On GitHub the comment is invisible; the page also names the file.)
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import re
+import tempfile
+import textwrap
+from pathlib import Path
+
+import nbformat
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+
+log = logging.getLogger("mkdocs.hooks.eagle3_ref")
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
+SOURCE = re.compile(r"^<!-- source: ([\w.]+) -->$", re.M)
+
+
+def execute_notebook(path: Path, workdir: Path, timeout: int = 900) -> nbformat.NotebookNode:
+    """Run a notebook top to bottom in ``workdir``; a failing cell raises CellExecutionError."""
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(workdir)}}).execute()
+    return notebook
+
+
+def for_the_site(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The executed notebook without stderr (progress bars, library warnings)."""
+    notebook = nbformat.from_dict(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+    return notebook
+
+
+def resolve(dotted: str):
+    """``package.module.attr[.attr]`` -> the object (the longest importable module prefix)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+_build_dir: tempfile.TemporaryDirectory | None = None
+
+
+@event_priority(100)  # before mkdocs-jupyter turns .ipynb files into pages
+def on_files(files, config):
+    global _build_dir
+    _build_dir = tempfile.TemporaryDirectory(prefix="eagle3-ref-site-")
+    out = Path(_build_dir.name) / "notebooks"
+    out.mkdir()
+    given = os.environ.get("EAGLE3_REF_EXECUTED_NOTEBOOKS")
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        if given:
+            executed = Path(given) / path.name
+            if not executed.exists():
+                raise FileNotFoundError(f"EAGLE3_REF_EXECUTED_NOTEBOOKS={given} has no {path.name}")
+            notebook = nbformat.read(executed, as_version=4)
+        else:
+            log.info("executing %s", path.name)
+            notebook = execute_notebook(path, Path(_build_dir.name))
+        nbformat.write(for_the_site(notebook), out / path.name)
+        files.append(File(f"notebooks/{path.name}", str(out.parent), config["site_dir"], config["use_directory_urls"]))
+    return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    def code(match: re.Match) -> str:
+        obj = inspect.unwrap(resolve(match.group(1)))  # through @torch.no_grad()
+        source = textwrap.dedent(inspect.getsource(obj)).rstrip()  # methods too
+        where = obj.__module__.replace(".", "/") + ".py"
+        return f'```python title="{where}: {obj.__qualname__}"\n{source}\n```'
+
+    return SOURCE.sub(code, markdown)
+
+
+def on_post_build(config):
+    if _build_dir is not None:
+        _build_dir.cleanup()

@@ -1,0 +1,84 @@
+"""The documentation site builds with ``mkdocs build --strict``, with the executed tutorials.
+
+The tutorials are not run again here: the ``executed_notebooks`` fixture hands over the copies
+the notebook tests produced (running any that were not run in this session).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.docs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "docs" / "mkdocs" / "mkdocs.yml"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def nav_pages() -> list[str]:
+    def walk(entry):
+        if isinstance(entry, str):
+            yield entry
+        elif isinstance(entry, list):
+            for e in entry:
+                yield from walk(e)
+        elif isinstance(entry, dict):
+            for e in entry.values():
+                yield from walk(e)
+
+    return list(walk(yaml.safe_load(CONFIG.read_text())["nav"]))
+
+
+def test_every_page_and_tutorial_is_in_the_nav():
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} | {f"notebooks/{p.name}" for p in NOTEBOOKS}
+    assert sorted(pages - set(nav_pages())) == []
+
+
+def test_readme_links_every_page():
+    readme = (ROOT / "README.md").read_text()
+    linked = set(re.findall(r"\]\((docs/[\w.]+\.md)\)", readme))
+    assert sorted({f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")} - linked) == []
+
+
+@pytest.fixture(scope="module")
+def site(executed_notebooks, tmp_path_factory):
+    for path in NOTEBOOKS:
+        executed_notebooks(path)
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "EAGLE3_REF_EXECUTED_NOTEBOOKS": str(executed_notebooks.directory), "NO_MKDOCS_2_WARNING": "1"}
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(CONFIG), "-d", str(out)],
+                         capture_output=True, text=True, env=env, cwd=out)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    return out
+
+
+def test_site_builds_strict_with_every_page(site):
+    for page in nav_pages():
+        assert (site / page.removesuffix(".md").removesuffix(".ipynb").replace("index", "") / "index.html").exists(), page
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_site_shows_the_executed_tutorial(site, path):
+    html = (site / "notebooks" / path.stem / "index.html").read_text()
+    assert "jp-OutputArea-output" in html  # cell outputs are on the page
+    assert "Traceback" not in html and "Loading weights" not in html  # no errors, no progress bars
+
+
+def test_concept_pages_show_the_current_code(site):
+    html = (site / "tree" / "index.html").read_text()
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "def grow_tree(" in text and "eagle3_ref/tree.py: grow_tree" in text
+    assert "&lt;!-- source:" not in html and "<!-- source:" not in html
+
+
+def test_api_reference_lists_the_public_api(site):
+    import eagle3_ref
+
+    html = (site / "api" / "index.html").read_text()
+    missing = [name for name in eagle3_ref.__all__ if f'id="eagle3_ref.' not in html or name not in html]
+    assert missing == []
