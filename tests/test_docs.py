@@ -2,8 +2,9 @@
 
 Every fenced block in README.md and docs/*.md is one of: ``python`` (executed here, page by
 page; ``print(...)  # -> OUTPUT`` lines must print exactly OUTPUT), ``bash`` (every command is
-checked: ``eagle3-ref`` lines parse with the real CLI parser, pytest lines collect, and so
-on), or ``text`` (output shown, not code). A bare fence or another language fails.
+checked: ``eagle3-ref`` lines parse with the real CLI parser, pytest lines name real packages,
+markers, adapters and profiles, the set-up is what CI runs, and so on; a command with no check
+fails), or ``text`` (output shown, not code). A bare fence or another language fails.
 """
 
 import contextlib
