@@ -140,6 +140,9 @@ class KVCache(NamedTuple):
 
 
 class DraftOutput(NamedTuple):
+    """One head step: logits over the draft vocabulary, the pre-norm output ``h''`` (the next
+    step's hidden input), and the KV cache extended by these ``q`` slots."""
+
     logits: Tensor  # (B, q, V_draft) over the draft vocabulary
     hidden: Tensor  # (B, q, H) pre-norm output: the next step's hidden input
     cache: KVCache  # the input cache plus these q slots

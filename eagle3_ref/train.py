@@ -61,6 +61,9 @@ class TrainingError(ValueError):
 
 @dataclass
 class TrainConfig:
+    """Everything ``eagle3-ref train`` takes (``docs/training.md``); ``ttt_steps`` K = 7 by
+    default, as EAGLE-3 trains."""
+
     out_dir: str
     seq_len: int = 256
     batch_size: int = 4

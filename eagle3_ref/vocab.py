@@ -35,6 +35,8 @@ __all__ = [
 
 
 class VocabMapping(NamedTuple):
+    """The draft vocabulary as the official checkpoint stores it (``d2t`` offsets, ``t2d`` mask)."""
+
     d2t: Tensor  # int64 (V_draft,): target_id = draft_id + d2t[draft_id]
     t2d: Tensor  # bool  (V_target,): True where the target token is in the draft vocabulary
 
