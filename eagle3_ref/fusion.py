@@ -140,13 +140,33 @@ def _offset(convention: str) -> int:
 
 
 def decoder_layers(target: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a Hugging Face causal LM (``target.model.layers`` for Llama,
-    Qwen2, Mistral, ...)."""
-    base = target.get_decoder() if hasattr(target, "get_decoder") else getattr(target, "model", target)
-    layers = getattr(base, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"cannot find the decoder layers of {type(target).__name__} (expected .model.layers)")
-    return layers
+    """The decoder layers of a Hugging Face causal LM, found through transformers' own
+    accessors: ``get_decoder()`` (which looks for ``language_model``, ``text_model``,
+    ``decoder``, then the base model), again on what it returns, then ``base_model`` and
+    ``.model``, until a module has a ``layers`` ``ModuleList``. That covers Llama-style
+    ``target.model.layers`` and wrappers whose language model sits a level further down
+    (Llama 4's ``get_decoder()`` returns the causal LM itself)."""
+    seen: list[nn.Module] = []
+    todo: list[nn.Module] = [target]
+    while todo:
+        module = todo.pop(0)
+        if any(module is m for m in seen):
+            continue
+        seen.append(module)
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+        if len(seen) > 8:  # the wrappers transformers ships nest two or three deep
+            break
+        if callable(getattr(module, "get_decoder", None)):
+            todo.append(module.get_decoder())
+        for name in ("base_model", "model", "language_model"):
+            child = getattr(module, name, None)
+            if isinstance(child, nn.Module):
+                todo.append(child)
+    raise TypeError(f"cannot find the decoder layers of {type(target).__name__}: none of "
+                    f"{', '.join(type(m).__name__ for m in seen)} (reached through get_decoder(), base_model, "
+                    ".model, .language_model) has a `layers` ModuleList")
 
 
 def num_decoder_layers(target: nn.Module) -> int:

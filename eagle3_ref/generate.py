@@ -28,11 +28,13 @@ from transformers import DynamicCache
 from .checkpoint import check_head_fits_target
 from .draft_head import Eagle3DraftHead
 from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
+from .targets import (check_tree_verifiable, exact_tree_nodes, held_prefix_slots, keep_first_nodes, layer_rules,
+                      new_target_cache, trim_to_window, visible)
 from .tree import HeadDrafter, TreeConfig
 from .verify import TorchSampler, target_probs, verify_greedy, verify_sampling
 
 __all__ = ["GenerationOutput", "DecodeState", "prefill", "decode_cycle", "speculative_generate", "autoregressive_generate",
-           "compact_cache", "tree_attention_mask"]
+           "compact_cache", "tree_attention_mask", "tree_attention_masks"]
 
 
 @dataclass
@@ -68,18 +70,43 @@ def tree_attention_mask(tree_mask: Tensor, prefix_len: int, dtype: torch.dtype) 
 
 
 def compact_cache(cache: DynamicCache, prefix_len: int, keep: Sequence[int]) -> None:
-    """Keep the ``prefix_len`` prefix slots and the tree nodes ``keep`` (in that order);
-    drop the other tree nodes' keys and values. In place, on the target's own cache."""
-    # --- assignment generate: after verification the cache holds prefix_len prefix slots, then one slot per
-    #   tree node: keep the prefix and the accepted nodes' slots (in the order of keep), drop the rest, in every
-    #   layer's keys and values (dim -2).
-    device = cache.layers[0].keys.device
-    index = torch.cat([torch.arange(prefix_len, device=device),
-                       prefix_len + torch.tensor(list(keep), dtype=torch.long, device=device)])
+    """Keep the prefix and the tree nodes ``keep`` (in that order); drop the other tree
+    nodes' keys and values. In place, on the target's own cache.
+
+    A full-attention layer holds all ``prefix_len`` prefix slots; a sliding-window layer
+    holds only its last ``window - 1`` (its ``held`` slots) and is trimmed back to its
+    window afterwards (:func:`eagle3_ref.targets.trim_to_window`)."""
     for layer in cache.layers:
+        tree_slots = layer.get_seq_length() - prefix_len  # every layer saw every tree node
+        held = layer.keys.shape[-2] - tree_slots  # the prefix slots this layer holds
+        # --- assignment generate: after verification a layer holds `held` prefix slots, then one slot per tree
+        #   node: keep the prefix slots and the accepted nodes' slots (in the order of keep), drop the rest, in
+        #   the layer's keys and values (dim -2).
+        device = layer.keys.device
+        index = torch.cat([torch.arange(held, device=device),
+                           held + torch.tensor(list(keep), dtype=torch.long, device=device)])
         layer.keys = layer.keys.index_select(-2, index)
         layer.values = layer.values.index_select(-2, index)
-    # --- end assignment
+        # --- end assignment
+        trim_to_window(layer, prefix_len + len(keep))
+
+
+def tree_attention_masks(target: nn.Module, cache: DynamicCache, tree_mask: Tensor, tree_position_ids: Tensor,
+                         prefix_len: int, dtype: torch.dtype) -> Tensor | dict[str, Tensor]:
+    """The tree mask made into each of the target's layer types' masks (see
+    :mod:`eagle3_ref.targets`): over the prefix slots that type's cache layers hold, then
+    the tree nodes, and only where the layer's own rule (window, chunk) allows.
+
+    Returns the ``(1, 1, n, held + n)`` additive mask where the target has one layer type,
+    else a dict of them keyed by layer type."""
+    masks, rules = {}, layer_rules(target)
+    q_pos = prefix_len + tree_position_ids  # (n,)
+    for kind, held in held_prefix_slots(cache, target).items():
+        rule = rules[kind]
+        k_pos = torch.cat([torch.arange(prefix_len - held, prefix_len, device=q_pos.device), q_pos])  # (held + n,)
+        mask = tree_attention_mask(tree_mask, held, dtype)  # (1, 1, n, held + n)
+        masks[kind] = mask.masked_fill(~visible(rule, q_pos, k_pos)[None, None], torch.finfo(dtype).min)
+    return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
 def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float,
@@ -149,8 +176,10 @@ def prefill(target: nn.Module, input_ids: Tensor, layer_ids: Sequence[int], pick
             eos: set[int], max_new_tokens: int) -> DecodeState:
     """One plain target forward over the prompt: its cache, its tapped features, and the
     first new token (the first root)."""
-    cache = DynamicCache(config=target.config)
+    cache = new_target_cache(target)  # generate's cache, windowed layers recording until trimmed
     out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
+    for layer in cache.layers:
+        trim_to_window(layer, input_ids.shape[1])
     tokens, done = _stop_index([pick(out.logits[0, -1])], eos, max_new_tokens)
     sequence = torch.cat([input_ids, torch.tensor([tokens], device=input_ids.device)], dim=1)
     return DecodeState(sequence, cache, select_features(out.hidden_states, layer_ids), None, done)
@@ -166,6 +195,8 @@ def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfi
     device = state.sequence.device
     clock = time.perf_counter()
     draft_tree, draft_state = drafter.draft(state.features, state.sequence, tree, state.draft_state)
+    prefix_len = state.target_cache.get_seq_length()  # every token but the root
+    draft_tree = keep_first_nodes(draft_tree, exact_tree_nodes(target, prefix_len, draft_tree.tree_position_ids))
     draft_tree = draft_tree._replace(tokens=draft_tree.tokens.to(device), tree_mask=draft_tree.tree_mask.to(device),
                                      tree_position_ids=draft_tree.tree_position_ids.to(device))
     _sync(device)
@@ -173,10 +204,10 @@ def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfi
 
     clock = time.perf_counter()
     cache = state.target_cache
-    prefix_len = cache.get_seq_length()  # every token but the root
     dtype = next(target.parameters()).dtype
     out = target(input_ids=draft_tree.tokens[None], past_key_values=cache, use_cache=True,
-                 attention_mask=tree_attention_mask(draft_tree.tree_mask, prefix_len, dtype),
+                 attention_mask=tree_attention_masks(target, cache, draft_tree.tree_mask, draft_tree.tree_position_ids,
+                                                     prefix_len, dtype),
                  position_ids=(prefix_len + draft_tree.tree_position_ids)[None], output_hidden_states=True)
     _sync(device)
     timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - clock
@@ -194,6 +225,7 @@ def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfi
 
 def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, generator, aux_layer_ids):
     _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k)
+    check_tree_verifiable(target)
     if isinstance(head, Eagle3DraftHead):
         check_head_fits_target(head.config, target)
         aux_layer_ids = aux_layer_ids or head.config.aux_layer_ids
