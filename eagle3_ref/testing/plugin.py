@@ -64,6 +64,16 @@ def load_profile() -> str:
     return name
 
 
+# Examples per architecture in the architecture-matrix properties, which run once for every
+# architecture (so each is proven in every profile) rather than drawing one per example.
+EXAMPLES_PER_ARCHITECTURE = {"ci": 3, "quick": 2, "smoke": 1, "dev": 10, "thorough": 50}
+
+
+def examples_per_architecture() -> int:
+    """How many examples each architecture gets in the matrix properties, by profile."""
+    return EXAMPLES_PER_ARCHITECTURE.get(os.environ.get(PROFILE_VAR, "ci"), 3)
+
+
 def devices() -> list[str]:
     """``cpu``, and ``cuda`` when one is available: the suites' ``device`` parameters."""
     import torch

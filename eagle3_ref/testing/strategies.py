@@ -4,8 +4,12 @@ A library of its own (as in MyGrad): the project's property tests, later issues 
 outside users (checking their own EAGLE-3) draw from the same distributions. Everything is
 tiny so a CPU runs hundreds of examples a minute, and seeded so a failure replays.
 
-* :func:`target_configs` / :func:`targets` -- random Hugging Face causal LMs, Llama, Qwen2
-  and Mistral, with GQA, 1-8 layers and a vocabulary of 8-64 tokens.
+* :data:`ARCHITECTURES` -- the target architectures the suite proves decoding on, each a
+  transformers ``model_type`` with what its layers do; ``docs/targets.md`` is generated
+  from this table (:func:`architecture_table`).
+* :func:`target_configs` / :func:`targets` -- random Hugging Face causal LMs of those
+  architectures: GQA, 1-8 layers, a vocabulary of 8-64 tokens, short sliding windows and
+  chunks (shorter than the prompts the tests draw), random mixes of sliding and full layers.
 * :func:`aux_layer_ids` -- valid tapped layers for an ``N``-layer target.
 * :func:`head_configs` -- :class:`Eagle3Config` for a target: GQA, a draft hidden size
   that may differ from the target's, a draft vocabulary smaller than or equal to it.
@@ -15,17 +19,23 @@ tiny so a CPU runs hundreds of examples a minute, and seeded so a failure replay
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import transformers
 from hypothesis import strategies as st
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from eagle3_ref.draft_head import Eagle3Config, Eagle3DraftHead
 from eagle3_ref.vocab import build_vocab_mapping
 
 __all__ = [
+    "Architecture",
     "ARCHITECTURES",
+    "MATRIX_DTYPE",
+    "REFUSED_ARCHITECTURES",
+    "architecture_table",
     "seeds",
     "target_configs",
     "build_target",
@@ -38,48 +48,195 @@ __all__ = [
     "token_ids",
 ]
 
-ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
+
+@dataclass(frozen=True)
+class Architecture:
+    """A transformers architecture the suite draws tiny random targets of."""
+
+    config_class: str  # the transformers config class, by name
+    models: str  # released models of this architecture
+    attention: str  # what its layers' attention does
+    window: str = ""  # "sliding" or "chunked": the config takes a window drawn short; "" none
+    hybrid: bool = False  # layer_types mixes windowed and full layers (drawn at random)
+    moe: bool = False  # mixture-of-experts MLPs: transformers' eager experts path (float64)
+    sdpa: bool = True  # False: transformers implements only eager attention for it
+    caveats: str = ""  # what differs from a plain Llama, for docs/targets.md
+    # Where transformers computes in float32 even in a float64 model, in a way that depends on
+    # the shape of the forward (how many keys a row has, how many rows a matmul takes): a tree
+    # forward and plain decoding then agree to float32 rounding only. "" = exact in float64.
+    float32_inside: str = ""
+
+    @property
+    def atol(self) -> float:
+        """How closely a tree forward and plain decoding agree in float64."""
+        return 1e-5 if self.float32_inside else 1e-9
+
+    @property
+    def greedy_epsilon(self) -> float | None:
+        """None: greedy output must equal ``generate`` exactly. Else the tie-aware check's
+        epsilon: a token may differ only where plain decoding's top-2 margin is below it."""
+        return 1e-5 if self.float32_inside else None
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture("LlamaConfig", "Llama 2/3, EAGLE-3's own heads", "full"),
+    "qwen2": Architecture("Qwen2Config", "Qwen2, Qwen2.5", "full, or sliding window on a mix of layers",
+                          window="sliding", hybrid=True),
+    "qwen3": Architecture("Qwen3Config", "Qwen3 dense", "full (q/k norms)"),
+    "qwen3_moe": Architecture("Qwen3MoeConfig", "Qwen3-30B-A3B, Qwen3-235B-A22B", "full", moe=True),
+    "mistral": Architecture("MistralConfig", "Mistral 7B", "full, or sliding window on every layer",
+                            window="sliding"),
+    "mixtral": Architecture("MixtralConfig", "Mixtral 8x7B", "full, or sliding window on every layer",
+                            window="sliding", moe=True),
+    "phi3": Architecture("Phi3Config", "Phi-3, Phi-4", "full, or sliding window on every layer", window="sliding"),
+    "gemma2": Architecture("Gemma2Config", "Gemma 2", "sliding and full alternating, logit soft-capping",
+                           window="sliding", hybrid=True, sdpa=False,
+                           float32_inside="eager attention's softmax",
+                           caveats="eager attention only in transformers; with left padding its float64 eager "
+                                   "attention turns fully masked rows into NaN, so padded batches are not drawn "
+                                   "for it"),
+    "gemma3_text": Architecture("Gemma3TextConfig", "Gemma 3 (text)", "sliding (local RoPE base) and full",
+                                window="sliding", hybrid=True),
+    "gpt_oss": Architecture("GptOssConfig", "gpt-oss-20b, gpt-oss-120b",
+                            "sliding and full alternating, attention sinks", window="sliding", hybrid=True,
+                            moe=True, sdpa=False, float32_inside="eager attention's softmax",
+                            caveats="eager attention only in transformers (the sinks)"),
+    "deepseek_v3": Architecture("DeepseekV3Config", "DeepSeek-V3, R1, Kimi K2",
+                                "full, multi-head latent attention (MLA)", moe=True, float32_inside="the router",
+                                caveats="transformers' MLA has no grouped-query attention: kv heads = heads"),
+    "llama4_text": Architecture("Llama4TextConfig", "Llama 4 Scout, Maverick (text)",
+                                "chunked, and full on the NoPE layers (attention temperature tuning)",
+                                window="chunked", hybrid=True, moe=True, float32_inside="RoPE and RMSNorm",
+                                caveats="transformers computes the NoPE layers' temperature from the cache "
+                                        "length, not position_ids: in the rare cycle where a multiple of "
+                                        "floor_scale falls inside the tree, only the nodes before it are "
+                                        "verified (eagle3_ref.targets.exact_tree_nodes); floor_scale is drawn "
+                                        "small so the tests meet that cycle"),
+    "glm4_moe": Architecture("Glm4MoeConfig", "GLM-4.5, GLM-4.6", "full", moe=True, float32_inside="the router"),
+    "olmo2": Architecture("Olmo2Config", "OLMo 2", "full (post-norm, q/k norms)"),
+    "cohere2": Architecture("Cohere2Config", "Command R7B, Command A", "sliding and full (NoPE on full layers)",
+                            window="sliding", hybrid=True),
+    "exaone4": Architecture("Exaone4Config", "EXAONE 4.0", "sliding and full", window="sliding", hybrid=True),
+}
+
+# Recurrent / linear-attention targets: refused by name (eagle3_ref.targets.check_tree_verifiable).
+REFUSED_ARCHITECTURES: dict[str, Architecture] = {
+    "qwen3_next": Architecture("Qwen3NextConfig", "Qwen3-Next-80B-A3B", "gated DeltaNet (linear) and full",
+                               hybrid=True, moe=True, caveats="refused: its linear-attention layers carry a "
+                                                              "running state that a tree mask cannot hide"),
+}
+
+
+def architecture_table() -> str:
+    """``docs/targets.md``'s matrix, as Markdown, from :data:`ARCHITECTURES` (so the page
+    cannot drift from what the tests draw)."""
+    rows = ["| `model_type` | released models | attention | proven in float64 | notes |", "|---|---|---|---|---|"]
+    for name, arch in ARCHITECTURES.items():
+        if arch.float32_inside:
+            proven = (f"to {arch.atol:g} ({arch.float32_inside} in float32 inside transformers); greedy "
+                      f"tie-aware, epsilon {arch.greedy_epsilon:g}")
+        else:
+            proven = f"exact (to {arch.atol:g}); greedy equal"
+        extra = ["MoE: eager experts (transformers' grouped matmul refuses float64)"] if arch.moe else []
+        notes = "; ".join(extra + ([arch.caveats] if arch.caveats else [])) or "-"
+        rows.append(f"| `{name}` | {arch.models} | {arch.attention} | {proven} | {notes} |")
+    for name, arch in REFUSED_ARCHITECTURES.items():
+        rows.append(f"| `{name}` | {arch.models} | {arch.attention} | refused by name | {arch.caveats} |")
+    return "\n".join(rows) + "\n"
+
 
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+# The dtype the architecture matrix is proven in (exact: every architecture, MoE included,
+# runs in float64 on the CPU).
+MATRIX_DTYPE = torch.float64
+
+
+def _architecture_kwargs(draw, name: str, n_heads: int, head_dim: int, n_layers: int, intermediate: int) -> dict:
+    """What a tiny config of architecture ``name`` needs beyond the Llama-style fields."""
+    arch = ARCHITECTURES[name]
+    kw: dict = {}
+    if arch.window == "sliding":
+        # Mostly shorter than the prompt plus what is generated (so trees cross the window's
+        # edge); now and then a release's default, far longer than anything here.
+        window = draw(st.one_of(st.integers(2, 12), st.just(4096)))
+        if name in ("qwen2", "mistral", "mixtral", "phi3") and draw(st.integers(0, 3)) == 0:
+            window = None  # these run without a window too
+        kw["sliding_window"] = window
+        if name == "qwen2":
+            kw["use_sliding_window"] = window is not None
+    if arch.hybrid and kw.get("sliding_window", 0) is not None and arch.window == "sliding":
+        kw["layer_types"] = draw(st.lists(st.sampled_from(["sliding_attention", "full_attention"]),
+                                          min_size=n_layers, max_size=n_layers))
+    if name == "llama4_text":
+        kw.update(attention_chunk_size=draw(st.integers(2, 12)), num_local_experts=draw(st.integers(1, 4)),
+                  num_experts_per_tok=1, intermediate_size_mlp=intermediate,
+                  no_rope_layers=draw(st.lists(st.sampled_from([0, 1]), min_size=n_layers, max_size=n_layers)),
+                  # small, so a multiple of floor_scale falls inside trees (see targets.exact_tree_nodes)
+                  floor_scale=draw(st.integers(2, 16)), attn_scale=0.5)
+    if name in ("qwen3_moe", "deepseek_v3", "glm4_moe"):
+        kw["moe_intermediate_size"] = draw(st.integers(4, 16))
+    if name == "qwen3_moe":
+        kw.update(num_experts=draw(st.integers(2, 4)), num_experts_per_tok=2, decoder_sparse_step=1)
+    if name in ("mixtral", "gpt_oss"):
+        kw.update(num_local_experts=draw(st.integers(2, 4)), num_experts_per_tok=2)
+    if name in ("deepseek_v3", "glm4_moe"):
+        kw.update(n_routed_experts=draw(st.integers(2, 4)), num_experts_per_tok=2, n_group=1, topk_group=1,
+                  first_k_dense_replace=draw(st.integers(0, 1)))
+    if name == "deepseek_v3":  # MLA: low-rank q and kv, the RoPE part of each head apart
+        kw.update(kv_lora_rank=draw(st.sampled_from([4, 8])), q_lora_rank=draw(st.sampled_from([None, 8])),
+                  qk_rope_head_dim=head_dim, qk_nope_head_dim=draw(st.sampled_from([2, 4])),
+                  v_head_dim=draw(st.sampled_from([2, 4])), num_key_value_heads=n_heads)
+    return kw
 
 
 @st.composite
 def target_configs(draw, architectures: Sequence[str] = ("llama", "qwen2"), min_layers: int = 1,
                    max_layers: int = 8, max_vocab: int = 64, min_vocab: int = 8) -> PretrainedConfig:
-    """A tiny HF config: GQA (kv heads divide heads), even head_dim, RoPE."""
+    """A tiny HF config of one of ``architectures`` (names in :data:`ARCHITECTURES`): GQA
+    (kv heads divide heads), even head_dim, RoPE, no EOS (the tests choose their own)."""
+    unknown = [a for a in architectures if a not in ARCHITECTURES]
+    if unknown:
+        raise ValueError(f"architectures {unknown} are not in ARCHITECTURES ({', '.join(ARCHITECTURES)})")
     arch = draw(st.sampled_from(list(architectures)))
     n_kv = draw(st.integers(1, 2))
     n_heads = n_kv * draw(st.integers(1, 3))
     head_dim = draw(st.sampled_from([2, 4, 8]))
     hidden = n_heads * head_dim
+    n_layers = draw(st.integers(min_layers, max_layers))
+    intermediate = draw(st.integers(4, 48))
     kwargs = dict(
         vocab_size=draw(st.integers(min_vocab, max_vocab)),
         hidden_size=hidden,
-        intermediate_size=draw(st.integers(4, 48)),
-        num_hidden_layers=draw(st.integers(min_layers, max_layers)),
+        head_dim=head_dim,
+        intermediate_size=intermediate,
+        num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv,
         max_position_embeddings=128,
         rms_norm_eps=1e-6,
         tie_word_embeddings=draw(st.booleans()),
         rope_theta=draw(st.sampled_from([10000.0, 500000.0])),
+        bos_token_id=0, eos_token_id=None, pad_token_id=0,
     )
-    if arch == "qwen2":
-        kwargs["use_sliding_window"] = False
-    if arch == "mistral":
-        kwargs["sliding_window"] = None
-    return ARCHITECTURES[arch](**kwargs)
+    kwargs.update(_architecture_kwargs(draw, arch, n_heads, head_dim, n_layers, intermediate))
+    return getattr(transformers, ARCHITECTURES[arch].config_class)(**kwargs)
 
 
 def build_target(config: PretrainedConfig, seed: int, dtype: torch.dtype = torch.float64,
                  device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A randomly initialised causal LM in eval mode, with SDPA attention.
+    """A randomly initialised causal LM in eval mode: SDPA attention (eager only where
+    transformers has nothing else, :attr:`Architecture.sdpa`) and eager MoE experts
+    (transformers' grouped matmul refuses float64).
 
-    (Not "eager": in transformers 5.23 eager attention in float64 turns fully masked,
-    left-padded rows into NaN, which then leaks into every real token of later layers.)
+    (Not eager attention where SDPA exists: in transformers 5.23 eager attention in float64
+    turns fully masked, left-padded rows into NaN, which then leaks into every real token of
+    later layers.)
     """
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    arch = ARCHITECTURES.get(config.model_type) or REFUSED_ARCHITECTURES.get(config.model_type)
+    attention = "sdpa" if arch is None or arch.sdpa else "eager"
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, experts_implementation="eager")
     with torch.no_grad():  # HF inits with std 0.02, which makes every logit ~0: widen it
         for p in model.parameters():
             if p.dim() >= 2:

@@ -2,7 +2,10 @@
 
 Proof (DESIGN "what proven means" 5): greedy output is identical to transformers'
 ``target.generate(do_sample=False)`` for random Llama and Qwen2 targets, random heads and
-random tree configs, EOS and length limits included (float64 and float32, every device).
+random tree configs, EOS and length limits included (float64 and float32, every device);
+and for every architecture of the matrix (sliding-window, chunked, hybrid, MoE, MLA:
+:data:`eagle3_ref.testing.strategies.ARCHITECTURES`), with prompts longer than the window
+and trees deeper than what is left of it.
 
 Random heads rarely draft what a random target says, so most of their cycles accept
 nothing, and the bookkeeping after an acceptance (which KV-cache slots to keep, which
@@ -15,12 +18,15 @@ import dataclasses
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eagle3_ref.testing.adapter import official_config_of, state_dict_of
 from eagle3_ref.testing.divergence import assert_same
-from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
+from eagle3_ref.testing.plugin import examples_per_architecture
+from eagle3_ref.testing.strategies import (ARCHITECTURES, MATRIX_DTYPE, build_draft_head, build_target, head_configs,
+                                           seeds, target_configs)
+from eagle3_ref.testing.ties import tie_aware_greedy_check
 from eagle3_ref.tree import TreeConfig
 
 pytestmark = pytest.mark.generate
@@ -88,3 +94,31 @@ def test_greedy_equals_transformers_generate(impl, device, dtype, tc, seed, data
     assert sum(lengths) + (1 if max_new else 0) == got.shape[1] - T, \
         f"accepted lengths {lengths} (+1 from the prefill) do not add up to the {got.shape[1] - T} new tokens"
     assert all(1 <= k <= tree.max_depth + 1 for k in lengths), f"accepted lengths {lengths} outside [1, max_depth + 1]"
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@settings(max_examples=examples_per_architecture())
+@given(seed=seeds, data=st.data())
+def test_greedy_equals_transformers_generate_on_every_architecture(impl, device, arch, seed, data):
+    # Windows and chunks are drawn 2..12 long, prompts up to 24 tokens and chains up to 7
+    # deep: the prefix outgrows the window and deep nodes lose sight of the root. A tree mask
+    # without the layer's own rule, or a window cache compacted wrongly, diverges here.
+    tc = data.draw(target_configs(architectures=(arch,), min_layers=2, max_layers=5, max_vocab=24))
+    target = build_target(tc, seed, MATRIX_DTYPE, device)
+    config = data.draw(head_configs(tc))
+    embed = None if config.owns_embedding else target.get_input_embeddings().weight
+    ref = build_draft_head(config, seed, embed, MATRIX_DTYPE, device)
+    head = impl.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    depth = data.draw(st.integers(1, 7), label="chain depth")
+    tree = data.draw(st.one_of(tree_configs(config.draft_vocab_size), st.just(TreeConfig(depth + 1, depth, 1))))
+    prompt = torch.tensor([data.draw(st.lists(st.integers(0, tc.vocab_size - 1), min_size=1, max_size=24))],
+                          device=device)
+    max_new = data.draw(st.integers(1, 20))
+    got, _ = impl.generate(target, head, prompt, max_new_tokens=max_new, num_nodes=tree.num_nodes,
+                           max_depth=tree.max_depth, top_k=tree.top_k)
+    epsilon = ARCHITECTURES[arch].greedy_epsilon
+    if epsilon is None:
+        assert_same_tokens(got, hf_greedy(target, prompt, max_new, None), prompt.shape[1], f"{arch}, {tree}")
+    else:  # transformers computes part of it in float32: near-ties may flip, nothing else
+        assert got.shape[1] == prompt.shape[1] + max_new, f"{arch}: {got.shape[1] - prompt.shape[1]} new tokens, not {max_new}"
+        tie_aware_greedy_check(target, got, prompt.shape[1], epsilon)
