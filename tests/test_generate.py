@@ -13,14 +13,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from transformers import DynamicCache, LlamaConfig
 
 from eagle3_ref.draft_head import Eagle3Config
 from eagle3_ref.fusion import collect_features, default_aux_layer_ids
 from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, prefill, speculative_generate
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
-from eagle3_ref.testing.strategies import build_draft_head, build_target, seeds, target_configs
+from eagle3_ref.testing.plugin import examples_per_architecture
+from eagle3_ref.testing.strategies import ARCHITECTURES, build_draft_head, build_target, seeds, target_configs
 from eagle3_ref.testing.drafters import OracleDrafter
 from eagle3_ref.tree import TreeConfig
 
@@ -56,10 +57,16 @@ def test_plain_decoding_equals_transformers():
 
 
 class CacheMachine(RuleBasedStateMachine):
-    """Many cycles; after each, every cache equals a fresh computation on the accepted text."""
+    """Many cycles; after each, every cache equals a fresh computation on the accepted text.
+    Run once per architecture (``architectures``): sliding-window caches must hold exactly
+    the last window - 1 keys of the accepted text, cycle after cycle."""
 
-    @initialize(tc=target_configs(min_layers=7, max_layers=8), seed=seeds, data=st.data())
-    def setup(self, tc, seed, data):
+    architectures: tuple[str, ...] = ("llama", "qwen2")
+
+    @initialize(data=st.data(), seed=seeds)
+    def setup(self, data, seed):
+        tc = data.draw(target_configs(architectures=self.architectures, min_layers=7, max_layers=8))
+        self.atol = ARCHITECTURES[tc.model_type].atol
         self.target = build_target(tc, seed)
         self.layer_ids = default_aux_layer_ids(tc.num_hidden_layers)
         self.head = build_draft_head(Eagle3Config.for_target(tc, draft_vocab_size=data.draw(st.integers(3, tc.vocab_size))),
@@ -68,7 +75,7 @@ class CacheMachine(RuleBasedStateMachine):
 
         self.drafter = HeadDrafter(self.head)
         self.pick = _Picker(0.0, 0, 1.0, None)
-        prompt = torch.tensor([data.draw(st.lists(st.integers(0, tc.vocab_size - 1), min_size=1, max_size=6))])
+        prompt = torch.tensor([data.draw(st.lists(st.integers(0, tc.vocab_size - 1), min_size=1, max_size=16))])
         self.state = prefill(self.target, prompt, self.layer_ids, self.pick, set(), 10**6)
 
     @rule(data=st.data())
@@ -79,13 +86,14 @@ class CacheMachine(RuleBasedStateMachine):
     @invariant()
     def target_cache_is_a_fresh_prefill(self):
         seq = self.state.sequence[:, :-1]
-        fresh = DynamicCache(config=self.target.config)
+        fresh = DynamicCache(config=self.target.config)  # generate's own cache: windows hold w - 1 keys
         with torch.no_grad():
             self.target(seq, past_key_values=fresh, use_cache=True)
         assert self.state.target_cache.get_seq_length() == seq.shape[1]
-        for got, want in zip(self.state.target_cache.layers, fresh.layers):
-            torch.testing.assert_close(got.keys, want.keys, rtol=1e-9, atol=1e-9)
-            torch.testing.assert_close(got.values, want.values, rtol=1e-9, atol=1e-9)
+        for i, (got, want) in enumerate(zip(self.state.target_cache.layers, fresh.layers)):
+            assert got.get_seq_length() == want.get_seq_length(), f"layer {i}: length"
+            torch.testing.assert_close(got.keys, want.keys, rtol=self.atol, atol=self.atol)
+            torch.testing.assert_close(got.values, want.values, rtol=self.atol, atol=self.atol)
 
     @invariant()
     def draft_cache_and_features_are_fresh(self):
@@ -93,16 +101,19 @@ class CacheMachine(RuleBasedStateMachine):
         features = collect_features(self.target, seq[:, :-1], self.layer_ids)  # one plain forward
         S = 0 if self.state.draft_state is None else self.state.draft_state.length
         assert S + self.state.features.shape[1] == seq.shape[1] - 1, "every slot seen once"
-        torch.testing.assert_close(self.state.features, features[:, S:], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(self.state.features, features[:, S:], rtol=self.atol, atol=self.atol)
         if S:
             with torch.no_grad():
                 fresh = self.head(seq[:, 1:S + 1], self.head.fuse(features[:, :S]), torch.arange(S)[None]).cache
-            torch.testing.assert_close(self.state.draft_state.key, fresh.key, rtol=1e-9, atol=1e-9)
-            torch.testing.assert_close(self.state.draft_state.value, fresh.value, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(self.state.draft_state.key, fresh.key, rtol=self.atol, atol=self.atol)
+            torch.testing.assert_close(self.state.draft_state.value, fresh.value, rtol=self.atol, atol=self.atol)
 
 
-CacheMachine.TestCase.settings = settings(max_examples=8, stateful_step_count=8, deadline=None)
-test_caches_stay_fresh_over_many_cycles = CacheMachine.TestCase
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_caches_stay_fresh_over_many_cycles(arch):
+    machine = type(f"CacheMachine_{arch}", (CacheMachine,), {"architectures": (arch,)})
+    run_state_machine_as_test(machine, settings=settings(max_examples=examples_per_architecture(),
+                                                         stateful_step_count=8, deadline=None))
 
 
 def test_sampling_is_reproducible_with_a_seed():

@@ -164,3 +164,38 @@ def test_llama4_trees_stop_where_the_temperature_positions_would_differ():
     assert exact_tree_nodes(target, 5, torch.tensor([0, 1, 2, 3])) == 4  # a chain: index = depth
     config.attn_temperature_tuning = False
     assert exact_tree_nodes(target, 5, depths) == 4
+
+
+def test_llama4_quirk_is_real_and_the_cut_tree_is_exact():
+    # transformers' Llama 4 really scales a tree node by its index, not its depth: the uncut
+    # forward differs from plain decoding at node 2 (if transformers fixes this, this test
+    # says so, and eagle3_ref.targets.exact_tree_nodes can go). The nodes kept are exact.
+    from eagle3_ref.tree import DraftTree, tree_buffers
+
+    target = build_target(_tiny_llama4(2, no_rope_layers=[0, 0], floor_scale=2, attn_scale=0.5), 0)
+    P, prompt = 5, torch.tensor([[1, 5, 2, 7, 3]])
+    parents = torch.tensor([-1, 0, 0, 0, 1])
+    mask, depth, retrieve = tree_buffers(parents)
+    tree = DraftTree(torch.tensor([3, 4, 5, 6, 7]), parents, -depth.double(), mask, depth, retrieve)
+
+    def tree_logits(tree):
+        with torch.no_grad():
+            cache = new_target_cache(target)
+            target(prompt, past_key_values=cache, use_cache=True)
+            for layer in cache.layers:
+                trim_to_window(layer, P)
+            masks = tree_attention_masks(target, cache, tree.tree_mask, tree.tree_position_ids, P, torch.float64)
+            return target(input_ids=tree.tokens[None], past_key_values=cache, attention_mask=masks,
+                          position_ids=(P + tree.tree_position_ids)[None]).logits[0]
+
+    def plain_logits(tree, node):
+        with torch.no_grad():
+            return target(torch.cat([prompt, tree.tokens[_lineage(tree, node)][None]], 1)).logits[0, -1]
+
+    uncut = tree_logits(tree)
+    assert (uncut[2] - plain_logits(tree, 2)).abs().max() > 1e-3, "transformers now scales Llama 4 by position_ids"
+    kept = keep_first_nodes(tree, exact_tree_nodes(target, P, tree.tree_position_ids))
+    assert kept.num_nodes == 2 and kept.parents.tolist() == [-1, 0]
+    cut = tree_logits(kept)
+    for node in range(kept.num_nodes):
+        assert_same(cut[node], plain_logits(kept, node), f"Llama 4 tree node {node} after the cut", atol=1e-5)
