@@ -223,3 +223,16 @@ def test_readme_documents_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     readme = (ROOT / "README.md").read_text()
     assert [c for c in sub.choices if f"eagle3-ref {c}" not in readme] == []
+
+
+def test_the_targets_page_is_the_matrix_the_tests_draw():
+    # docs/targets.md's table is generated from the strategies' ARCHITECTURES (the list the
+    # matrix properties are parametrized by), so it cannot claim an architecture the tests skip.
+    from eagle3_ref.testing.strategies import architecture_table
+
+    page = (ROOT / "docs" / "targets.md").read_text()
+    found = re.search(r"<!-- architecture-table -->\n(.*?)<!-- /architecture-table -->", page, re.S)
+    assert found, "docs/targets.md has no <!-- architecture-table --> block"
+    assert found.group(1) == architecture_table(), (
+        "docs/targets.md's matrix differs from eagle3_ref.testing.strategies.ARCHITECTURES; paste the output of "
+        "python -c 'from eagle3_ref.testing.strategies import architecture_table; print(architecture_table(), end=\"\")'")
