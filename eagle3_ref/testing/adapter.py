@@ -15,24 +15,99 @@ checked. Caches are opaque: whatever ``head_step`` returns is passed back in unc
 Conventions every method shares: batch-first tensors, ``B`` batch, ``T`` sequence,
 ``H_t`` target hidden size, ``H`` head hidden size, ``V`` target vocabulary, ``V_d``
 draft vocabulary; layer ids are Hugging Face ``hidden_states`` indices.
+
+What an adapter declares besides its methods (all optional; the defaults are the
+reference's):
+
+* ``name``: how reports name the implementation.
+* ``pieces``: the pieces it implements, among :data:`PIECES`. The suite runs only those and
+  reports the others as skipped, "not implemented by NAME", never as failures. A piece that is
+  not implemented needs no methods: ``load_adapter`` checks only the declared pieces' ones.
+* ``precision``: ``"float64"`` (exact), ``"float32"`` (float32 internals, e.g. RMSNorm, RoPE or
+  the softmax computed in float32 whatever the weights' dtype) or ``"bfloat16"``. The
+  tolerances of every numeric comparison follow from it (:func:`tolerance`).
+* out of scope: any method may raise :class:`Unsupported` ``(reason)`` for a configuration
+  the implementation does not handle (a head shape it refuses, say), and ``supports_head(config:
+  dict) -> bool | str`` may refuse an official head config before ``load_head``. The suite
+  then filters the example (hypothesis ``assume``) and counts it; the counts and reasons
+  close the report.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections import Counter
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from .plugin import ENV_VAR
 
-__all__ = ["Eagle3Adapter", "ReferenceAdapter", "load_adapter", "ENV_VAR"]
+__all__ = ["Eagle3Adapter", "ReferenceAdapter", "load_adapter", "ENV_VAR", "PIECES", "PRECISIONS", "Unsupported",
+           "CheckedAdapter", "tolerance", "FILTERED", "declared_pieces", "adapter_name"]
+
+# The pieces of EAGLE-3 an implementation may implement (the conformance suite's markers).
+PIECES = ("fusion", "head", "vocab", "ttt", "tree", "verify", "generate")
+
+# Methods each piece needs (an adapter that does not declare a piece need not have them).
+PIECE_METHODS = {
+    "fusion": ("default_aux_layer_ids", "collect_features"),
+    "head": ("load_head", "head_fuse", "head_step"),
+    "vocab": ("build_vocab", "draft_to_target", "target_to_draft", "load_head", "head_step"),
+    "ttt": ("load_head", "ttt_forward", "ttt_loss"),
+    "tree": ("load_head", "build_tree"),
+    "verify": ("verify_greedy", "verify_sampling", "load_head", "generate"),
+    "generate": ("load_head", "generate"),
+}
+
+
+class Unsupported(Exception):
+    """Raise from any adapter method for a configuration out of the implementation's scope:
+    the suite filters that example (and counts it) instead of failing it."""
+
+
+# Examples filtered as out of scope in this session, by reason (the plugin reports them).
+FILTERED: Counter = Counter()
+
+# ----------------------------------------------------------------------------------------
+# Precision: the tolerances of every numeric comparison, by the implementation's declared
+# precision. float64: the reference's own exact agreement. float32, calibrated (docs/testing.md)
+# on the reference run in float32 (eagle3_ref.testing.adapters.float32) against its float64
+# self, 150 random heads of the strategies: largest differences fc 3.5e-6, logits 1.2e-5, pre-norm
+# hidden 6.3e-5 (values ~10), TTT logits 1.0e-5, TTT loss 4.5e-7, tree scores 3.1e-6; the
+# rtol + atol below leave 8-70x room over those, and the smallest divergence a buggy
+# implementation shows once hypothesis shrinks it (TTT mask seeing the future: 0.031) is 300x
+# beyond. bfloat16 (8 bits of mantissa) is scaled from float32 by its epsilon, not measured.
+# ----------------------------------------------------------------------------------------
+
+PRECISIONS = ("float64", "float32", "bfloat16")
+_TOLERANCES = {  # quantity -> (rtol, atol) per precision
+    "float64": {"fc": (1e-12, 1e-12), "logits": (1e-9, 1e-9), "tree_logits": (1e-10, 1e-10), "scores": (1e-9, 1e-9),
+                "ttt_logits": (1e-10, 1e-10), "loss": (1e-10, 1e-12), "grad": (1e-9, 1e-11), "vocab_logits": (0.0, 1e-12)},
+    "float32": {"fc": (1e-5, 1e-5), "logits": (1e-4, 1e-4), "tree_logits": (1e-4, 1e-4), "scores": (1e-4, 1e-4),
+                "ttt_logits": (1e-4, 1e-4), "loss": (1e-5, 1e-6), "grad": (1e-3, 1e-5), "vocab_logits": (0.0, 1e-5)},
+    "bfloat16": {"fc": (2e-2, 2e-2), "logits": (5e-2, 5e-2), "tree_logits": (5e-2, 5e-2), "scores": (5e-2, 5e-2),
+                 "ttt_logits": (5e-2, 5e-2), "loss": (1e-2, 1e-3), "grad": (1e-1, 1e-3), "vocab_logits": (0.0, 1e-2)},
+}
+
+
+def tolerance(impl: Any, quantity: str) -> dict[str, float]:
+    """``dict(rtol=, atol=)`` for comparing ``quantity`` of ``impl`` with the reference, by
+    the precision ``impl`` declares (default float64)."""
+    precision = getattr(impl, "precision", "float64")
+    if precision not in _TOLERANCES:
+        raise ValueError(f"adapter precision must be one of {PRECISIONS}, got {precision!r}")
+    rtol, atol = _TOLERANCES[precision][quantity]
+    return dict(rtol=rtol, atol=atol)
+
 
 
 @runtime_checkable
 class Eagle3Adapter(Protocol):
-    name: str
+    name: str  # how reports name the implementation
+    pieces: tuple[str, ...]  # optional: the pieces implemented (default all of PIECES)
+    precision: str  # optional: "float64" (default), "float32" or "bfloat16"
 
     # -- fusion --------------------------------------------------------------------------
     def default_aux_layer_ids(self, num_hidden_layers: int) -> tuple[int, ...]:
@@ -106,15 +181,21 @@ class Eagle3Adapter(Protocol):
     # -- the decoding loop -----------------------------------------------------------------
     def generate(self, target: nn.Module, head: Any, input_ids: Tensor, *, max_new_tokens: int, num_nodes: int,
                  max_depth: int, top_k: int, eos_token_id: int | None = None, temperature: float = 0.0,
-                 generator: Any = None) -> tuple[Tensor, list[int]]:
-        """Speculative decoding, batch 1. Returns (sequences (1, T + new), tokens appended per
-        target forward after the prefill)."""
+                 generator: Any = None, sampling_top_k: int = 0, sampling_top_p: float = 1.0
+                 ) -> tuple[Tensor, list[int]]:
+        """Speculative decoding, batch 1. ``top_k`` is the tree's branching; the target's
+        sampling takes ``temperature``, ``sampling_top_k`` (0 = off) and ``sampling_top_p``,
+        applied (as transformers' warpers do) to *every* distribution a token is drawn
+        from: accepting a draft, the residual after a rejection, and the bonus token.
+        Returns (sequences (1, T + new), tokens appended per target forward after the prefill)."""
 
 
 class ReferenceAdapter:
     """:class:`Eagle3Adapter` over this project's own implementation."""
 
     name = "eagle3_ref"
+    pieces = PIECES
+    precision = "float64"
 
     def __init__(self, attn_implementation: str = "sdpa") -> None:
         self.attn_implementation = attn_implementation
@@ -191,13 +272,14 @@ class ReferenceAdapter:
         return tuple(verify_sampling(tree, target_probs, sampler))
 
     def generate(self, target, head, input_ids, *, max_new_tokens, num_nodes, max_depth, top_k, eos_token_id=None,
-                 temperature=0.0, generator=None):
+                 temperature=0.0, generator=None, sampling_top_k=0, sampling_top_p=1.0):
         from eagle3_ref.generate import speculative_generate
         from eagle3_ref.tree import TreeConfig
 
         out = speculative_generate(target, head, input_ids, max_new_tokens=max_new_tokens,
                                    tree=TreeConfig(num_nodes, max_depth, top_k), eos_token_id=eos_token_id,
-                                   temperature=temperature, generator=generator)
+                                   temperature=temperature, top_k=sampling_top_k, top_p=sampling_top_p,
+                                   generator=generator)
         return out.sequences, out.accepted_lengths
 
 
@@ -207,10 +289,65 @@ ADAPTER_METHODS = ("default_aux_layer_ids", "collect_features", "load_head", "he
                    "verify_sampling", "generate")
 
 
+def declared_pieces(adapter: Any) -> tuple[str, ...]:
+    """The pieces ``adapter`` implements (all of :data:`PIECES` unless it says otherwise)."""
+    pieces = tuple(getattr(adapter, "pieces", PIECES))
+    unknown = [p for p in pieces if p not in PIECES]
+    if unknown:
+        raise ValueError(f"adapter {adapter_name(adapter)}: pieces {unknown} are not among {PIECES}")
+    return pieces
+
+
+def adapter_name(adapter: Any) -> str:
+    """How reports name an adapter: its ``name``, else its class."""
+    return str(getattr(adapter, "name", None) or type(adapter).__name__)
+
+
+class CheckedAdapter:
+    """What the suite's tests receive as ``impl``: the adapter itself, except that a
+    configuration out of its scope (:class:`Unsupported` raised, or ``supports_head``
+    refusing a head config) filters the example and is counted in :data:`FILTERED`."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+
+    def __getattr__(self, name: str):
+        value = getattr(self.adapter, name)
+        if name not in ADAPTER_METHODS or not callable(value):
+            return value
+
+        def call(*args, **kwargs):
+            if name == "load_head" and callable(getattr(self.adapter, "supports_head", None)):
+                verdict = self.adapter.supports_head(args[0] if args else kwargs["config"])
+                if verdict is not True:
+                    _out_of_scope(self.adapter, verdict if isinstance(verdict, str) else "supports_head refused")
+            try:
+                return value(*args, **kwargs)
+            except Unsupported as err:
+                _out_of_scope(self.adapter, str(err) or f"{name} raised Unsupported")
+
+        return call
+
+    def __repr__(self) -> str:
+        return f"<{adapter_name(self.adapter)}>"
+
+
+def _out_of_scope(adapter: Any, reason: str) -> None:
+    import pytest
+    from hypothesis import assume
+    from hypothesis.control import currently_in_test_context
+
+    FILTERED[reason] += 1
+    if currently_in_test_context():
+        assume(False)  # hypothesis draws another example
+    pytest.skip(f"out of scope for {adapter_name(adapter)}: {reason}")
+
+
 def load_adapter(spec: str | None = None) -> Eagle3Adapter:
     """The adapter named by ``spec``, else by ``$EAGLE3_IMPL``, else the reference.
 
     ``spec`` is ``package.module`` (its ``ADAPTER`` is used) or ``package.module:NAME``.
+    The adapter must have the methods of the pieces it declares (:data:`PIECE_METHODS`).
     """
     spec = spec or os.environ.get(ENV_VAR) or "eagle3_ref.testing.adapter"
     module_name, _, attr = spec.partition(":")
@@ -222,9 +359,12 @@ def load_adapter(spec: str | None = None) -> Eagle3Adapter:
     if adapter is None:
         raise ValueError(f"implementation {spec!r}: module {module_name} defines no {attr or 'ADAPTER'} "
                          "(an Eagle3Adapter instance)")
-    missing = [m for m in ADAPTER_METHODS if not callable(getattr(adapter, m, None))]
+    needed = dict.fromkeys(m for piece in declared_pieces(adapter) for m in PIECE_METHODS[piece])
+    missing = [m for m in needed if not callable(getattr(adapter, m, None))]
     if missing:
-        raise ValueError(f"{spec}.ADAPTER is not an Eagle3Adapter: it lacks {missing}")
+        raise ValueError(f"{spec}.ADAPTER is not an Eagle3Adapter: it lacks {missing}, which the pieces it "
+                         f"declares ({', '.join(declared_pieces(adapter))}) need")
+    tolerance(adapter, "logits")  # a bad precision is named now, not in the first test
     return adapter
 
 

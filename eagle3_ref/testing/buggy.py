@@ -1,4 +1,4 @@
-"""Five deliberately buggy EAGLE-3 implementations, one classic bug per core piece.
+"""Deliberately buggy EAGLE-3 implementations: one classic bug per core piece, and bugs the field shipped.
 
 Each is the reference with exactly one thing done wrong, the way real implementations get
 it wrong. They exist to show that the conformance suite catches each bug and says where:
@@ -6,21 +6,28 @@ it wrong. They exist to show that the conformance suite catches each bug and say
     python -m pytest --pyargs eagle3_ref.testing.conformance -m fusion \\
         --eagle3-impl=eagle3_ref.testing.buggy:OFF_BY_ONE_LAYER
 
-======================== ============ ==================================================
-adapter                  piece        the bug
-======================== ============ ==================================================
-``OFF_BY_ONE_LAYER``     ``fusion``   reads ``hidden_states[i + 1]``: the *output* of
-                                      layer i (SpecForge's convention) where EAGLE-3
-                                      means the input
-``TTT_SEES_FUTURE``      ``ttt``      the training-time-test mask lets step k >= 1 at
-                                      slot i see the step-0 key of slot i + 1
-``TREE_POSITION_PLUS_1`` ``tree``     ``tree_position_ids = tree_mask.sum(-1)``, the
-                                      missing ``- 1`` (EAGLE's own buffers subtract it)
-``SAMPLING_NO_RENORM``   ``verify``   after rejecting a child, accepts the next with
-                                      ``p(x)`` instead of ``p(x)`` renormalised
-``CACHE_NOT_COMPACTED``  ``generate`` keeps the first ``len(accepted)`` tree slots of the
-                                      target's KV cache instead of the accepted nodes'
-======================== ============ ==================================================
+========================== ============ ==================================================
+adapter                    piece        the bug
+========================== ============ ==================================================
+``OFF_BY_ONE_LAYER``       ``fusion``   reads ``hidden_states[i + 1]``: the *output* of
+                                        layer i (SpecForge's convention) where EAGLE-3
+                                        means the input
+``TTT_SEES_FUTURE``        ``ttt``      the training-time-test mask lets step k >= 1 at
+                                        slot i see the step-0 key of slot i + 1
+``TREE_POSITION_PLUS_1``   ``tree``     ``tree_position_ids = tree_mask.sum(-1)``, the
+                                        missing ``- 1`` (EAGLE's own buffers subtract it)
+``SAMPLING_NO_RENORM``     ``verify``   after rejecting a child, accepts the next with
+                                        ``p(x)`` instead of ``p(x)`` renormalised
+``CACHE_NOT_COMPACTED``    ``generate`` keeps the first ``len(accepted)`` tree slots of the
+                                        target's KV cache instead of the accepted nodes'
+``BONUS_FROM_RAW_SOFTMAX`` ``verify``   after a fully accepted path, draws the bonus token
+                                        from the raw softmax instead of the distribution
+                                        after temperature / top-k / top-p (the official
+                                        code shipped this)
+========================== ============ ==================================================
+
+Each is also exported declaring float32 internals (``OFF_BY_ONE_LAYER_FLOAT32``, ...): judged
+by the float32 tolerances, every bug must still be caught.
 
 ``tests/test_oracle.py`` runs the suite against each and checks it fails, naming the
 implementation, the counterexample and the first divergence.
@@ -35,7 +42,7 @@ import torch
 from eagle3_ref.testing.adapter import ReferenceAdapter
 
 __all__ = ["OFF_BY_ONE_LAYER", "TTT_SEES_FUTURE", "TREE_POSITION_PLUS_1", "SAMPLING_NO_RENORM", "CACHE_NOT_COMPACTED",
-           "BUGS"]
+           "BONUS_FROM_RAW_SOFTMAX", "BUGS", "BEYOND_VECTORS", "declaring"]
 
 
 class OffByOneLayer(ReferenceAdapter):
@@ -101,12 +108,47 @@ class CacheNotCompacted(ReferenceAdapter):
             return super().generate(*args, **kwargs)
 
 
+class BonusFromRawSoftmax(ReferenceAdapter):
+    name = "buggy: bonus token after a fully accepted path from the raw softmax"
+
+    def generate(self, *args, **kwargs):
+        from eagle3_ref.generate import _Picker
+        from eagle3_ref.verify import Verdict, target_probs, verify_greedy, verify_sampling
+
+        def verify(picker, tree, logits):
+            if picker.greedy:
+                return verify_greedy(tree, logits)
+            verdict = verify_sampling(tree, target_probs(logits, **picker.warp), picker.sampler)
+            last = verdict.accepted[-1]
+            if not tree.children(last):  # BUG: at a leaf, the bonus from softmax(logits), unwarped
+                return Verdict(verdict.accepted, picker.sampler.draw(torch.softmax(logits[last].double(), -1)))
+            return verdict
+
+        with mock.patch.object(_Picker, "verify", verify):
+            return super().generate(*args, **kwargs)
+
+
+def declaring(adapter: ReferenceAdapter, precision: str) -> ReferenceAdapter:
+    """``adapter``, declaring another compute precision (so judged by looser tolerances)."""
+    twin = type(adapter)()
+    twin.precision = precision
+    return twin
+
+
 OFF_BY_ONE_LAYER = OffByOneLayer()
 TTT_SEES_FUTURE = TTTSeesFuture()
 TREE_POSITION_PLUS_1 = TreePositionPlusOne()
 SAMPLING_NO_RENORM = SamplingNoRenorm()
 CACHE_NOT_COMPACTED = CacheNotCompacted()
+BONUS_FROM_RAW_SOFTMAX = BonusFromRawSoftmax()
 
 # adapter name -> the marker of the piece whose tests must catch it
 BUGS = {"OFF_BY_ONE_LAYER": "fusion", "TTT_SEES_FUTURE": "ttt", "TREE_POSITION_PLUS_1": "tree",
-        "SAMPLING_NO_RENORM": "verify", "CACHE_NOT_COMPACTED": "generate"}
+        "SAMPLING_NO_RENORM": "verify", "CACHE_NOT_COMPACTED": "generate", "BONUS_FROM_RAW_SOFTMAX": "verify"}
+
+# Bugs the golden vectors cannot see (they hold greedy and single-cycle cases), with why.
+BEYOND_VECTORS = {"BONUS_FROM_RAW_SOFTMAX": "shows only when sampling end to end with a logits warper"}
+
+# The same bugs, declaring float32 internals: judged by float32 tolerances, still caught.
+for _name in list(BUGS):
+    globals()[f"{_name}_FLOAT32"] = declaring(globals()[_name], "float32")

@@ -103,12 +103,62 @@ def pytest_report_header(config):
     return None
 
 
-@pytest.fixture(scope="session")
-def impl(request):
-    """The :class:`~eagle3_ref.testing.adapter.Eagle3Adapter` under test."""
+_LOADED: dict[str, object] = {}
+
+
+def _adapter(config):
+    """The adapter under test, loaded once per session."""
     from .adapter import load_adapter
 
-    return load_adapter(impl_spec(request.config))
+    spec = impl_spec(config)
+    if spec not in _LOADED:
+        _LOADED[spec] = load_adapter(spec)
+    return _LOADED[spec]
+
+
+@pytest.fixture(scope="session")
+def impl(request):
+    """The :class:`~eagle3_ref.testing.adapter.Eagle3Adapter` under test, behind
+    :class:`~eagle3_ref.testing.adapter.CheckedAdapter` (out-of-scope examples filtered)."""
+    from .adapter import CheckedAdapter
+
+    return CheckedAdapter(_adapter(request.config))
+
+
+def pytest_runtest_setup(item):
+    """A conformance test of a piece the implementation does not declare is skipped as
+    "not implemented", never failed."""
+    if "impl" not in getattr(item, "fixturenames", ()):
+        return
+    pieces = [m.name for m in item.iter_markers() if m.name in CONFORMANCE_MARKERS]
+    if not pieces:
+        return
+    from .adapter import adapter_name, declared_pieces
+
+    adapter = _adapter(item.config)
+    missing = [p for p in pieces if p not in declared_pieces(adapter)]
+    if missing:
+        pytest.skip(f"not implemented by {adapter_name(adapter)}: {', '.join(missing)}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Close the report with what the implementation declared and what was filtered."""
+    if not (config.getoption("--eagle3-impl") or os.environ.get(ENV_VAR)) or impl_spec(config) not in _LOADED:
+        return
+    from .adapter import FILTERED, PIECES, adapter_name, declared_pieces
+
+    adapter = _LOADED[impl_spec(config)]
+    lines = [f"implementation under test: {adapter_name(adapter)} ({impl_spec(config)}), precision "
+             f"{getattr(adapter, 'precision', 'float64')}"]
+    absent = [p for p in PIECES if p not in declared_pieces(adapter)]
+    if absent:
+        lines.append(f"not implemented (their tests skipped): {', '.join(absent)}")
+    if FILTERED:
+        lines.append(f"examples filtered as out of scope: {sum(FILTERED.values())}")
+        lines += [f"  {count} x {reason}" for reason, count in FILTERED.most_common()]
+    terminalreporter.write_sep("=", "eagle3 conformance")
+    for line in lines:
+        terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(hookwrapper=True)  # the old-style wrapper: works with any pytest this may be loaded into
@@ -116,5 +166,8 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed and "impl" in getattr(item, "fixturenames", ()):
+        from .adapter import adapter_name
+
+        name = adapter_name(_LOADED[impl_spec(item.config)]) if impl_spec(item.config) in _LOADED else "?"
         report.sections.append(("eagle3 implementation under test",
-                                f"{impl_spec(item.config)} (chosen by --eagle3-impl or ${ENV_VAR})"))
+                                f"{name} ({impl_spec(item.config)}, chosen by --eagle3-impl or ${ENV_VAR})"))

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eagle3_ref.testing.adapter import official_config_of, state_dict_of
+from eagle3_ref.testing.adapter import official_config_of, state_dict_of, tolerance
 from eagle3_ref.testing.divergence import assert_same
 from eagle3_ref.testing.strategies import build_draft_head, head_configs, seeds, target_configs
 from eagle3_ref.ttt import ttt_forward, ttt_loss_naive
@@ -85,7 +85,7 @@ def test_parallel_ttt_equals_unrolled_drafting(impl, device, case):
     assert len(logits) == case["K"], f"ttt_forward returned {len(logits)} steps, asked for {case['K']}"
     for (b, k, i), want in unrolled(impl, head, case, device).items():
         assert_same(logits[k][b, i], want, f"TTT step {k}, batch {b}, slot {i}: parallel logits against "
-                    f"drafting {k} step(s) from the prefix ending at slot {i}", rtol=1e-10, atol=1e-10,
+                    f"drafting {k} step(s) from the prefix ending at slot {i}", **tolerance(impl, "ttt_logits"),
                     where=("draft token",))
 
 
@@ -106,7 +106,7 @@ def test_gradients_equal_the_unrolled_computation(impl, case):
                                                                           dtype=torch.float64))
                                        for i in range(T)]) for b in range(B)]) for k in range(case["K"])]
     loss2 = impl.ttt_loss(steps, case["target_logits"], loss_mask, ref.t2d, ref.d2t)
-    assert_same(loss, loss2, "TTT loss of the parallel forward against the unrolled chains", rtol=1e-10, atol=1e-12)
+    assert_same(loss, loss2, "TTT loss of the parallel forward against the unrolled chains", **tolerance(impl, "loss"))
     if not loss2.requires_grad:  # no chain fits in the sequence: nothing is trained
         assert all(g is None or not g.any() for g in grads), "no chain fits, yet the parallel loss has gradients"
         return
@@ -114,7 +114,7 @@ def test_gradients_equal_the_unrolled_computation(impl, case):
     for name, p, g, g2 in zip(names, params, grads, torch.autograd.grad(loss2, params, allow_unused=True)):
         g = torch.zeros_like(p) if g is None else g
         g2 = torch.zeros_like(p) if g2 is None else g2
-        assert_same(g, g2, f"gradient of {name}", rtol=1e-9, atol=1e-11)
+        assert_same(g, g2, f"gradient of {name}", **tolerance(impl, "grad"))
 
 
 @given(case=ttt_cases(padding=("none", "right")))
@@ -124,4 +124,4 @@ def test_loss_equals_the_naive_loss(impl, case):
     mask = case["attention_mask"]
     got = impl.ttt_loss(logits, case["target_logits"], mask, ref.t2d, ref.d2t)
     assert_same(got, ttt_loss_naive(logits, case["target_logits"], mask, ref.t2d), "TTT loss against the naive "
-                "per-slot, per-step loss", rtol=1e-12, atol=1e-12)
+                "per-slot, per-step loss", **tolerance(impl, "loss"))

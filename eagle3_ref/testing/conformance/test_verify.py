@@ -159,3 +159,57 @@ def test_speculative_sampling_matches_the_target_statistically(impl):
     p_value = chi_square_p_value(counts, law * runs)
     assert p_value > alpha, (f"{runs} sampled pairs of tokens do not follow the target's law: chi-square p = "
                              f"{p_value:.2g} < alpha = {alpha}")
+
+
+@pytest.mark.parametrize("warp", [dict(temperature=0.7, sampling_top_k=2), dict(temperature=1.5, sampling_top_p=0.5)],
+                         ids=["temperature-top_k", "temperature-top_p"])
+def test_the_bonus_after_a_fully_accepted_path_follows_the_warped_law(impl, warp):
+    # A bug the official code shipped: once every draft of a path was accepted, the bonus token
+    # came from the raw softmax, not from the distribution after temperature / top-k / top-p.
+    # The exact-law test above hands the verifier processed probabilities, and the statistical
+    # test above samples at temperature 1 with no warper, where the two coincide: neither sees
+    # it. Here a depth-1 tree makes every accepted child a leaf, so a bonus after a fully
+    # accepted path is drawn in most cycles, and the warpers put real zeros in the law.
+    from transformers import LlamaConfig
+
+    from eagle3_ref.draft_head import Eagle3Config
+    from eagle3_ref.testing.adapter import official_config_of, state_dict_of
+    from eagle3_ref.testing.strategies import build_draft_head, build_target
+
+    # 120 runs: the bug draws a forbidden sequence in 15-18 % of them (measured), so it cannot hide.
+    V, runs, alpha, new = 4, 120, 1e-3, 3
+    tc = LlamaConfig(vocab_size=V, hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=64)
+    target = build_target(tc, 11)
+    with torch.no_grad():  # temper the random target so every token has visible mass before warping
+        target.lm_head.weight.mul_(0.3)
+    ref = build_draft_head(Eagle3Config.for_target(tc, aux_layer_ids=(0, 1, 2)), 11, target.get_input_embeddings().weight)
+    head = impl.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    prompt = torch.tensor([[1, 3, 2]])
+    processed = dict(temperature=warp["temperature"], top_k=warp.get("sampling_top_k", 0),
+                     top_p=warp.get("sampling_top_p", 1.0))
+
+    def p_next(prefix: list[int]) -> torch.Tensor:  # the target's processed distribution after prompt + prefix
+        with torch.no_grad():
+            logits = target(torch.cat([prompt, torch.tensor([prefix], dtype=torch.long)], 1)).logits[0, -1:]
+        return target_probs(logits, **processed)[0]
+
+    law = torch.zeros(V, V, V, dtype=torch.float64)  # P(t1, t2, t3), exactly
+    p1 = p_next([])
+    for a in range(V):
+        p2 = p_next([a])
+        for b in range(V):
+            law[a, b] = p1[a] * p2[b] * p_next([a, b])
+    counts = torch.zeros(V, V, V, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4321)
+    for _ in range(runs):
+        seq, _ = impl.generate(target, head, prompt, max_new_tokens=new, num_nodes=3, max_depth=1, top_k=2,
+                               generator=gen, **warp)
+        counts[tuple(int(t) for t in seq[0, 3:])] += 1
+    # A sequence the processed law forbids is a certain failure, whatever the sample size.
+    assert_same(torch.where(law == 0, counts, 0), torch.zeros_like(counts),
+                f"times a sequence of {new} tokens with probability 0 under {processed} was sampled (of {runs})",
+                where=lambda i: f"tokens {tuple(i)}")
+    p_value = chi_square_p_value(counts.flatten(), law.flatten() * runs)
+    assert p_value > alpha, (f"{runs} sampled sequences do not follow the target's law under {processed}: "
+                             f"chi-square p = {p_value:.2g} < alpha = {alpha}")

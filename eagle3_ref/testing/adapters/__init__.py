@@ -1,0 +1,5 @@
+"""Adapters for implementations that are not the reference (see :mod:`eagle3_ref.testing.adapter`).
+
+* :mod:`eagle3_ref.testing.adapters.float32` -- the reference computing in float32: a correct
+  implementation with float32 internals, which calibrates the float32 tolerances.
+"""
