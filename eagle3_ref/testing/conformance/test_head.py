@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eagle3_ref.draft_head import Eagle3Config
-from eagle3_ref.testing.adapter import official_config_of, state_dict_of, tolerance
+from eagle3_ref.testing.adapter import ReferenceAdapter, official_config_of, state_dict_of, tolerance
 from eagle3_ref.testing.divergence import assert_same
 from eagle3_ref.testing.strategies import build_draft_head, head_configs, seeds, target_configs, trees
 
@@ -162,11 +162,12 @@ def path_logits_without_cache(impl, handle, ids, hidden, path_tokens):
 @given(config=st.deferred(lambda: target_configs(max_layers=3).flatmap(head_configs)), seed=seeds,
        T=st.integers(1, 8), parents=trees(max_nodes=10), data=st.data())
 def test_cached_tree_drafting_equals_uncached_paths(impl, device, config, seed, T, parents, data):
-    _, handle = setup_head(impl, config, seed, device)
+    ref, handle = setup_head(impl, config, seed, device)
     ids, feats, _ = random_prefix(config, seed, T, device)
     hidden = impl.head_fuse(handle, feats)
     tokens = [None] + [data.draw(st.integers(0, config.vocab_size - 1)) for _ in parents[1:]]
     incremental = draft_tree_incrementally(impl, handle, ids, hidden, parents, tokens, device)
+    reference = ReferenceAdapter()  # the same weights, the reference's own head
     for node in range(len(parents)):
         path, n = [], node
         while n > 0:
@@ -175,3 +176,7 @@ def test_cached_tree_drafting_equals_uncached_paths(impl, device, config, seed, 
         naive = path_logits_without_cache(impl, handle, ids, hidden, path[::-1])
         assert_same(incremental[node], naive, f"cached tree-masked logits of node {node} (parents {parents}) "
                     "against an uncached re-run of its path", **tolerance(impl, "tree_logits"), where=("draft token",))
+        want = path_logits_without_cache(reference, ref, ids, ref.fuse(feats), path[::-1])
+        assert_same(incremental[node], want, f"cached tree-masked logits of node {node} (parents {parents}) "
+                    "against the reference head's on the same weights", **tolerance(impl, "tree_logits"),
+                    where=("draft token",))

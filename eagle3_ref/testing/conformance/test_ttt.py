@@ -6,7 +6,10 @@ Proofs (DESIGN "what proven means" 3, the heart of the paper):
   slot i, k steps deep, on the ground-truth tokens, gives the same logits (float64,
   padding included);
 * the gradients of the loss with respect to every head parameter agree too;
-* the loss equals a naive per-position, per-step computation.
+* the loss equals a naive per-position, per-step computation;
+* and each of these equals the reference's on the same weights (not only the
+  implementation's own unrolled drafting: an implementation consistently wrong in both
+  would agree with itself).
 """
 
 import pytest
@@ -17,7 +20,7 @@ from hypothesis import strategies as st
 from eagle3_ref.testing.adapter import official_config_of, state_dict_of, tolerance
 from eagle3_ref.testing.divergence import assert_same
 from eagle3_ref.testing.strategies import build_draft_head, head_configs, seeds, target_configs
-from eagle3_ref.ttt import ttt_forward, ttt_loss_naive
+from eagle3_ref.ttt import ttt_forward, ttt_loss, ttt_loss_naive
 
 pytestmark = pytest.mark.ttt
 
@@ -79,13 +82,18 @@ def unrolled(impl, head, case, device):
 
 @given(case=ttt_cases())
 def test_parallel_ttt_equals_unrolled_drafting(impl, device, case):
-    _, head = case_heads(impl, case, device)
-    logits = impl.ttt_forward(head, case["features"].to(device), case["input_ids"].to(device), case["K"],
-                              case["attention_mask"].to(device))
+    ref, head = case_heads(impl, case, device)
+    feats, ids, mask = (case[n].to(device) for n in ("features", "input_ids", "attention_mask"))
+    logits = impl.ttt_forward(head, feats, ids, case["K"], mask)
     assert len(logits) == case["K"], f"ttt_forward returned {len(logits)} steps, asked for {case['K']}"
+    with torch.no_grad():
+        reference = ttt_forward(ref, feats, ids, case["K"], mask).logits  # the same weights
     for (b, k, i), want in unrolled(impl, head, case, device).items():
         assert_same(logits[k][b, i], want, f"TTT step {k}, batch {b}, slot {i}: parallel logits against "
                     f"drafting {k} step(s) from the prefix ending at slot {i}", **tolerance(impl, "ttt_logits"),
+                    where=("draft token",))
+        assert_same(logits[k][b, i], reference[k][b, i], f"TTT step {k}, batch {b}, slot {i}: parallel logits "
+                    "against the reference's on the same weights", **tolerance(impl, "ttt_logits"),
                     where=("draft token",))
 
 
@@ -115,6 +123,21 @@ def test_gradients_equal_the_unrolled_computation(impl, case):
         g = torch.zeros_like(p) if g is None else g
         g2 = torch.zeros_like(p) if g2 is None else g2
         assert_same(g, g2, f"gradient of {name}", **tolerance(impl, "grad"))
+
+    # Against the reference on the same weights: the loss, and every gradient of a parameter
+    # the implementation names with an official key (a handle need not be an nn.Module with
+    # the official names; then only the loss is compared).
+    ref_loss = ttt_loss(ttt_forward(ref, case["features"], case["input_ids"], case["K"], case["attention_mask"]).logits,
+                        case["target_logits"], loss_mask, ref.t2d, ref.d2t).loss
+    assert_same(loss, ref_loss, "TTT loss against the reference's on the same weights", **tolerance(impl, "loss"))
+    ref_params = {n: p for n, p in ref.named_parameters() if p.requires_grad}
+    shared = [(n, g) for n, g in zip(names, grads) if n in ref_params]
+    if shared and ref_loss.requires_grad:
+        ref_grads = torch.autograd.grad(ref_loss, [ref_params[n] for n, _ in shared], allow_unused=True)
+        for (name, g), g_ref in zip(shared, ref_grads):
+            g = torch.zeros_like(ref_params[name]) if g is None else g
+            g_ref = torch.zeros_like(ref_params[name]) if g_ref is None else g_ref
+            assert_same(g, g_ref, f"gradient of {name} against the reference's", **tolerance(impl, "grad"))
 
 
 @given(case=ttt_cases(padding=("none", "right")))
