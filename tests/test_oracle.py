@@ -129,3 +129,36 @@ def test_load_adapter_asks_only_for_the_declared_pieces(tmp_path, monkeypatch):
         load_adapter("odd_precision")
     with pytest.raises(ValueError, match=r"pieces \['trees'\] are not among"):
         load_adapter("odd_piece")
+
+
+PRODUCTION_ENGINE = '''
+from eagle3_ref.testing.adapter import ReferenceAdapter
+
+
+class ProductionOnly(ReferenceAdapter):
+    name = "production-shapes engine"
+    head_shapes = "production"
+
+    def supports_head(self, config):
+        if config["eagle3_ref"]["num_aux_layers"] != 3:
+            return "fewer than three tapped layers"
+        if config["hidden_size"] != config["num_attention_heads"] * config.get("head_dim", 0):
+            return "head_dim not dividing the hidden size"
+        return True
+
+
+ADAPTER = ProductionOnly()
+'''
+
+
+def test_an_engine_that_refuses_exotic_heads_is_not_drawn_them(tmp_path):
+    # Before production shapes, an engine refusing these filtered 65-78 % of its head examples.
+    (tmp_path / "production_engine.py").write_text(PRODUCTION_ENGINE)
+    env = dict(os.environ, HYPOTHESIS_PROFILE="quick", PYTHONPATH=str(tmp_path))
+    env.pop("EAGLE3_IMPL", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", "--pyargs",
+           "eagle3_ref.testing.conformance", "-m", "head or ttt", "--eagle3-impl=production_engine"]
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert "implementation under test: production-shapes engine" in out and "filtered" not in out, out[-3000:]

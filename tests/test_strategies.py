@@ -92,3 +92,22 @@ def test_trees_are_rooted_and_topologically_ordered(parents):
 def test_trees_include_chains_and_deep_branching():
     find(trees(), lambda p: len(p) >= 5 and all(p[i] == i - 1 for i in range(1, len(p))), settings=FIND)
     find(trees(), lambda p: len(p) >= 6 and len(set(p[1:])) < len(p) - 1 and max(p) >= 2, settings=FIND)
+
+
+@given(st.data())
+def test_production_heads_are_what_engines_build(data):
+    # Three distinct tapped layers and hidden = heads x head_dim: what SpecForge, vLLM and
+    # SGLang load. The conformance suite draws these for any adapter but the reference.
+    tc = data.draw(target_configs(shapes="production"))
+    hc = data.draw(head_configs(tc, shapes="production"))
+    assert hc.hidden_size == hc.num_attention_heads * hc.head_dim and hc.head_dim % 2 == 0
+    ids = hc.aux_layer_ids or default_aux_layer_ids(tc.num_hidden_layers)
+    assert len(set(ids)) == 3
+
+
+@pytest.mark.parametrize("case", [
+    lambda c: len(c.aux_layer_ids or (0, 1, 2)) < 3,
+    lambda c: c.hidden_size != c.num_attention_heads * c.head_dim,
+], ids=["fewer-than-three-layers", "head-dim-not-dividing-hidden"])
+def test_the_reference_still_draws_exotic_heads(case):
+    find(target_configs().flatmap(head_configs), case, settings=FIND)

@@ -26,6 +26,9 @@ reference's):
 * ``precision``: ``"float64"`` (exact), ``"float32"`` (float32 internals, e.g. RMSNorm, RoPE or
   the softmax computed in float32 whatever the weights' dtype) or ``"bfloat16"``. The
   tolerances of every numeric comparison follow from it (:func:`tolerance`).
+* ``head_shapes``: ``"production"`` (default: three distinct tapped layers, hidden size =
+  heads x head_dim, as every engine builds heads) or ``"any"`` (also the exotic shapes the
+  reference supports); the suite draws heads accordingly.
 * out of scope: any method may raise :class:`Unsupported` ``(reason)`` for a configuration
   the implementation does not handle (a head shape it refuses, say), and ``supports_head(config:
   dict) -> bool | str`` may refuse an official head config before ``load_head``. The suite
@@ -107,6 +110,7 @@ def tolerance(impl: Any, quantity: str) -> dict[str, float]:
 class Eagle3Adapter(Protocol):
     name: str  # how reports name the implementation
     pieces: tuple[str, ...]  # optional: the pieces implemented (default all of PIECES)
+    head_shapes: str  # optional: "production" (default) or "any" (see strategies.HEAD_SHAPES)
     precision: str  # optional: "float64" (default), "float32" or "bfloat16"
 
     # -- fusion --------------------------------------------------------------------------
@@ -196,6 +200,7 @@ class ReferenceAdapter:
     name = "eagle3_ref"
     pieces = PIECES
     precision = "float64"
+    head_shapes = "any"  # the reference also handles 1-2 tapped layers and head_dim not dividing hidden
 
     def __init__(self, attn_implementation: str = "sdpa") -> None:
         self.attn_implementation = attn_implementation

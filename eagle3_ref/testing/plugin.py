@@ -121,8 +121,11 @@ def impl(request):
     """The :class:`~eagle3_ref.testing.adapter.Eagle3Adapter` under test, behind
     :class:`~eagle3_ref.testing.adapter.CheckedAdapter` (out-of-scope examples filtered)."""
     from .adapter import CheckedAdapter
+    from .strategies import set_head_shapes
 
-    return CheckedAdapter(_adapter(request.config))
+    adapter = _adapter(request.config)
+    set_head_shapes(getattr(adapter, "head_shapes", "production"))  # what the adapter's heads may be
+    return CheckedAdapter(adapter)
 
 
 def pytest_runtest_setup(item):

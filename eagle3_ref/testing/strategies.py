@@ -42,6 +42,8 @@ __all__ = [
     "targets",
     "aux_layer_ids",
     "head_configs",
+    "HEAD_SHAPES",
+    "set_head_shapes",
     "build_draft_head",
     "draft_heads",
     "trees",
@@ -193,13 +195,16 @@ def _architecture_kwargs(draw, name: str, n_heads: int, head_dim: int, n_layers:
 
 @st.composite
 def target_configs(draw, architectures: Sequence[str] = ("llama", "qwen2"), min_layers: int = 1,
-                   max_layers: int = 8, max_vocab: int = 64, min_vocab: int = 8) -> PretrainedConfig:
+                   max_layers: int = 8, max_vocab: int = 64, min_vocab: int = 8,
+                   shapes: str | None = None) -> PretrainedConfig:
     """A tiny HF config of one of ``architectures`` (names in :data:`ARCHITECTURES`): GQA
     (kv heads divide heads), even head_dim, RoPE, no EOS (the tests choose their own)."""
     unknown = [a for a in architectures if a not in ARCHITECTURES]
     if unknown:
         raise ValueError(f"architectures {unknown} are not in ARCHITECTURES ({', '.join(ARCHITECTURES)})")
     arch = draw(st.sampled_from(list(architectures)))
+    if (shapes or _head_shapes[0]) == "production":  # a production head taps three distinct layers
+        min_layers, max_layers = max(min_layers, 3), max(max_layers, 3)
     n_kv = draw(st.integers(1, 2))
     n_heads = n_kv * draw(st.integers(1, 3))
     head_dim = draw(st.sampled_from([2, 4, 8]))
@@ -262,22 +267,52 @@ def aux_layer_ids(draw, num_hidden_layers: int) -> tuple[int, ...] | None:
     return tuple(sorted(ids))
 
 
+# Which heads the strategies draw by default. "production": what every engine builds and loads
+# (three distinct tapped layers, hidden size = heads x head_dim). "any": also one or two tapped
+# layers (targets of 1-2 layers) and a head_dim that does not divide the hidden size, shapes the
+# reference supports (Qwen3-style explicit head_dim). The reference's own tests draw "any"; the
+# conformance suite draws what the adapter declares (its ``head_shapes``, default "production").
+HEAD_SHAPES = ("production", "any")
+_head_shapes = ["any"]
+
+
+def set_head_shapes(kind: str) -> None:
+    """Set the default of :func:`head_configs` and :func:`target_configs` (see HEAD_SHAPES)."""
+    if kind not in HEAD_SHAPES:
+        raise ValueError(f"head shapes must be one of {HEAD_SHAPES}, got {kind!r}")
+    _head_shapes[0] = kind
+
+
 @st.composite
-def head_configs(draw, target_config: PretrainedConfig | None = None) -> Eagle3Config:
+def head_configs(draw, target_config: PretrainedConfig | None = None, shapes: str | None = None) -> Eagle3Config:
     """A head config for ``target_config`` (drawn if None). The draft's hidden size equals
-    the target's two times in three (the released heads) and differs otherwise."""
+    the target's two times in three (the released heads) and differs otherwise. ``shapes``:
+    "production" or "any" (default: :func:`set_head_shapes`'s)."""
+    shapes = shapes or _head_shapes[0]
     tc = target_config if target_config is not None else draw(target_configs())
-    n_kv = draw(st.integers(1, 2))
-    n_heads = n_kv * draw(st.integers(1, 3))
     same_width = draw(st.integers(0, 2)) > 0
-    if same_width:
-        hidden = tc.hidden_size
-        head_dim = draw(st.sampled_from([d for d in (2, 4, 8, hidden) if d % 2 == 0]))
+    if shapes == "production":  # hidden = heads x head_dim, head_dim even
+        if same_width:
+            hidden = tc.hidden_size
+            n_heads, n_kv = draw(st.sampled_from([(h, kv) for h in range(1, 7) for kv in (1, 2)
+                                                  if h % kv == 0 and hidden % h == 0 and hidden // h % 2 == 0]))
+            head_dim = hidden // n_heads
+        else:
+            n_kv = draw(st.integers(1, 2))
+            n_heads = n_kv * draw(st.integers(1, 3))
+            head_dim = draw(st.sampled_from([2, 4, 8]))
+            hidden = n_heads * head_dim
     else:
-        head_dim = draw(st.sampled_from([2, 4, 8]))
-        hidden = draw(st.sampled_from([h for h in (4, 8, 12, 16, 24) if h != tc.hidden_size]))
+        n_kv = draw(st.integers(1, 2))
+        n_heads = n_kv * draw(st.integers(1, 3))
+        if same_width:
+            hidden = tc.hidden_size
+            head_dim = draw(st.sampled_from([d for d in (2, 4, 8, hidden) if d % 2 == 0]))
+        else:
+            head_dim = draw(st.sampled_from([2, 4, 8]))
+            hidden = draw(st.sampled_from([h for h in (4, 8, 12, 16, 24) if h != tc.hidden_size]))
     draft_vocab = draw(st.one_of(st.just(tc.vocab_size), st.integers(1, tc.vocab_size)))
-    return Eagle3Config(
+    config = Eagle3Config(
         hidden_size=hidden,
         intermediate_size=draw(st.integers(4, 48)),
         num_attention_heads=n_heads,
@@ -291,6 +326,10 @@ def head_configs(draw, target_config: PretrainedConfig | None = None) -> Eagle3C
         max_position_embeddings=128,
         aux_layer_ids=draw(aux_layer_ids(tc.num_hidden_layers)),
     )
+    if shapes == "production" and len(config.aux_layer_ids or (0, 1, 2)) != 3:
+        raise ValueError(f"production heads tap three layers: a {tc.num_hidden_layers}-layer target has too few "
+                         "(target_configs draws at least 3 layers under production shapes)")
+    return config
 
 
 def build_draft_head(config: Eagle3Config, seed: int, embed_weight: torch.Tensor | None = None,
