@@ -129,7 +129,7 @@ def visible(rule: LayerRule, q_positions: Tensor, k_positions: Tensor) -> Tensor
     """``(q, k)`` bool: may a query at each of ``q_positions (q,)`` see a key at each of
     ``k_positions (k,)`` under ``rule``? (Causality itself comes from the tree mask.)"""
     q, k = q_positions[:, None], k_positions[None, :]
-    # --- rule by rule, as transformers.masking_utils writes them
+    # rule by rule, as transformers.masking_utils writes them
     if rule.layer_type == "sliding_attention":  # sliding_window_overlay: kv_idx > q_idx - window
         return k > q - rule.window
     if rule.layer_type == "chunked_attention":  # chunked_overlay (no left padding at batch size 1)

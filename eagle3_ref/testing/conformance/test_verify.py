@@ -129,21 +129,27 @@ def chi_square_p_value(observed: torch.Tensor, expected: torch.Tensor) -> float:
                                          torch.tensor(stat / 2.0, dtype=torch.float64)))
 
 
-def test_speculative_sampling_matches_the_target_statistically(impl):
+def tempered_pair(impl, vocab: int, seed: int):
+    """A tiny Llama target whose logits are tempered (every token keeps visible mass), and the
+    implementation's handle on a random head for it: (target, head)."""
     from transformers import LlamaConfig
 
     from eagle3_ref.draft_head import Eagle3Config
     from eagle3_ref.testing.adapter import official_config_of, state_dict_of
     from eagle3_ref.testing.strategies import build_draft_head, build_target
 
-    V, runs, alpha = 6, 600, 1e-3
-    tc = LlamaConfig(vocab_size=V, hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
+    tc = LlamaConfig(vocab_size=vocab, hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
                      num_key_value_heads=1, max_position_embeddings=64)
-    target = build_target(tc, 7)
-    with torch.no_grad():  # temper the random target so every pair of tokens has visible mass
+    target = build_target(tc, seed)
+    with torch.no_grad():
         target.lm_head.weight.mul_(0.3)
-    ref = build_draft_head(Eagle3Config.for_target(tc, aux_layer_ids=(0, 1, 2)), 7, target.get_input_embeddings().weight)
-    head = impl.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    ref = build_draft_head(Eagle3Config.for_target(tc, aux_layer_ids=(0, 1, 2)), seed, target.get_input_embeddings().weight)
+    return target, impl.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+
+
+def test_speculative_sampling_matches_the_target_statistically(impl):
+    V, runs, alpha = 6, 600, 1e-3
+    target, head = tempered_pair(impl, V, 7)
     prompt = torch.tensor([[1, 4, 2]])
     # The exact law of the next two tokens from the target itself.
     with torch.no_grad():
@@ -170,21 +176,9 @@ def test_the_bonus_after_a_fully_accepted_path_follows_the_warped_law(impl, warp
     # test above samples at temperature 1 with no warper, where the two coincide: neither sees
     # it. Here a depth-1 tree makes every accepted child a leaf, so a bonus after a fully
     # accepted path is drawn in most cycles, and the warpers put real zeros in the law.
-    from transformers import LlamaConfig
-
-    from eagle3_ref.draft_head import Eagle3Config
-    from eagle3_ref.testing.adapter import official_config_of, state_dict_of
-    from eagle3_ref.testing.strategies import build_draft_head, build_target
-
     # 120 runs: the bug draws a forbidden sequence in 15-18 % of them (measured), so it cannot hide.
     V, runs, alpha, new = 4, 120, 1e-3, 3
-    tc = LlamaConfig(vocab_size=V, hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
-                     num_key_value_heads=1, max_position_embeddings=64)
-    target = build_target(tc, 11)
-    with torch.no_grad():  # temper the random target so every token has visible mass before warping
-        target.lm_head.weight.mul_(0.3)
-    ref = build_draft_head(Eagle3Config.for_target(tc, aux_layer_ids=(0, 1, 2)), 11, target.get_input_embeddings().weight)
-    head = impl.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    target, head = tempered_pair(impl, V, 11)
     prompt = torch.tensor([[1, 3, 2]])
     processed = dict(temperature=warp["temperature"], top_k=warp.get("sampling_top_k", 0),
                      top_p=warp.get("sampling_top_p", 1.0))
