@@ -53,3 +53,23 @@ def executed_notebooks(tmp_path_factory):
 
     run.directory = out
     return run
+
+
+@pytest.fixture(scope="session")
+def run_conformance():
+    """``run(spec, marker, cwd, *options) -> (exit code, stdout + stderr)``: the conformance
+    suite against ``--eagle3-impl=spec`` in a fresh pytest process, as a user types it, from
+    ``cwd`` (also put on ``PYTHONPATH``, for adapters written there), profile ``quick``, seed 0."""
+    import os
+    import subprocess
+    import sys
+
+    def run(spec: str, marker: str, cwd, *options: str) -> tuple[int, str]:
+        env = dict(os.environ, HYPOTHESIS_PROFILE="quick", PYTHONPATH=str(cwd))
+        env.pop("EAGLE3_IMPL", None)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *options,
+               "--pyargs", "eagle3_ref.testing.conformance", "-m", marker, f"--eagle3-impl={spec}"]
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        return done.returncode, done.stdout + done.stderr
+
+    return run

@@ -12,9 +12,6 @@ float32 tolerances: a bug caught within those is caught within float64's tighter
 (every comparison is "difference beyond tolerance").
 """
 
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -27,21 +24,12 @@ from eagle3_ref.testing.divergence import assert_same, first_divergence
 pytestmark = pytest.mark.oracle
 
 
-def run_conformance(spec: str, marker: str, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HYPOTHESIS_PROFILE="quick")
-    env.pop("EAGLE3_IMPL", None)
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0",
-           "--pyargs", "eagle3_ref.testing.conformance", "-m", marker, f"--eagle3-impl={spec}"]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_every_classic_bug_is_caught_and_located(tmp_path):
+def test_every_classic_bug_is_caught_and_located(tmp_path, run_conformance):
     specs = {name: f"eagle3_ref.testing.buggy:{name}_FLOAT32" for name in BUGS}
     with ThreadPoolExecutor(2) as pool:
-        runs = dict(zip(BUGS, pool.map(lambda n: run_conformance(specs[n], BUGS[n], tmp_path), BUGS)))
-    for name, run in runs.items():
-        out = run.stdout + run.stderr
-        assert run.returncode == 1, f"{name}: the {BUGS[name]} tests did not fail (exit {run.returncode}):\n{out[-3000:]}"
+        runs = dict(zip(BUGS, pool.map(lambda n: run_conformance(specs[n], BUGS[n], tmp_path, "-x"), BUGS)))
+    for name, (code, out) in runs.items():
+        assert code == 1, f"{name}: the {BUGS[name]} tests did not fail (exit {code}):\n{out[-3000:]}"
         assert "1 failed" in out, f"{name}: {out[-2000:]}"
         assert "eagle3 implementation under test" in out and specs[name] in out, f"{name}: module not named"
         assert "precision float32" in out, f"{name}: the summary does not say the declared precision:\n{out[-2000:]}"
@@ -99,17 +87,12 @@ ADAPTER = VocabOnly()
 '''
 
 
-def test_an_adapter_declares_its_pieces_precision_and_scope(tmp_path):
+def test_an_adapter_declares_its_pieces_precision_and_scope(tmp_path, run_conformance):
     # Pieces it does not implement are skipped as "not implemented", never failed; examples out
     # of its scope are filtered and counted; the closing summary names the adapter and says both.
     (tmp_path / "partial_engine.py").write_text(PARTIAL_ADAPTER)
-    env = dict(os.environ, HYPOTHESIS_PROFILE="quick", PYTHONPATH=str(tmp_path))
-    env.pop("EAGLE3_IMPL", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--hypothesis-seed=0", "--pyargs",
-           "eagle3_ref.testing.conformance", "-m", "vocab or head", "--eagle3-impl=partial_engine"]
-    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-3000:]
+    code, out = run_conformance("partial_engine", "vocab or head", tmp_path, "-rs")
+    assert code == 0, out[-3000:]
     assert "not implemented by vocab-only engine: head" in out and " failed" not in out, out[-3000:]
     assert "implementation under test: vocab-only engine (partial_engine), precision float32" in out, out[-3000:]
     assert "not implemented (their tests skipped): fusion, head, ttt, tree, verify, generate" in out, out[-3000:]
@@ -151,14 +134,9 @@ ADAPTER = ProductionOnly()
 '''
 
 
-def test_an_engine_that_refuses_exotic_heads_is_not_drawn_them(tmp_path):
+def test_an_engine_that_refuses_exotic_heads_is_not_drawn_them(tmp_path, run_conformance):
     # Before production shapes, an engine refusing these filtered 65-78 % of its head examples.
     (tmp_path / "production_engine.py").write_text(PRODUCTION_ENGINE)
-    env = dict(os.environ, HYPOTHESIS_PROFILE="quick", PYTHONPATH=str(tmp_path))
-    env.pop("EAGLE3_IMPL", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", "--pyargs",
-           "eagle3_ref.testing.conformance", "-m", "head or ttt", "--eagle3-impl=production_engine"]
-    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-3000:]
+    code, out = run_conformance("production_engine", "head or ttt", tmp_path)
+    assert code == 0, out[-3000:]
     assert "implementation under test: production-shapes engine" in out and "filtered" not in out, out[-3000:]

@@ -7,9 +7,6 @@ SpecForge fixes it, or the day it stops reproducing.
 """
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,18 +16,7 @@ pytestmark = [pytest.mark.peers,
                                  reason="specforge is not installed (pip install --no-deps specforge==0.2.0)")]
 
 
-def run_conformance(spec: str, marker: str, cwd, extra_path: str | None = None) -> str:
-    env = dict(os.environ, HYPOTHESIS_PROFILE="quick")
-    env.pop("EAGLE3_IMPL", None)
-    if extra_path:
-        env["PYTHONPATH"] = extra_path
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", "--pyargs",
-           "eagle3_ref.testing.conformance", "-m", marker, f"--eagle3-impl={spec}"]
-    run = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    return run.returncode, run.stdout + run.stderr
-
-
-def test_specforge_head_conforms_at_its_own_precision(tmp_path):
+def test_specforge_head_conforms_at_its_own_precision(tmp_path, run_conformance):
     code, out = run_conformance("eagle3_ref.testing.adapters.specforge", "head", tmp_path)
     assert code == 0, out[-3000:]
     assert "implementation under test: specforge 0.2.0" in out and "precision float32" in out, out[-2000:]
@@ -38,13 +24,13 @@ def test_specforge_head_conforms_at_its_own_precision(tmp_path):
         in out, out[-2000:]
 
 
-def test_judged_at_float64_specforge_differs_by_float32_rounding_only(tmp_path):
+def test_judged_at_float64_specforge_differs_by_float32_rounding_only(tmp_path, run_conformance):
     # Why precision is declared: at float64 tolerances the same correct head "diverges" by
     # ~4e-8, its float32 RMSNorm; at float32 tolerances it passes (the test above).
     (tmp_path / "specforge_as_float64.py").write_text(
         "from eagle3_ref.testing.adapters.specforge import SpecForgeAdapter\n"
         "class A(SpecForgeAdapter):\n    precision = 'float64'\nADAPTER = A()\n")
-    code, out = run_conformance("specforge_as_float64", "head", tmp_path, str(tmp_path))
+    code, out = run_conformance("specforge_as_float64", "head", tmp_path)
     assert code == 1 and "head logits: first divergence" in out, out[-3000:]
     difference = float(out.split("head logits: first divergence")[1].split("difference ")[1].split(")")[0])
     assert 0 < difference < 1e-5, f"a difference of {difference} is more than float32 rounding"

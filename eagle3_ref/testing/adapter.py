@@ -16,14 +16,13 @@ Conventions every method shares: batch-first tensors, ``B`` batch, ``T`` sequenc
 ``H_t`` target hidden size, ``H`` head hidden size, ``V`` target vocabulary, ``V_d``
 draft vocabulary; layer ids are Hugging Face ``hidden_states`` indices.
 
-What an adapter declares besides its methods (all optional; the defaults are the
-reference's):
+What an adapter declares besides its methods (all optional):
 
-* ``name``: how reports name the implementation.
-* ``pieces``: the pieces it implements, among :data:`PIECES`. The suite runs only those and
+* ``name``: how reports name the implementation (default: its class name).
+* ``pieces``: the pieces it implements, among :data:`PIECES` (default: all). The suite runs only those and
   reports the others as skipped, "not implemented by NAME", never as failures. A piece that is
   not implemented needs no methods: ``load_adapter`` checks only the declared pieces' ones.
-* ``precision``: ``"float64"`` (exact), ``"float32"`` (float32 internals, e.g. RMSNorm, RoPE or
+* ``precision``: ``"float64"`` (exact, the default), ``"float32"`` (float32 internals, e.g. RMSNorm, RoPE or
   the softmax computed in float32 whatever the weights' dtype) or ``"bfloat16"``. The
   tolerances of every numeric comparison follow from it (:func:`tolerance`).
 * ``head_shapes``: ``"production"`` (default: three distinct tapped layers, hidden size =
