@@ -75,7 +75,10 @@ class VocabOnly(ReferenceAdapter):
     precision = "float32"
 
     def supports_head(self, config):
-        return "draft vocabularies under 4 tokens" if config["draft_vocab_size"] < 4 else True
+        # Refuses about half the reduced heads the vocab properties load: never none of 20.
+        if config["draft_vocab_size"] % 2 and config["draft_vocab_size"] < config["vocab_size"]:
+            return "odd reduced draft vocabularies"
+        return True
 
     def build_vocab(self, token_counts, draft_vocab_size):
         if draft_vocab_size == 1:
@@ -96,7 +99,7 @@ def test_an_adapter_declares_its_pieces_precision_and_scope(tmp_path, run_confor
     assert "not implemented by vocab-only engine: head" in out and " failed" not in out, out[-3000:]
     assert "implementation under test: vocab-only engine (partial_engine), precision float32" in out, out[-3000:]
     assert "not implemented (their tests skipped): fusion, head, ttt, tree, verify, generate" in out, out[-3000:]
-    assert "examples filtered as out of scope:" in out and "x draft vocabularies under 4 tokens" in out, out[-3000:]
+    assert "examples filtered as out of scope:" in out and "x odd reduced draft vocabularies" in out, out[-3000:]
 
 
 def test_load_adapter_asks_only_for_the_declared_pieces(tmp_path, monkeypatch):
