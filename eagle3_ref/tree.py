@@ -340,6 +340,7 @@ class HeadDrafter:
         self.head = head
 
     def draft(self, features: Tensor, input_ids: Tensor, config: TreeConfig, state: KVCache | None):
-        features = features.to(self.head.fc.weight.dtype)  # the target may run in another dtype
+        # the target may run in another dtype (an adapter's head, testing.handle.AdapterHead, says its own)
+        features = features.to(getattr(self.head, "dtype", None) or self.head.fc.weight.dtype)
         tree = build_draft_tree(self.head, features, input_ids, config, state)
         return tree, tree.draft_cache

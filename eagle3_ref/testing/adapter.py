@@ -253,7 +253,9 @@ class ReferenceAdapter:
     def build_tree(self, head, features, input_ids, num_nodes, max_depth, top_k):
         from eagle3_ref.tree import TreeConfig, build_draft_tree
 
-        return build_draft_tree(head, features, input_ids, TreeConfig(num_nodes, max_depth, top_k))
+        from .handle import reference_head
+
+        return build_draft_tree(reference_head(self, head), features, input_ids, TreeConfig(num_nodes, max_depth, top_k))
 
     def ttt_forward(self, head, features, input_ids, steps, attention_mask):
         from eagle3_ref.ttt import ttt_forward
@@ -278,12 +280,20 @@ class ReferenceAdapter:
     def generate(self, target, head, input_ids, *, max_new_tokens, num_nodes, max_depth, top_k, eos_token_id=None,
                  temperature=0.0, generator=None, sampling_top_k=0, sampling_top_p=1.0):
         from eagle3_ref.generate import speculative_generate
-        from eagle3_ref.tree import TreeConfig
+        from eagle3_ref.tree import HeadDrafter, TreeConfig
 
+        from .handle import AdapterHead, reference_head
+
+        head, layer_ids = reference_head(self, head), None
+        if isinstance(head, AdapterHead):  # another engine's head, driven through this adapter's head methods
+            if head.aux_layer_ids is None:
+                raise ValueError("the head handle names no tapped layers (config.aux_layer_ids or an official "
+                                 "eagle_config): the loop will not guess them (eagle3_ref/testing/handle.py)")
+            head, layer_ids = HeadDrafter(head), head.aux_layer_ids
         out = speculative_generate(target, head, input_ids, max_new_tokens=max_new_tokens,
                                    tree=TreeConfig(num_nodes, max_depth, top_k), eos_token_id=eos_token_id,
                                    temperature=temperature, top_k=sampling_top_k, top_p=sampling_top_p,
-                                   generator=generator)
+                                   generator=generator, aux_layer_ids=layer_ids)
         return out.sequences, out.accepted_lengths
 
 

@@ -115,9 +115,11 @@ def test_gradients_equal_the_unrolled_computation(impl, case):
                                        for i in range(T)]) for b in range(B)]) for k in range(case["K"])]
     loss2 = impl.ttt_loss(steps, case["target_logits"], loss_mask, ref.t2d, ref.d2t)
     assert_same(loss, loss2, "TTT loss of the parallel forward against the unrolled chains", **tolerance(impl, "loss"))
-    if not loss2.requires_grad:  # no chain fits in the sequence: nothing is trained
+    if not chains:  # no chain fits in the sequence: nothing is trained
         assert all(g is None or not g.any() for g in grads), "no chain fits, yet the parallel loss has gradients"
         return
+    assert loss2.requires_grad, ("head_step returned logits without gradients: this test drafts the unrolled chains "
+                                 "with it, so it must be differentiable (docs/testing.md, the head handle)")
     names = [n for n, p in head.named_parameters() if p.requires_grad]
     for name, p, g, g2 in zip(names, params, grads, torch.autograd.grad(loss2, params, allow_unused=True)):
         g = torch.zeros_like(p) if g is None else g
