@@ -112,7 +112,9 @@ def test_resume_after_kill_minus_nine(tiny, tmp_path):
             "--quiet"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cli = [sys.executable, "-m", "eagle3_ref.cli", "train"]
-    subprocess.run(cli + args + ["--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
+    log = (tmp_path / "straight.log").open("w")
+    straight = subprocess.Popen(cli + args + ["--out", str(tmp_path / "straight")], env=env,  # meanwhile
+                                stdout=log, stderr=subprocess.STDOUT)
     proc = subprocess.Popen(cli + args + ["--out", str(tmp_path / "killed")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -122,6 +124,7 @@ def test_resume_after_kill_minus_nine(tiny, tmp_path):
     assert proc.wait() == -signal.SIGKILL, "the run must die mid-way, not finish"
     assert int((tmp_path / "killed" / "latest").read_text().split("-")[1]) < 30
     subprocess.run(cli + args + ["--out", str(tmp_path / "killed"), "--resume"], check=True, env=env, capture_output=True)
+    assert straight.wait() == 0, (tmp_path / "straight.log").read_text()[-2000:]
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -211,12 +214,14 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny, tmp_path):
     args = ["train", "--target", str(path), "--data", str(data_file), "--steps", "6", "--seq-len", "32",
             "--lr", "3e-3", "--warmup", "2", "--ttt-steps", "2", "--draft-vocab-size", "128", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "eagle3_ref.cli"] + args + ["--batch-size", "8", "--out", str(tmp_path / "one")],
-                   check=True, env=env, capture_output=True)
+    one = subprocess.Popen([sys.executable, "-m", "eagle3_ref.cli"] + args + ["--batch-size", "8", "--out",
+                           str(tmp_path / "one")], env=env, stdout=(tmp_path / "one.log").open("w"),
+                           stderr=subprocess.STDOUT)  # meanwhile
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "eagle3_ref.cli"] + args + ["--batch-size", "4", "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert one.wait() == 0, (tmp_path / "one.log").read_text()[-2000:]
     a = load_file(tmp_path / "one" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model.safetensors")
     for k in a:
