@@ -177,6 +177,20 @@ def test_the_bonus_after_a_fully_accepted_path_follows_the_warped_law(impl, warp
     # it. Here a depth-1 tree makes every accepted child a leaf, so a bonus after a fully
     # accepted path is drawn in most cycles, and the warpers put real zeros in the law.
     # 120 runs: the bug draws a forbidden sequence in 15-18 % of them (measured), so it cannot hide.
+    assert_sampled_sequences_follow_the_warped_law(impl, warp)
+
+
+def test_the_warpers_apply_in_transformers_order(impl):
+    # Temperature, then top-k, then top-p, as transformers' generate applies them (and the
+    # documented meaning of the three together). A sampler that filters top-p before top-k, or
+    # divides by the temperature after filtering, draws from another law, and no test with one
+    # filter sees it. These three values tell every other order apart on this pair: each of the
+    # four orders that differ (top-k commutes with the temperature), put in the loop's sampler,
+    # fails here and passes the two tests above (measured by mutation).
+    assert_sampled_sequences_follow_the_warped_law(impl, dict(temperature=1.5, sampling_top_k=2, sampling_top_p=0.55))
+
+
+def assert_sampled_sequences_follow_the_warped_law(impl, warp):
     V, runs, alpha, new = 4, 120, 1e-3, 3
     target, head = tempered_pair(impl, V, 11)
     prompt = torch.tensor([[1, 3, 2]])
