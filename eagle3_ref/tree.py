@@ -340,7 +340,7 @@ class HeadDrafter:
         self.head = head
 
     def draft(self, features: Tensor, input_ids: Tensor, config: TreeConfig, state: KVCache | None):
-        # the target may run in another dtype (an adapter's head, testing.handle.AdapterHead, says its own)
+        # the target may run in another dtype (a head that is not an nn.Module may say its own)
         features = features.to(getattr(self.head, "dtype", None) or self.head.fc.weight.dtype)
         tree = build_draft_tree(self.head, features, input_ids, config, state)
         return tree, tree.draft_cache

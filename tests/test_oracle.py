@@ -52,6 +52,27 @@ def test_load_adapter_names_what_is_wrong(tmp_path, monkeypatch):
         load_adapter("half_adapter")
 
 
+def test_a_foreign_head_handle_gives_d2t_and_its_tapped_layers():
+    # The head-handle contract (eagle3_ref/testing/handle.py) without a real engine: what the
+    # reference's tree builder and loop read off a handle, and the refusals when it is missing.
+    from types import SimpleNamespace
+
+    from eagle3_ref.testing.adapter import ReferenceAdapter
+    from eagle3_ref.testing.handle import AdapterHead
+
+    d2t = torch.zeros(4, dtype=torch.long)
+    official = dict(hidden_size=8, intermediate_size=16, num_attention_heads=2, vocab_size=12)
+    for config, layers in [({**official, "eagle_config": {"eagle_aux_hidden_state_layer_ids": [0, 2, 4]}}, (1, 3, 5)),
+                           ({**official, "eagle_aux_hidden_state_layer_ids": [1, 3, 5]}, (1, 3, 5)),  # vLLM's
+                           (official, None), (None, None)]:
+        assert AdapterHead.of(ReferenceAdapter(), SimpleNamespace(d2t=d2t, config=config)).aux_layer_ids == layers
+    with pytest.raises(TypeError, match="no d2t tensor"):
+        AdapterHead.of(ReferenceAdapter(), SimpleNamespace(config=official))
+    with pytest.raises(ValueError, match="names no tapped layers"):
+        ReferenceAdapter().generate(None, SimpleNamespace(d2t=d2t, config=official), torch.tensor([[1]]),
+                                    max_new_tokens=1, num_nodes=2, max_depth=1, top_k=1)
+
+
 def test_first_divergence_in_words():
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([[1.0, 2.0], [3.0, 4.5]], [[1.0, 2.0], [3.0, 4.0]]) == ((1, 1), 4.5, 4.0)

@@ -287,8 +287,9 @@ class ReferenceAdapter:
         head, layer_ids = reference_head(self, head), None
         if isinstance(head, AdapterHead):  # another engine's head, driven through this adapter's head methods
             if head.aux_layer_ids is None:
-                raise ValueError("the head handle names no tapped layers (config.aux_layer_ids or an official "
-                                 "eagle_config): the loop will not guess them (eagle3_ref/testing/handle.py)")
+                raise ValueError("the head handle's config names no tapped layers (in any convention "
+                                 "eagle3_ref.checkpoint.config_from_dict reads): the loop will not guess them "
+                                 "(eagle3_ref/testing/handle.py)")
             head, layer_ids = HeadDrafter(head), head.aux_layer_ids
         out = speculative_generate(target, head, input_ids, max_new_tokens=max_new_tokens,
                                    tree=TreeConfig(num_nodes, max_depth, top_k), eos_token_id=eos_token_id,
