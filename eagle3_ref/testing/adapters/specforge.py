@@ -12,10 +12,10 @@ official checkpoint keys. Written from its public methods only (nothing of it is
   (``specforge/algorithms/eagle3/model.py``) and ``_compute_loss``, the pure-torch
   reference of its triton loss kernel (``specforge/core/loss.py``).
 
-Pieces: ``head`` and ``ttt``. Not implemented here (the suite says "not implemented"):
-fusion (SpecForge captures features inside SGLang), vocab (its mapping builder needs the
-``datasets`` package and a tokenised corpus), tree, verify and generate (SpecForge trains
-heads; SGLang drafts with them).
+Pieces: ``head``, ``vocab`` (``process_token_dict_to_mappings``, compiled from its source: its
+module imports ``datasets``) and ``ttt``. Not implemented here (the suite says "not
+implemented"): fusion (SpecForge captures features inside SGLang), tree, verify and generate
+(SpecForge trains heads; SGLang drafts with them).
 
 Conventions translated:
 
@@ -39,14 +39,21 @@ Conventions translated:
   position id, so a forward whose position ids reach the slot count raises ``IndexError``
   (docs/peers.md). ``head_step`` refuses such calls as out of scope (:data:`ROPE_DEFECT`):
   the suite counts them, and ``tests/test_peers.py`` keeps the defect as a strict xfail.
+* Vocabulary: SpecForge counts the tokens it sees in a ``Counter`` and keeps
+  ``most_common(V_d)``, sorted by id; ties go by insertion order, and the adapter inserts by id.
+  With fewer distinct tokens seen than draft slots it pads from ``range(V_d)`` in *set
+  iteration order*, not the lowest unseen ids (docs/peers.md): ``build_vocab`` refuses the
+  calls where that order decides (:data:`FILL_DEFECT`), and ``tests/test_peers.py`` keeps the defect as
+  a strict xfail. ``draft_to_target`` is SpecForge's own expression, ``ids + d2t[ids]``;
+  ``target_to_draft`` writes out its column selection ``target[..., t2d]``.
 * Masks: SpecForge's causal-mask builder fills a float32 tensor with the minimum of the
   model's dtype and overflows for a float64 model (docs/peers.md). ``ttt_forward`` builds
   the mask with SpecForge's own builder on a float32 probe and casts it to the model's dtype;
   ``head_step`` passes tree masks it builds itself.
-* The loss functions' modules import ``triton`` at load time (GPU only). The adapter compiles
-  just the functions it calls from SpecForge's installed source file, without their
-  decorators (``torch.compile``: the same math), so no module of SpecForge runs a line it
-  would not run on a GPU.
+* The loss functions' modules import ``triton`` at load time (GPU only), and the vocabulary
+  builder's imports ``datasets``. The adapter compiles just the functions it calls from
+  SpecForge's installed source files, without their decorators (``torch.compile``: the same
+  math), and imports neither module.
 * ``torch.compile``: SpecForge compiles its RMSNorm and RoPE (``@torch.compile(dynamic=True)``).
   On a CPU that is an inductor build of about 30 s per process, and the math is the same, so
   the adapter switches dynamo off while it runs SpecForge.
@@ -55,9 +62,13 @@ Conventions translated:
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
+import io
 import warnings
+from collections import Counter
 from functools import cache
+from typing import Tuple
 
 import torch
 
@@ -78,10 +89,14 @@ def _specforge_head_class():
 ROPE_DEFECT = "position ids beyond the slot count (SpecForge 0.2.0's RoPE defect, docs/peers.md)"
 
 
+# With fewer distinct tokens seen than draft slots, SpecForge 0.2.0 picks the unseen fillers in set order.
+FILL_DEFECT = "a choice of unseen fillers (SpecForge 0.2.0 picks them in set order, docs/peers.md)"
+
+
 @cache
 def _specforge_functions(module: str, *names: str) -> tuple:
     """SpecForge's own functions ``names`` compiled from the installed source of ``module``
-    without importing it (its imports need triton), decorators dropped."""
+    without importing it (its imports need triton or datasets), decorators dropped."""
     source = open(importlib.util.find_spec(module).origin).read()
     tree = ast.parse(source)
     defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
@@ -90,7 +105,7 @@ def _specforge_functions(module: str, *names: str) -> tuple:
         raise RuntimeError(f"{module} of this SpecForge defines no {sorted(missing)}: the adapter is for 0.2.0")
     for d in defs:
         d.decorator_list = []
-    namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional}
+    namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional, "Counter": Counter, "Tuple": Tuple}
     exec(compile(ast.Module(body=defs, type_ignores=[]), importlib.util.find_spec(module).origin, "exec"), namespace)
     return tuple(namespace[n] for n in names)
 
@@ -108,7 +123,7 @@ class _History:
 
 class SpecForgeAdapter:
     name = "specforge 0.2.0"
-    pieces = ("head", "ttt")
+    pieces = ("head", "vocab", "ttt")
     precision = "float32"
     head_shapes = "production"
 
@@ -163,6 +178,30 @@ class SpecForgeAdapter:
             logits = head.compute_logits(out)
         return logits[:, S:], out[:, S:], _History(embeds, hidden, position_ids)
 
+
+    # -- the reduced vocabulary -------------------------------------------------------------
+    def build_vocab(self, token_counts, draft_vocab_size):
+        (mappings,) = _specforge_functions("specforge.data.preprocessing", "process_token_dict_to_mappings")
+        # SpecForge counts the tokens it sees; ties among equal counts go by insertion order, here by id.
+        seen = Counter({t: int(c) for t, c in enumerate(token_counts.tolist()) if c > 0})
+        candidates = set(range(draft_vocab_size)) - set(seen)  # where SpecForge takes its fillers from
+        if len(candidates) > draft_vocab_size - len(seen) > 0:  # a choice among them: set order decides
+            raise Unsupported(FILL_DEFECT)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its coverage ratio
+            d2t, t2d = mappings(seen, draft_vocab_size, token_counts.shape[0])
+        return d2t, t2d
+
+    def draft_to_target(self, draft_ids, d2t):
+        return draft_ids + d2t[draft_ids]  # SpecForge's own expression (OnlineEagle3Model._acc_and_loss)
+
+    def target_to_draft(self, target_ids, d2t, vocab_size):
+        # SpecForge has no such function: its loss selects the draft columns as target[..., t2d],
+        # in target id order, which puts the i-th kept target id at draft id i.
+        kept = torch.arange(d2t.shape[0], device=d2t.device) + d2t
+        t2d = torch.zeros(vocab_size, dtype=torch.bool, device=d2t.device)
+        t2d[kept] = True
+        draft_of = torch.where(t2d, torch.cumsum(t2d, 0) - 1, -1)
+        return draft_of[target_ids]
 
     # -- training-time test ----------------------------------------------------------------
     def ttt_forward(self, head, features, input_ids, steps, attention_mask):
