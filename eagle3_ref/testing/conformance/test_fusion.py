@@ -32,7 +32,8 @@ def test_default_ids_for_llama_3_1_8b(impl):
 @given(n=st.integers(1, 6))
 def test_default_ids_refuse_shallow_targets(impl, n):
     # (2, N//2, N-3) collides or leaves the range below 7 layers: an error, not a collapse.
-    with pytest.raises(ValueError, match="aux"):
+    # Any ValueError (docs/testing.md's contract); its wording is the implementation's own.
+    with pytest.raises(ValueError):
         impl.default_aux_layer_ids(n)
 
 
