@@ -1,8 +1,8 @@
-"""SpecForge 0.2.0's EAGLE-3 draft head and training-time test, judged by the conformance suite.
+"""SpecForge 0.2.0's EAGLE-3 draft head, vocabulary and training-time test, judged by the conformance suite.
 
 SpecForge (the SGLang team's training framework, ``pip install --no-deps specforge==0.2.0``)
 builds its draft model, ``LlamaForCausalLMEagle3``, from a ``LlamaConfig`` and loads the
-official checkpoint keys. Written from its public methods only (nothing of it is copied):
+official checkpoint keys. The adapter calls SpecForge's own code (nothing of it is copied):
 
 * ``project_hidden_states(features)``: the ``fc`` (it asserts exactly three tapped layers);
 * ``embed_input_ids(ids)``; ``backbone(input_embeds, hidden_states, cache_hidden,
@@ -43,8 +43,8 @@ Conventions translated:
   ``most_common(V_d)``, sorted by id; ties go by insertion order, and the adapter inserts by id.
   With fewer distinct tokens seen than draft slots it pads from ``range(V_d)`` in *set
   iteration order*, not the lowest unseen ids (docs/peers.md): ``build_vocab`` refuses the
-  calls where that order decides (:data:`FILL_DEFECT`), and ``tests/test_peers.py`` keeps the defect as
-  a strict xfail. ``draft_to_target`` is SpecForge's own expression, ``ids + d2t[ids]``;
+  calls where that order decides (:data:`FILL_DEFECT`), and ``tests/test_peers.py`` keeps the
+  defect as a strict xfail. ``draft_to_target`` is SpecForge's own expression, ``ids + d2t[ids]``;
   ``target_to_draft`` writes out its column selection ``target[..., t2d]``.
 * Masks: SpecForge's causal-mask builder fills a float32 tensor with the minimum of the
   model's dtype and overflows for a float64 model (docs/peers.md). ``ttt_forward`` builds
@@ -97,8 +97,8 @@ FILL_DEFECT = "a choice of unseen fillers (SpecForge 0.2.0 picks them in set ord
 def _specforge_functions(module: str, *names: str) -> tuple:
     """SpecForge's own functions ``names`` compiled from the installed source of ``module``
     without importing it (its imports need triton or datasets), decorators dropped."""
-    source = open(importlib.util.find_spec(module).origin).read()
-    tree = ast.parse(source)
+    path = importlib.util.find_spec(module).origin  # finding it imports the parent packages only
+    tree = ast.parse(open(path).read())
     defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
     missing = set(names) - {d.name for d in defs}
     if missing:
@@ -106,7 +106,7 @@ def _specforge_functions(module: str, *names: str) -> tuple:
     for d in defs:
         d.decorator_list = []
     namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional, "Counter": Counter, "Tuple": Tuple}
-    exec(compile(ast.Module(body=defs, type_ignores=[]), importlib.util.find_spec(module).origin, "exec"), namespace)
+    exec(compile(ast.Module(body=defs, type_ignores=[]), path, "exec"), namespace)
     return tuple(namespace[n] for n in names)
 
 
@@ -178,7 +178,6 @@ class SpecForgeAdapter:
             logits = head.compute_logits(out)
         return logits[:, S:], out[:, S:], _History(embeds, hidden, position_ids)
 
-
     # -- the reduced vocabulary -------------------------------------------------------------
     def build_vocab(self, token_counts, draft_vocab_size):
         (mappings,) = _specforge_functions("specforge.data.preprocessing", "process_token_dict_to_mappings")
@@ -240,7 +239,8 @@ class SpecForgeAdapter:
             T = loss_mask.shape[1]
             total = 0.0
             for k in range(steps):
-                total = total + 0.8 ** k * compute_loss(logits[k], target_p[:, k:k + T], position_mask)
+                step_loss = compute_loss(logits[k], target_p[:, k:k + T], position_mask)
+                total = total + 0.8 ** k * step_loss  # the trainer's weight, ploss_decay ** k
                 position_mask = padding(position_mask, left=False)
         return total
 
