@@ -10,6 +10,7 @@ dynamic draft tree (arXiv 2406.16858). One concept per module:
 * :mod:`eagle3_ref.tree`        the dynamic draft tree (EAGLE-2)
 * :mod:`eagle3_ref.verify`      lossless verification, greedy and sampling
 * :mod:`eagle3_ref.generate`    the speculative decoding loop and the plain baseline
+* :mod:`eagle3_ref.batch`       the same for a batch: ragged acceptance, right-aligned caches
 * :mod:`eagle3_ref.ttt`         training-time test
 * :mod:`eagle3_ref.train`       from a target to a trained head
 """
@@ -25,6 +26,7 @@ from .fusion import (
     to_convention,
     validate_aux_layer_ids,
 )
+from .batch import BatchGenerationOutput, build_draft_trees
 from .generate import GenerationOutput, autoregressive_generate, speculative_generate
 from .train import TrainConfig, prepare_data, train_head
 from .tree import DraftTree, TreeConfig, build_draft_tree, build_draft_tree_naive
@@ -58,7 +60,7 @@ __all__ = [
     # verification
     "Verdict", "verify_greedy", "verify_sampling", "target_probs",
     # decoding
-    "speculative_generate", "autoregressive_generate", "GenerationOutput",
+    "speculative_generate", "autoregressive_generate", "GenerationOutput", "BatchGenerationOutput", "build_draft_trees",
     # training-time test and training
     "ttt_attention_mask", "ttt_forward", "ttt_loss", "ttt_loss_naive", "TrainConfig", "train_head", "prepare_data",
 ]

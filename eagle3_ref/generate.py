@@ -12,14 +12,16 @@ One cycle (EAGLE-2/3)::
 
 Every cycle appends ``accepted drafts + 1`` tokens for one target forward: their mean is
 the acceptance length ``tau`` (1.0 for plain decoding). The loop stops exactly at EOS or
-``max_new_tokens``, never after. Batch size 1, as in EAGLE's reference code.
+``max_new_tokens``, never after. One sequence, as in EAGLE's reference code; a batch (rows
+accepting different numbers of tokens) goes to :mod:`eagle3_ref.batch`, which runs this
+same cycle on right-aligned caches.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +34,9 @@ from .targets import (check_tree_verifiable, exact_tree_nodes, held_prefix_slots
                       new_target_cache, trim_to_window, visible)
 from .tree import HeadDrafter, TreeConfig
 from .verify import TorchSampler, target_probs, verify_greedy, verify_sampling
+
+if TYPE_CHECKING:
+    from .batch import BatchGenerationOutput
 
 __all__ = ["GenerationOutput", "DecodeState", "prefill", "decode_cycle", "speculative_generate", "autoregressive_generate",
            "compact_cache", "tree_attention_mask", "tree_attention_masks"]
@@ -110,11 +115,14 @@ def tree_attention_masks(target: nn.Module, cache: DynamicCache, tree_mask: Tens
 
 
 def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float,
-                  top_p: float, top_k: int) -> None:
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"input_ids must have shape (1, T): batch size 1 only, got {tuple(input_ids.shape)}")
-    if input_ids.shape[1] == 0:
-        raise ValueError("input_ids is empty: the prompt needs at least one token")
+                  top_p: float, top_k: int, attention_mask: Tensor | None = None) -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids is empty ({tuple(input_ids.shape)}): every prompt needs at least one token")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
+                         f"{tuple(input_ids.shape)}: they must match")
     limit = getattr(target.config, "max_position_embeddings", None)
     if limit is not None and input_ids.shape[1] > limit:
         raise ValueError(f"prompt has {input_ids.shape[1]} tokens, the target has {limit} positions")
@@ -223,8 +231,9 @@ def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfi
     return DecodeState(sequence, cache, features, draft_state, done), tokens
 
 
-def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, generator, aux_layer_ids):
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k)
+def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, generator, aux_layer_ids,
+           attention_mask=None):
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask)
     check_tree_verifiable(target)
     if isinstance(head, Eagle3DraftHead):
         check_head_fits_target(head.config, target)
@@ -237,18 +246,51 @@ def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, e
     return drafter, layer_ids, eos, _Picker(temperature, top_k, top_p, generator)
 
 
+def _is_batch(input_ids: Tensor, attention_mask: Tensor | None) -> bool:
+    return attention_mask is not None or (input_ids.dim() == 2 and input_ids.shape[0] != 1)
+
+
+def _pad_token(target: nn.Module, pad_token_id: int | None, eos: set[int]) -> int | None:
+    """``generate``'s rule: the pad token given, else the target's, else an EOS (the lowest id)."""
+    if pad_token_id is None:
+        pad_token_id = getattr(getattr(target, "generation_config", None), "pad_token_id", None)
+    if pad_token_id is None and eos:
+        pad_token_id = min(eos)
+    if pad_token_id is not None and (isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int)):
+        raise ValueError(f"pad_token_id must be an int token id, got {pad_token_id!r}")
+    return pad_token_id
+
+
 @torch.no_grad()
 def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_tokens: int,
                          tree: TreeConfig = TreeConfig(), temperature: float = 0.0, top_p: float = 1.0,
                          top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
-                         generator: torch.Generator | None = None,
-                         aux_layer_ids: Sequence[int] | None = None) -> GenerationOutput:
+                         generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                         aux_layer_ids: Sequence[int] | None = None, attention_mask: Tensor | None = None,
+                         pad_token_id: int | None = None) -> "GenerationOutput | BatchGenerationOutput":
     """EAGLE-3 speculative decoding of ``target`` with draft ``head``.
 
     ``head`` is an :class:`Eagle3DraftHead` (or any object with ``draft(features,
     input_ids, config, state) -> (tree, state)``, e.g. a test's perfect drafter).
     Greedy at ``temperature=0``; else sampling with transformers' warpers, lossless.
+
+    A batch: ``input_ids (B, T)`` left-padded with its ``attention_mask (B, T)``, as
+    ``generate`` takes them; each row accepts its own tokens and stops on its own, and the
+    result is a :class:`eagle3_ref.batch.BatchGenerationOutput` (rows padded with
+    ``pad_token_id``, else the target's, else the EOS). One row without a mask is the
+    single-sequence loop below, whose result is a :class:`GenerationOutput`. For sampling,
+    ``generator`` may be one generator per row (each row then draws only from its own).
     """
+    if _is_batch(input_ids, attention_mask):
+        from .batch import batched_speculative_generate
+
+        drafter, layer_ids, eos, _ = _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k,
+                                            eos_token_id, None, aux_layer_ids, attention_mask)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return batched_speculative_generate(target, drafter, input_ids, mask, max_new_tokens=max_new_tokens,
+                                            tree=tree, layer_ids=layer_ids, eos=eos,
+                                            pad_token_id=_pad_token(target, pad_token_id, eos),
+                                            temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
     drafter, layer_ids, eos, pick = _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k,
                                            eos_token_id, generator, aux_layer_ids)
     prompt_len = input_ids.shape[1]
@@ -270,10 +312,21 @@ def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_
 @torch.no_grad()
 def autoregressive_generate(target: nn.Module, input_ids: Tensor, *, max_new_tokens: int, temperature: float = 0.0,
                             top_p: float = 1.0, top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
-                            generator: torch.Generator | None = None) -> GenerationOutput:
-    """Plain decoding, one target forward per token, with the same output type (tau = 1)."""
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k)
+                            generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                            attention_mask: Tensor | None = None, pad_token_id: int | None = None
+                            ) -> "GenerationOutput | BatchGenerationOutput":
+    """Plain decoding, one target forward per token, with the same output type (tau = 1).
+    A batch (``attention_mask`` given, or more than one row) decodes all rows in each
+    forward, as ``generate`` does, and returns a :class:`eagle3_ref.batch.BatchGenerationOutput`."""
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask)
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    if _is_batch(input_ids, attention_mask):
+        from .batch import batched_autoregressive_generate
+
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return batched_autoregressive_generate(target, input_ids, mask, max_new_tokens=max_new_tokens, eos=eos,
+                                               pad_token_id=_pad_token(target, pad_token_id, eos),
+                                               temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
     pick = _Picker(temperature, top_k, top_p, generator)
     device, prompt_len = input_ids.device, input_ids.shape[1]
     sequence, cache, step_input, lengths = input_ids, DynamicCache(config=target.config), input_ids, []

@@ -127,14 +127,15 @@ def layer_rules(target: nn.Module) -> dict[str, LayerRule]:
 
 def visible(rule: LayerRule, q_positions: Tensor, k_positions: Tensor) -> Tensor:
     """``(q, k)`` bool: may a query at each of ``q_positions (q,)`` see a key at each of
-    ``k_positions (k,)`` under ``rule``? (Causality itself comes from the tree mask.)"""
-    q, k = q_positions[:, None], k_positions[None, :]
+    ``k_positions (k,)`` under ``rule``? (Causality itself comes from the tree mask.)
+    Leading batch dimensions broadcast: ``(B, q)`` and ``(B, k)`` give ``(B, q, k)``."""
+    q, k = q_positions[..., :, None], k_positions[..., None, :]
     # rule by rule, as transformers.masking_utils writes them
     if rule.layer_type == "sliding_attention":  # sliding_window_overlay: kv_idx > q_idx - window
         return k > q - rule.window
     if rule.layer_type == "chunked_attention":  # chunked_overlay (no left padding at batch size 1)
         return torch.div(k, rule.window, rounding_mode="floor") == torch.div(q, rule.window, rounding_mode="floor")
-    return torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=q_positions.device)
+    return torch.ones(torch.broadcast_shapes(q.shape, k.shape), dtype=torch.bool, device=q_positions.device)
 
 
 # ----------------------------------------------------------------------------------------

@@ -134,7 +134,8 @@ def test_bad_inputs_are_named():
     head = build_draft_head(Eagle3Config.for_target(tc), 0, target.get_input_embeddings().weight)
     ok = torch.tensor([[1, 2]])
     cases = [
-        (dict(input_ids=torch.tensor([[1, 2], [3, 4]])), "batch size 1"),
+        (dict(input_ids=torch.tensor([1, 2])), r"shape \(B, T\)"),
+        (dict(input_ids=torch.tensor([[1, 2], [3, 4]]), attention_mask=torch.ones(2, 3)), "attention_mask has shape"),
         (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), "empty"),
         (dict(input_ids=torch.zeros(1, 17, dtype=torch.long)), "16 positions"),
         (dict(temperature=-1.0), "temperature"),
