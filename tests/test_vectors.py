@@ -32,7 +32,8 @@ def test_manifest_covers_what_the_issue_asks(vectors):
     assert m["schema_version"] == SCHEMA_VERSION and "layer_ids" in m["conventions"]
     assert {c["piece"] for c in m["cases"]} == {"fusion", "head", "vocab", "ttt", "tree", "verify", "generate"}
     names = {c["name"] for c in m["cases"]}
-    assert {"tree_chain", "tree_dynamic", "verify_greedy", "verify_sampling_law", "fusion_llama_left_padded"} <= names
+    assert {"tree_chain", "tree_dynamic", "verify_greedy", "verify_sampling_law", "fusion_llama_left_padded",
+            "generate_batch_ragged"} <= names
     head = json.loads((vectors / m["models"]["head"]["path"] / "config.json").read_text())
     assert head["num_key_value_heads"] < head["num_attention_heads"], "GQA"
     assert head["draft_vocab_size"] < head["vocab_size"], "a draft vocabulary smaller than the target's"
@@ -46,7 +47,22 @@ def test_manifest_covers_what_the_issue_asks(vectors):
 
 def test_the_reference_passes_every_case(vectors, capsys):
     assert main(["vectors", "check", str(vectors)]) == 0
-    assert "11 of 11 cases agree" in capsys.readouterr().out
+    assert "13 of 13 cases agree" in capsys.readouterr().out
+
+
+def test_an_adapter_without_batches_is_reported_batch_1_only(vectors, capsys):
+    from eagle3_ref.testing.adapter import ReferenceAdapter
+
+    class BatchOne(ReferenceAdapter):
+        generate_batch = None
+
+    results = check(vectors, BatchOne(), only="generate")
+    assert {r.name: r.skipped for r in results if r.skipped} == {
+        name: "batch 1 only: the adapter has no generate_batch"
+        for name in ("generate_batch_ragged", "generate_batch_every_token_drafted")}
+    assert all(r.ok for r in results)
+    wrong = {r.name for r in check(vectors, buggy.ROW_OFFSET_FROM_WIDTH, only="generate") if not r.ok}
+    assert wrong == {"generate_batch_ragged"}, "the per-row offset bug is caught by the batched case alone"
 
 
 @pytest.mark.parametrize("bug, piece", sorted((b, p) for b, p in buggy.BUGS.items() if b not in buggy.BEYOND_VECTORS))
@@ -73,10 +89,14 @@ def test_generate_cases_equal_transformers_greedy(vectors):
         target.generation_config.eos_token_id = None
         t = load_file(vectors / case["file"])
         p = case["params"]
-        want = target.generate(t["input.input_ids"], do_sample=False, max_new_tokens=p["max_new_tokens"],
-                               eos_token_id=p["eos_token_id"], pad_token_id=0,
-                               attention_mask=torch.ones_like(t["input.input_ids"]))
-        assert torch.equal(t["output.sequences"], want), case["name"]
+        ids, mask = t["input.input_ids"], t.get("input.attention_mask", torch.ones_like(t["input.input_ids"]))
+        for b in range(ids.shape[0]):  # a batched case: each row against that row decoded alone
+            row = ids[b:b + 1, int((mask[b] == 0).sum()):]
+            want = target.generate(row, do_sample=False, max_new_tokens=p["max_new_tokens"],
+                                   eos_token_id=p["eos_token_id"], pad_token_id=0, attention_mask=torch.ones_like(row))
+            got = t["output.sequences"][b:b + 1, ids.shape[1] - row.shape[1]:]
+            assert torch.equal(got[:, :want.shape[1]], want), f"{case['name']}, row {b}"
+            assert bool((got[:, want.shape[1]:] == p.get("pad_token_id", 0)).all()), f"{case['name']}, row {b}: padding"
     lengths = load_file(vectors / "cases/generate_every_token_drafted.safetensors")["output.accepted_lengths"]
     assert lengths[:-1].min() >= 2, "that case must exercise acceptance (and so cache compaction)"
 

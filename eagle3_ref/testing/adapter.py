@@ -192,6 +192,35 @@ class Eagle3Adapter(Protocol):
         from: accepting a draft, the residual after a rejection, and the bonus token.
         Returns (sequences (1, T + new), tokens appended per target forward after the prefill)."""
 
+    # optional: an implementation without it is reported "batch 1 only", not failed
+    def generate_batch(self, target: nn.Module, head: Any, input_ids: Tensor, attention_mask: Tensor, *,
+                       max_new_tokens: int, num_nodes: int, max_depth: int, top_k: int,
+                       eos_token_id: int | None = None, pad_token_id: int | None = None
+                       ) -> tuple[Tensor, list[list[int]]]:
+        """Greedy speculative decoding of a left-padded batch ``input_ids (B, T)`` with its
+        ``attention_mask (B, T)``, all rows verified in one target forward per cycle, each
+        accepting its own number of tokens and stopping on its own. Returns (sequences
+        ``(B, T + new)``, as ``generate`` gives them: finished rows padded with
+        ``pad_token_id``; per row, the tokens appended by each target forward)."""
+
+
+def _loop_drafter(adapter, head):
+    """The loop's drafter for ``adapter``'s head handle: the reference head itself, or another
+    engine's head driven through ``adapter``'s head methods; and its tapped layers. (A
+    function, not a method: other adapters borrow ReferenceAdapter's loop with themselves.)"""
+    from eagle3_ref.tree import HeadDrafter
+
+    from .handle import AdapterHead, reference_head
+
+    head = reference_head(adapter, head)
+    if not isinstance(head, AdapterHead):
+        return head, None
+    if head.aux_layer_ids is None:
+        raise ValueError("the head handle's config names no tapped layers (in any convention "
+                         "eagle3_ref.checkpoint.config_from_dict reads): the loop will not guess them "
+                         "(eagle3_ref/testing/handle.py)")
+    return HeadDrafter(head), head.aux_layer_ids
+
 
 class ReferenceAdapter:
     """:class:`Eagle3Adapter` over this project's own implementation."""
@@ -280,28 +309,31 @@ class ReferenceAdapter:
     def generate(self, target, head, input_ids, *, max_new_tokens, num_nodes, max_depth, top_k, eos_token_id=None,
                  temperature=0.0, generator=None, sampling_top_k=0, sampling_top_p=1.0):
         from eagle3_ref.generate import speculative_generate
-        from eagle3_ref.tree import HeadDrafter, TreeConfig
+        from eagle3_ref.tree import TreeConfig
 
-        from .handle import AdapterHead, reference_head
-
-        head, layer_ids = reference_head(self, head), None
-        if isinstance(head, AdapterHead):  # another engine's head, driven through this adapter's head methods
-            if head.aux_layer_ids is None:
-                raise ValueError("the head handle's config names no tapped layers (in any convention "
-                                 "eagle3_ref.checkpoint.config_from_dict reads): the loop will not guess them "
-                                 "(eagle3_ref/testing/handle.py)")
-            head, layer_ids = HeadDrafter(head), head.aux_layer_ids
-        out = speculative_generate(target, head, input_ids, max_new_tokens=max_new_tokens,
+        drafter, layer_ids = _loop_drafter(self, head)
+        out = speculative_generate(target, drafter, input_ids, max_new_tokens=max_new_tokens,
                                    tree=TreeConfig(num_nodes, max_depth, top_k), eos_token_id=eos_token_id,
                                    temperature=temperature, top_k=sampling_top_k, top_p=sampling_top_p,
                                    generator=generator, aux_layer_ids=layer_ids)
+        return out.sequences, out.accepted_lengths
+
+    def generate_batch(self, target, head, input_ids, attention_mask, *, max_new_tokens, num_nodes, max_depth, top_k,
+                       eos_token_id=None, pad_token_id=None):
+        from eagle3_ref.generate import speculative_generate
+        from eagle3_ref.tree import TreeConfig
+
+        drafter, layer_ids = _loop_drafter(self, head)
+        out = speculative_generate(target, drafter, input_ids, attention_mask=attention_mask,
+                                   max_new_tokens=max_new_tokens, tree=TreeConfig(num_nodes, max_depth, top_k),
+                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, aux_layer_ids=layer_ids)
         return out.sequences, out.accepted_lengths
 
 
 ADAPTER = ReferenceAdapter()
 ADAPTER_METHODS = ("default_aux_layer_ids", "collect_features", "load_head", "head_fuse", "head_step",
                    "build_vocab", "draft_to_target", "target_to_draft", "build_tree", "ttt_forward", "ttt_loss", "verify_greedy",
-                   "verify_sampling", "generate")
+                   "verify_sampling", "generate", "generate_batch")
 
 
 def declared_pieces(adapter: Any) -> tuple[str, ...]:

@@ -24,6 +24,8 @@ adapter                    piece        the bug
                                         from the raw softmax instead of the distribution
                                         after temperature / top-k / top-p (the official
                                         code shipped this)
+``ROW_OFFSET_FROM_WIDTH``  ``generate`` batched only: every row's tree at the widest row's
+                                        length + depth, one offset for the batch
 ========================== ============ ==================================================
 
 Each is also exported declaring float32 internals (``OFF_BY_ONE_LAYER_FLOAT32``, ...): judged
@@ -42,7 +44,7 @@ import torch
 from eagle3_ref.testing.adapter import ReferenceAdapter
 
 __all__ = ["OFF_BY_ONE_LAYER", "TTT_SEES_FUTURE", "TREE_POSITION_PLUS_1", "SAMPLING_NO_RENORM", "CACHE_NOT_COMPACTED",
-           "BONUS_FROM_RAW_SOFTMAX", "BUGS", "BEYOND_VECTORS", "declaring"]
+           "BONUS_FROM_RAW_SOFTMAX", "ROW_OFFSET_FROM_WIDTH", "BUGS", "BEYOND_VECTORS", "declaring"]
 
 
 class OffByOneLayer(ReferenceAdapter):
@@ -128,6 +130,19 @@ class BonusFromRawSoftmax(ReferenceAdapter):
             return super().generate(*args, **kwargs)
 
 
+class RowOffsetFromWidth(ReferenceAdapter):
+    name = "buggy: batched positions from the widest row"
+
+    def generate_batch(self, *args, **kwargs):
+        import eagle3_ref.batch as batch
+
+        def positions(lengths, depth):  # BUG: one offset for the batch, the widest row's
+            return lengths.max() + depth
+
+        with mock.patch.object(batch, "tree_positions", positions):
+            return super().generate_batch(*args, **kwargs)
+
+
 def declaring(adapter: ReferenceAdapter, precision: str) -> ReferenceAdapter:
     """``adapter``, declaring another compute precision (so judged by looser tolerances)."""
     twin = type(adapter)()
@@ -141,6 +156,8 @@ TREE_POSITION_PLUS_1 = TreePositionPlusOne()
 SAMPLING_NO_RENORM = SamplingNoRenorm()
 CACHE_NOT_COMPACTED = CacheNotCompacted()
 BONUS_FROM_RAW_SOFTMAX = BonusFromRawSoftmax()
+# Batched decoding only (so not in BUGS, whose adapters fail a whole piece): the per-row offset.
+ROW_OFFSET_FROM_WIDTH = RowOffsetFromWidth()
 
 # adapter name -> the marker of the piece whose tests must catch it
 BUGS = {"OFF_BY_ONE_LAYER": "fusion", "TTT_SEES_FUTURE": "ttt", "TREE_POSITION_PLUS_1": "tree",

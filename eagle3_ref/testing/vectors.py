@@ -318,6 +318,29 @@ def _cases(models: dict, ref) -> list[Case]:
                                                            "max_new_tokens": new, "eos_token_id": eos},
                           {"input_ids": p}, {"sequences": seq, "accepted_lengths": torch.tensor(lengths)},
                           {"sequences": EXACT, "accepted_lengths": EXACT}))
+
+    # generate, batched: three left-padded prompts of different lengths, each row accepting its own
+    # number of tokens per cycle and stopping at its own EOS (adapters without generate_batch: "batch 1 only")
+    for name, target, h, prompts, (n, depth, k), new, eos in [
+        ("generate_batch_ragged", "target_llama", "head", [[3, 17, 5, 22, 9, 1], [4], [8, 2, 30]], (12, 4, 3), 16, 28),
+        ("generate_batch_every_token_drafted", "target_small", "head_small", [[1, 2, 3], [2], [3, 1]], (37, 3, 4), 16,
+         3),
+    ]:
+        T = max(map(len, prompts))
+        ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+        seq, lengths = ref.generate_batch(models[target], models[h], ids, mask, max_new_tokens=new, num_nodes=n,
+                                          max_depth=depth, top_k=k, eos_token_id=eos, pad_token_id=-1)
+        cases.append(Case(name, "generate", f"greedy speculative decoding of a left-padded batch (attention_mask), "
+                          f"tree {n}/{depth}/{k}, max_new_tokens={new}, eos_token_id={eos}, pad_token_id=-1: each row "
+                          "equals the target's plain greedy decoding of that row alone, finished rows padded with -1; "
+                          "accepted_lengths (B, cycles), per row, -1 padded",
+                          {"target": target, "head": h},
+                          {"num_nodes": n, "max_depth": depth, "top_k": k, "max_new_tokens": new, "eos_token_id": eos,
+                           "pad_token_id": -1},
+                          {"input_ids": ids, "attention_mask": mask},
+                          {"sequences": seq, "accepted_lengths": _pad(lengths, max(map(len, lengths)))},
+                          {"sequences": EXACT, "accepted_lengths": EXACT}))
     return cases
 
 
@@ -356,11 +379,16 @@ def export(directory: str | Path) -> dict:
 # -- checking ----------------------------------------------------------------------------------
 
 
+class BatchOneOnly(Exception):
+    """A batched case for an adapter without ``generate_batch``: reported, not failed."""
+
+
 @dataclass
 class CaseResult:
     name: str
     piece: str
-    error: str | None  # None: every output agrees
+    error: str | None  # None: every output agrees (or the case was skipped)
+    skipped: str | None = None  # why the case was not run ("batch 1 only")
 
     @property
     def ok(self) -> bool:
@@ -399,6 +427,15 @@ def _run(case: dict, x: dict[str, Tensor], params: dict, models: dict, impl) -> 
         outcomes = enumerate_verifier(lambda s: impl.verify_sampling(tree, x["target_probs"], s))
         seqs, law = _emitted_law(outcomes, tree, case["outputs"]["sequences"]["shape"][1])
         return {"sequences": seqs, "probabilities": law}
+    if piece == "generate" and "attention_mask" in x:
+        if not callable(getattr(impl, "generate_batch", None)):
+            raise BatchOneOnly("batch 1 only: the adapter has no generate_batch")
+        seq, lengths = impl.generate_batch(m["target"], m["head"], x["input_ids"], x["attention_mask"],
+                                           max_new_tokens=params["max_new_tokens"], num_nodes=params["num_nodes"],
+                                           max_depth=params["max_depth"], top_k=params["top_k"],
+                                           eos_token_id=params["eos_token_id"], pad_token_id=params["pad_token_id"])
+        lengths = [list(row) for row in lengths]
+        return {"sequences": seq, "accepted_lengths": _pad(lengths, max(map(len, lengths), default=0))}
     if piece == "generate":
         seq, lengths = impl.generate(m["target"], m["head"], x["input_ids"], max_new_tokens=params["max_new_tokens"],
                                      num_nodes=params["num_nodes"], max_depth=params["max_depth"], top_k=params["top_k"],
@@ -437,6 +474,8 @@ def check(directory: str | Path, impl=None, only: str | None = None) -> list[Cas
                     have = torch.where(tensors[spec["compared"]], have, torch.zeros((), dtype=have.dtype))
                 tol = dict(rtol=spec["rtol"], atol=spec["atol"]) if spec["compare"] == "close" else {}
                 assert_same(have, want, name, where=spec.get("dims"), **tol)
+        except BatchOneOnly as why:
+            results.append(CaseResult(case["name"], case["piece"], None, str(why)))
         except Exception as err:  # a crash is a failure of the case too, reported the same way
             results.append(CaseResult(case["name"], case["piece"], f"{type(err).__name__}: {err}"))
         else:

@@ -122,3 +122,36 @@ def test_greedy_equals_transformers_generate_on_every_architecture(impl, device,
     else:  # transformers computes part of it in float32: near-ties may flip, nothing else
         assert got.shape[1] == prompt.shape[1] + max_new, f"{arch}: {got.shape[1] - prompt.shape[1]} new tokens, not {max_new}"
         tie_aware_greedy_check(target, got, prompt.shape[1], epsilon)
+
+
+@given(tc=target_configs(architectures=("llama", "qwen2", "qwen3_moe"), min_layers=2, max_layers=4, min_vocab=3,
+                         max_vocab=5), seed=seeds, data=st.data())
+def test_a_ragged_batch_equals_generate_row_by_row(impl, device, tc, seed, data):
+    # Every token of a tiny vocabulary is drafted, so rows accept different numbers of tokens
+    # cycle after cycle; prompts of different lengths are left-padded; EOS stops each row on its
+    # own. An engine's per-row offsets, positions, cache compaction and finished-row handling
+    # all show here. An implementation without generate_batch is reported "batch 1 only".
+    if not callable(getattr(impl, "generate_batch", None)):
+        pytest.skip("batch 1 only: the adapter has no generate_batch")
+    target = build_target(tc, seed, torch.float64, device)
+    config = dataclasses.replace(data.draw(head_configs(tc)), draft_vocab_size=tc.vocab_size)
+    embed = None if config.owns_embedding else target.get_input_embeddings().weight
+    ref = build_draft_head(config, seed, embed, torch.float64, device)
+    head = impl.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    V, depth = tc.vocab_size, data.draw(st.integers(1, 2))
+    tree = TreeConfig(num_nodes=1 + V + (depth - 1) * V * V, max_depth=depth, top_k=V)
+    prompts = data.draw(st.lists(st.lists(st.integers(0, V - 1), min_size=1, max_size=6), min_size=2, max_size=4))
+    T = max(map(len, prompts))
+    input_ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=device)
+    max_new, eos = data.draw(st.integers(2, 12)), data.draw(st.one_of(st.none(), st.integers(0, V - 1)))
+    got, lengths = impl.generate_batch(target, head, input_ids, mask, max_new_tokens=max_new, num_nodes=tree.num_nodes,
+                                       max_depth=depth, top_k=V, eos_token_id=eos, pad_token_id=-1)
+    assert got.shape[0] == len(prompts), f"{got.shape[0]} rows out, {len(prompts)} in"
+    for b, prompt in enumerate(prompts):
+        want = hf_greedy(target, torch.tensor([prompt], device=device), max_new, eos)
+        row = got[b:b + 1, T - len(prompt):]
+        n = want.shape[1]
+        assert_same_tokens(row[:, :n], want, len(prompt), f"row {b} of {len(prompts)}, {tree}, eos {eos}")
+        assert bool((row[0, n:] == -1).all()), f"row {b}: {row[0, n:].tolist()} after its end, not pad_token_id -1"
+        assert sum(lengths[b]) + 1 == n - len(prompt), f"row {b}: accepted lengths {lengths[b]} do not add up"
