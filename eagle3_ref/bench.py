@@ -38,7 +38,8 @@ from .generate import autoregressive_generate, speculative_generate
 from .tree import TreeConfig
 
 __all__ = ["Method", "default_methods", "run_bench", "profile_cycles", "forward_costs", "markdown_table",
-           "profile_table", "costs_table", "machine_description", "plot", "SMALL_TREE"]
+           "profile_table", "costs_table", "machine_description", "plot", "SMALL_TREE", "BatchMeasurement",
+           "run_batch_bench", "batch_table", "crossover_line", "plot_batches"]
 
 SMALL_TREE = TreeConfig(num_nodes=24, max_depth=6, top_k=4)
 
@@ -358,3 +359,151 @@ def summary_lines(results: list[Measurement], baseline: str) -> list[str]:
         out.append(line)
     return out
 
+
+
+# ----------------------------------------------------------------------------------------
+# Throughput against batch size (``eagle3-ref bench --batch-sizes``)
+# ----------------------------------------------------------------------------------------
+
+BATCH_TREES = (("EAGLE-3 chain (top_k=1, 7 deep)", TreeConfig.chain(7)),
+               (f"EAGLE-3 tree {SMALL_TREE.num_nodes}/{SMALL_TREE.max_depth}/{SMALL_TREE.top_k}", SMALL_TREE),
+               ("EAGLE-3 tree 60/8/10 (default)", TreeConfig()))
+PLAIN_BATCHED = "plain (transformers generate, batched)"
+
+
+@dataclass
+class BatchMeasurement:
+    method: str
+    batch_size: int
+    tokens_per_second: list[float] = field(default_factory=list)  # one per run: all rows' new tokens / wall time
+    tau: float = 1.0  # mean tokens per row-forward (1 for plain decoding)
+
+    @property
+    def mean_tps(self) -> float:
+        return statistics.fmean(self.tokens_per_second)
+
+
+def left_pad(prompts: list[Tensor], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """``(B, T)`` ids and attention mask of ``(1, T_b)`` prompts, left-padded."""
+    T = max(p.shape[1] for p in prompts)
+    ids = torch.full((len(prompts), T), pad_token_id, dtype=torch.long, device=prompts[0].device)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long, device=prompts[0].device)
+    for b, p in enumerate(prompts):
+        ids[b, T - p.shape[1]:], mask[b, T - p.shape[1]:] = p[0], 1
+    return ids, mask
+
+
+def run_batch_bench(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], *, batch_sizes: tuple[int, ...],
+                    runs: int = 2, max_new_tokens: int = 64, eos_token_id: int | None = None, pad_token_id: int = 0,
+                    trees=BATCH_TREES, progress=None) -> list[BatchMeasurement]:
+    """Greedy total tokens/s of batched plain ``generate`` and of EAGLE-3 with each tree, at
+    each batch size: the same ``prompts`` (``len(prompts)`` a multiple of every batch
+    size) cut into batches of ``B``, so every batch size decodes the same text."""
+    from transformers import GenerationConfig
+
+    bad = [b for b in batch_sizes if b < 1 or len(prompts) % b]
+    if bad:
+        raise ValueError(f"batch sizes {bad}: each must divide the number of prompts ({len(prompts)})")
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
+                              pad_token_id=pad_token_id)
+
+    def plain(ids, mask):
+        out = target.generate(ids, attention_mask=mask, generation_config=config)
+        rows = out[:, ids.shape[1]:]
+        if eos_token_id is None:
+            return rows.numel(), []
+        ended = (rows == eos_token_id).int().cumsum(1)  # a row's tokens: up to and with its first EOS
+        return int(((ended == 0) | ((ended == 1) & (rows == eos_token_id))).sum()), []
+
+    def eagle(tree):
+        def run(ids, mask):
+            out = speculative_generate(target, head, ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                       tree=tree, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+            return sum(out.new_counts), [a for row in out.accepted_lengths for a in row]
+        return run
+
+    methods = [(PLAIN_BATCHED, plain)] + [(name, eagle(tree)) for name, tree in trees]
+    results = []
+    for B in batch_sizes:
+        batches = [left_pad(prompts[i:i + B], pad_token_id) for i in range(0, len(prompts), B)]
+        for name, fn in methods:
+            fn(*batches[0])  # warm-up
+            row = BatchMeasurement(name, B)
+            lengths: list[int] = []
+            for _ in range(runs):
+                tokens, seconds = 0, 0.0
+                for ids, mask in batches:
+                    _sync(ids.device)
+                    start = time.perf_counter()
+                    n, cycle = fn(ids, mask)
+                    _sync(ids.device)
+                    seconds += time.perf_counter() - start
+                    tokens += n
+                    lengths += cycle
+                row.tokens_per_second.append(tokens / seconds)
+            row.tau = sum(lengths) / len(lengths) if lengths else 1.0
+            results.append(row)
+            if progress:
+                progress(f"batch {B} {name}: {row.mean_tps:.1f} tokens/s")
+    return results
+
+
+def batch_table(results: list[BatchMeasurement]) -> str:
+    """Tokens/s per method and batch size, and the fastest EAGLE-3 tree over batched plain decoding."""
+    sizes = sorted({r.batch_size for r in results})
+    names = list(dict.fromkeys(r.method for r in results))
+    at = {(r.method, r.batch_size): r for r in results}
+    lines = ["| method | " + " | ".join(f"B = {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for name in names:
+        cells = [f"{at[name, b].mean_tps:.0f}" + (f" (tau {at[name, b].tau:.2f})" if name != PLAIN_BATCHED else "")
+                 for b in sizes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    best = [max((at[n, b] for n in names if n != PLAIN_BATCHED), key=lambda r: r.mean_tps) for b in sizes]
+    lines.append("| **fastest EAGLE-3 / plain** | " + " | ".join(
+        f"**{r.mean_tps / at[PLAIN_BATCHED, b].mean_tps:.2f}x** ({r.method.removeprefix('EAGLE-3 ')})"
+        for r, b in zip(best, sizes)) + " |")
+    return "\n".join(lines)
+
+
+def crossover_line(results: list[BatchMeasurement]) -> str:
+    """Where speculation stops paying: the smallest batch size at which no tree beats plain."""
+    sizes = sorted({r.batch_size for r in results})
+    plain = {r.batch_size: r.mean_tps for r in results if r.method == PLAIN_BATCHED}
+    best = {b: max(r.mean_tps for r in results if r.batch_size == b and r.method != PLAIN_BATCHED) for b in sizes}
+    losing = [b for b in sizes if best[b] <= plain[b]]
+    ratios = ", ".join(f"{best[b] / plain[b]:.2f}x at B={b}" for b in sizes)
+    if not losing:
+        return f"the fastest EAGLE-3 tree beats batched plain decoding at every batch size measured ({ratios})"
+    return f"speculation stops paying at batch size {losing[0]}: fastest EAGLE-3 over batched plain is {ratios}"
+
+
+def plot_batches(results: list[BatchMeasurement], path: str | os.PathLike) -> bool:
+    """Total tokens/s against batch size, one line per method; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sizes = sorted({r.batch_size for r in results})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    plain = {r.batch_size: r.mean_tps for r in results if r.method == PLAIN_BATCHED}
+    for name in dict.fromkeys(r.method for r in results):
+        rows = sorted((r for r in results if r.method == name), key=lambda r: r.batch_size)
+        left.plot([r.batch_size for r in rows], [r.mean_tps for r in rows], marker="o", label=name)
+        if name != PLAIN_BATCHED:
+            right.plot([r.batch_size for r in rows], [r.mean_tps / plain[r.batch_size] for r in rows], marker="o",
+                       label=name)
+    left.set(xscale="log", xlabel="batch size", ylabel="total tokens/s (all rows)", title="Throughput, greedy")
+    left.set_xticks(sizes, [str(b) for b in sizes])
+    right.axhline(1.0, color="grey", linewidth=0.8)
+    right.set(xscale="log", xlabel="batch size", ylabel="tokens/s over batched plain decoding",
+              title="Where speculation stops paying")
+    right.set_xticks(sizes, [str(b) for b in sizes])
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -171,3 +171,22 @@ def test_a_difference_from_plain_decoding_is_reported(toy_tokenizer):
         assert report(DemoResult(out, 1.0, plain, 1.0), toy_tokenizer, "", TreeConfig(), 0.0, dtype, False, text) \
             == status
         assert line in text.getvalue()
+
+
+def test_bench_measures_throughput_against_batch_size(tmp_path, capsys):
+    assert main(["bench", "--batch-sizes", "1,2", "--prompts", "2", "--max-new-tokens", "8", "--runs", "1",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "bench_batch.json").read_text())
+    rows = {(r["method"], r["batch_size"]): r for r in data["results"]}
+    methods = {m for m, _ in rows}
+    assert "plain (transformers generate, batched)" in methods and "EAGLE-3 tree 60/8/10 (default)" in methods
+    assert set(rows) == {(m, b) for m in methods for b in (1, 2)}
+    for m in methods - {"plain (transformers generate, batched)"}:  # the same text at every batch size
+        assert rows[m, 1]["tau"] == rows[m, 2]["tau"] > 1, m
+    assert all(r["mean_tokens_per_second"] > 0 for r in rows.values())
+    assert "| method | B = 1 | B = 2 |" in out and ("stops paying" in out or "beats batched plain" in out)
+    assert (tmp_path / "bench_batch.png").stat().st_size > 0 and (tmp_path / "bench_batch.md").exists()
+    # a batch size that does not divide the prompts is refused by name
+    assert main(["bench", "--batch-sizes", "3", "--prompts", "2", "--quiet"]) == 2
+    assert "--batch-sizes 3: each must be >= 1 and divide --prompts (2)" in capsys.readouterr().err
