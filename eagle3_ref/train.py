@@ -295,13 +295,23 @@ def evaluate_tau(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor]
 # ----------------------------------------------------------------------------------------
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun / accelerate."""
+def _join_process_group() -> bool:
+    """Join the process group when launched by torchrun / accelerate; True if this call created it.
+
+    Whoever creates the group destroys it (``train_head`` does, in a ``finally``). A Gloo group
+    left for the interpreter's exit can abort the process with SIGABRT while it is torn down
+    (pytorch/pytorch#179291): a two-process run that trained correctly then fails.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def _rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
@@ -326,10 +336,22 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
                log: Callable[[dict], None] | None = None, progress: bool = True) -> Eagle3DraftHead:
     """Train (or resume training) an EAGLE-3 head for ``target``; returns the head.
 
-    Everything is validated before anything is written to ``config.out_dir``.
+    Everything is validated before anything is written to ``config.out_dir``. Launched by
+    torchrun / accelerate (``WORLD_SIZE`` > 1), it joins the process group, averages gradients
+    across processes, and leaves the group again if it was the one to create it.
     """
     out = _check_out_dir(config)
-    rank, world = _distributed()
+    joined = _join_process_group()
+    try:
+        return _train(target, data, config, out, eval_prompts, log, progress)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, eval_prompts: list[Tensor] | None,
+           log: Callable[[dict], None] | None, progress: bool) -> Eagle3DraftHead:
+    rank, world = _rank_and_world()
     n_layers = num_decoder_layers(target)
     try:
         layer_ids = validate_aux_layer_ids(config.aux_layer_ids, n_layers) if config.aux_layer_ids \
