@@ -26,10 +26,9 @@ from .fusion import (
     to_convention,
     validate_aux_layer_ids,
 )
-from .batch import BatchGenerationOutput, build_draft_trees
 from .generate import GenerationOutput, autoregressive_generate, speculative_generate
 from .train import TrainConfig, prepare_data, train_head
-from .tree import DraftTree, TreeConfig, build_draft_tree, build_draft_tree_naive
+from .tree import DraftTree, TreeConfig, build_draft_tree
 from .ttt import ttt_attention_mask, ttt_forward, ttt_loss, ttt_loss_naive
 from .verify import Verdict, target_probs, verify_greedy, verify_sampling
 from .vocab import (
@@ -56,11 +55,19 @@ __all__ = [
     # checkpoint
     "load_draft_head", "save_draft_head", "expected_shapes", "engine_config", "check_head_fits_target",
     # tree
-    "TreeConfig", "DraftTree", "build_draft_tree", "build_draft_tree_naive",
+    "TreeConfig", "DraftTree", "build_draft_tree",
     # verification
     "Verdict", "verify_greedy", "verify_sampling", "target_probs",
     # decoding
-    "speculative_generate", "autoregressive_generate", "GenerationOutput", "BatchGenerationOutput", "build_draft_trees",
+    "speculative_generate", "autoregressive_generate", "GenerationOutput",
     # training-time test and training
     "ttt_attention_mask", "ttt_forward", "ttt_loss", "ttt_loss_naive", "TrainConfig", "train_head", "prepare_data",
 ]
+
+# --- not in the skeleton: batches (their tree growth and masks answer the tree and generate tasks) and the
+#   naive twins of graded functions stay out of the course assignment (eagle3_ref/assignment.py)
+from .batch import BatchGenerationOutput, build_draft_trees  # noqa: E402
+from .tree import build_draft_tree_naive  # noqa: E402
+
+__all__ += ["BatchGenerationOutput", "build_draft_trees", "build_draft_tree_naive"]
+# --- end not in the skeleton

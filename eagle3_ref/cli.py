@@ -398,18 +398,32 @@ def cmd_assignment_make(args: argparse.Namespace) -> int:
 
 
 def cmd_assignment_grade(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import time
 
-    from eagle3_ref.assignment import format_scores, grade
+    from eagle3_ref.assignment import TASKS, format_report, grade, grade_many, write_csv
 
-    root = Path(args.dir)
-    if not (root / "eagle3_ref" / "__init__.py").is_file():
-        print(f"eagle3-ref assignment grade: error: {root} holds no eagle3_ref package (a skeleton from "
-              "`eagle3-ref assignment make`)", file=sys.stderr)
+    options = dict(profile=args.profile, test_timeout=args.test_timeout, jobs=args.jobs)
+    try:
+        if args.csv and not args.many:
+            raise ValueError("--csv needs --many (a folder of submissions)")
+        if args.jobs is not None and args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        start = time.perf_counter()
+        if args.many:
+            grades = grade_many(args.dir, **options)
+            for student, per_task in grades.items():
+                print(f"== {student}\n{format_report(per_task)}\n")
+            if args.csv:
+                write_csv(grades, args.csv)
+                print(f"wrote {args.csv}: {len(grades)} students, tasks {', '.join(TASKS)}")
+            print(f"graded {len(grades)} submissions in {time.perf_counter() - start:.0f} s")
+            return 0
+        per_task = grade(args.dir, **options)
+    except ValueError as err:
+        print(f"eagle3-ref assignment grade: error: {err}", file=sys.stderr)
         return 2
-    scores = grade(root, profile=args.profile)
-    print(format_scores(scores))
-    return 0 if all(passed == total for passed, total in scores.values()) else 1
+    print(format_report(per_task))
+    return 0 if all(g.passed == g.total and not g.problem for g in per_task.values()) else 1
 
 
 def cmd_toy_train_target(args: argparse.Namespace) -> int:
@@ -535,9 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
     am = asg_sub.add_parser("make", help="write a student skeleton: solution regions replaced by NotImplementedError")
     am.add_argument("out")
     am.set_defaults(func=cmd_assignment_make)
-    ag = asg_sub.add_parser("grade", help="score a skeleton per task (fusion, head, ttt, tree, verify, generate)")
-    ag.add_argument("dir", nargs="?", default=".")
-    ag.add_argument("--profile", default="quick", help="hypothesis profile (quick, ci, dev, thorough)")
+    ag = asg_sub.add_parser("grade", help="score a submission per task (fusion, head, ttt, tree, verify, generate) "
+                                          "with the installed eagle3-ref's own tests")
+    ag.add_argument("dir", nargs="?", default=".", help="a submission: a folder, a git clone or a .zip "
+                                                         "(with --many: a folder of them)")
+    ag.add_argument("--many", action="store_true", help="DIR holds one submission per sub-folder or .zip")
+    ag.add_argument("--csv", metavar="OUT", help="with --many: write one row of per-task scores per student")
+    ag.add_argument("--profile", default="quick", help="hypothesis profile: smoke, quick (default), ci, dev, thorough")
+    ag.add_argument("--test-timeout", type=float, default=120.0, metavar="SECONDS",
+                    help="stop and fail one test after this long (an endless loop); default 120")
+    ag.add_argument("--jobs", type=int, default=None, help="tasks graded at once (default: one per CPU core)")
     ag.set_defaults(func=cmd_assignment_grade)
 
     toy = sub.add_parser("toy", help="the toy world: a small target trained on the Python standard library")

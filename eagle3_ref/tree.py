@@ -39,8 +39,10 @@ from torch import Tensor
 
 from .draft_head import Eagle3DraftHead, KVCache
 
-__all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "build_draft_tree", "build_draft_tree_naive",
-           "tree_buffers", "HeadDrafter"]
+__all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "build_draft_tree", "tree_buffers", "HeadDrafter"]
+# --- not in the skeleton: the brute-force builder, a naive twin of the tree task
+__all__ += ["build_draft_tree_naive"]
+# --- end not in the skeleton
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,7 @@ def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
     return tree._replace(draft_cache=prefix.cache)
 
 
+# --- not in the skeleton: the brute-force builder, a naive twin of the tree task
 @torch.no_grad()
 def build_draft_tree_naive(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
                            config: TreeConfig = TreeConfig()) -> DraftTree:
@@ -330,6 +333,7 @@ def build_draft_tree_naive(head: Eagle3DraftHead, features: Tensor, input_ids: T
     scores = torch.tensor([0.0] + [nodes[i][2] for i in kept], dtype=torch.float64)
     mask, depth, retrieve = tree_buffers(parents)
     return DraftTree(tokens, parents, scores, mask, depth, retrieve)
+# --- end not in the skeleton
 
 
 class HeadDrafter:

@@ -30,7 +30,10 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 from .tree import DraftTree
 
 __all__ = ["Verdict", "Sampler", "TorchSampler", "logits_processors", "target_probs", "verify_greedy",
-           "verify_greedy_naive", "verify_sampling"]
+           "verify_sampling"]
+# --- not in the skeleton: a naive twin of the verify task
+__all__ += ["verify_greedy_naive"]
+# --- end not in the skeleton
 
 
 class Verdict(NamedTuple):
@@ -86,6 +89,7 @@ def verify_greedy(tree: DraftTree, target_logits: Tensor) -> Verdict:
     # --- end assignment
 
 
+# --- not in the skeleton: a naive twin of the verify task
 def verify_greedy_naive(tree: DraftTree, target_logits: Tensor) -> Verdict:
     """The same from the retrieve rows: the longest root-to-leaf prefix agreeing with the
     target's argmax at every step."""
@@ -99,6 +103,7 @@ def verify_greedy_naive(tree: DraftTree, target_logits: Tensor) -> Verdict:
         if n > len(longest):
             longest = path[:n]
     return Verdict(longest, int(best[longest[-1]]))
+# --- end not in the skeleton
 
 
 # -- sampling ------------------------------------------------------------------------------

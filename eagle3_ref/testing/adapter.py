@@ -204,6 +204,12 @@ class Eagle3Adapter(Protocol):
         ``pad_token_id``; per row, the tokens appended by each target forward)."""
 
 
+def _module(adapter, name: str):
+    """``eagle3_ref.<name>``, or the same module of the package ``adapter`` runs (a student's copy,
+    for the grader); a function, so that adapters borrowing ReferenceAdapter's methods get the reference."""
+    return importlib.import_module(f"{getattr(adapter, 'package', 'eagle3_ref')}.{name}")
+
+
 def _loop_drafter(adapter, head):
     """The loop's drafter for ``adapter``'s head handle: the reference head itself, or another
     engine's head driven through ``adapter``'s head methods; and its tapped layers. (A
@@ -230,26 +236,20 @@ class ReferenceAdapter:
     precision = "float64"
     head_shapes = "any"  # the reference also handles 1-2 tapped layers and head_dim not dividing hidden
 
-    def __init__(self, attn_implementation: str = "sdpa") -> None:
+    def __init__(self, attn_implementation: str = "sdpa", package: str = "eagle3_ref") -> None:
         self.attn_implementation = attn_implementation
+        self.package = package  # another copy of this code under another name: a student's (assignment.py)
 
     def default_aux_layer_ids(self, num_hidden_layers):
-        from eagle3_ref.fusion import default_aux_layer_ids
-
-        return default_aux_layer_ids(num_hidden_layers)
+        return _module(self, "fusion").default_aux_layer_ids(num_hidden_layers)
 
     def collect_features(self, target, input_ids, layer_ids, attention_mask=None):
-        from eagle3_ref.fusion import collect_features
-
-        return collect_features(target, input_ids, layer_ids, attention_mask)
+        return _module(self, "fusion").collect_features(target, input_ids, layer_ids, attention_mask)
 
     def load_head(self, config, state_dict, embed_weight):
-        from eagle3_ref.checkpoint import config_from_dict
-        from eagle3_ref.draft_head import Eagle3DraftHead
-
-        cfg = config_from_dict(config)
+        cfg = _module(self, "checkpoint").config_from_dict(config)
         ref = next(iter(state_dict.values()))
-        head = Eagle3DraftHead(cfg, attn_implementation=self.attn_implementation)
+        head = _module(self, "draft_head").Eagle3DraftHead(cfg, attn_implementation=self.attn_implementation)
         head = head.to(device=ref.device, dtype=state_dict["fc.weight"].dtype)
         head.load_state_dict(state_dict, strict=True)
         if embed_weight is not None:
@@ -264,53 +264,37 @@ class ReferenceAdapter:
         return out.logits, out.hidden, out.cache
 
     def build_vocab(self, token_counts, draft_vocab_size):
-        from eagle3_ref.vocab import build_vocab_mapping
-
-        return tuple(build_vocab_mapping(token_counts, draft_vocab_size))
+        return tuple(_module(self, "vocab").build_vocab_mapping(token_counts, draft_vocab_size))
 
     def draft_to_target(self, draft_ids, d2t):
-        from eagle3_ref.vocab import draft_to_target
-
-        return draft_to_target(draft_ids, d2t)
+        return _module(self, "vocab").draft_to_target(draft_ids, d2t)
 
     def target_to_draft(self, target_ids, d2t, vocab_size):
-        from eagle3_ref.vocab import target_to_draft
-
-        return target_to_draft(target_ids, d2t, vocab_size)
-
+        return _module(self, "vocab").target_to_draft(target_ids, d2t, vocab_size)
 
     def build_tree(self, head, features, input_ids, num_nodes, max_depth, top_k):
-        from eagle3_ref.tree import TreeConfig, build_draft_tree
-
         from .handle import reference_head
 
-        return build_draft_tree(reference_head(self, head), features, input_ids, TreeConfig(num_nodes, max_depth, top_k))
+        tree = _module(self, "tree")
+        return tree.build_draft_tree(reference_head(self, head), features, input_ids,
+                                     tree.TreeConfig(num_nodes, max_depth, top_k))
 
     def ttt_forward(self, head, features, input_ids, steps, attention_mask):
-        from eagle3_ref.ttt import ttt_forward
-
-        return ttt_forward(head, features, input_ids, steps, attention_mask).logits
+        return _module(self, "ttt").ttt_forward(head, features, input_ids, steps, attention_mask).logits
 
     def ttt_loss(self, logits, target_logits, loss_mask, t2d, d2t):
-        from eagle3_ref.ttt import ttt_loss
-
-        return ttt_loss(logits, target_logits, loss_mask, t2d, d2t).loss
+        return _module(self, "ttt").ttt_loss(logits, target_logits, loss_mask, t2d, d2t).loss
 
     def verify_greedy(self, tree, target_logits):
-        from eagle3_ref.verify import verify_greedy
-
-        return tuple(verify_greedy(tree, target_logits))
+        return tuple(_module(self, "verify").verify_greedy(tree, target_logits))
 
     def verify_sampling(self, tree, target_probs, sampler):
-        from eagle3_ref.verify import verify_sampling
-
-        return tuple(verify_sampling(tree, target_probs, sampler))
+        return tuple(_module(self, "verify").verify_sampling(tree, target_probs, sampler))
 
     def generate(self, target, head, input_ids, *, max_new_tokens, num_nodes, max_depth, top_k, eos_token_id=None,
                  temperature=0.0, generator=None, sampling_top_k=0, sampling_top_p=1.0):
-        from eagle3_ref.generate import speculative_generate
-        from eagle3_ref.tree import TreeConfig
-
+        speculative_generate = _module(self, "generate").speculative_generate
+        TreeConfig = _module(self, "tree").TreeConfig
         drafter, layer_ids = _loop_drafter(self, head)
         out = speculative_generate(target, drafter, input_ids, max_new_tokens=max_new_tokens,
                                    tree=TreeConfig(num_nodes, max_depth, top_k), eos_token_id=eos_token_id,
@@ -320,9 +304,8 @@ class ReferenceAdapter:
 
     def generate_batch(self, target, head, input_ids, attention_mask, *, max_new_tokens, num_nodes, max_depth, top_k,
                        eos_token_id=None, pad_token_id=None):
-        from eagle3_ref.generate import speculative_generate
-        from eagle3_ref.tree import TreeConfig
-
+        speculative_generate = _module(self, "generate").speculative_generate
+        TreeConfig = _module(self, "tree").TreeConfig
         drafter, layer_ids = _loop_drafter(self, head)
         out = speculative_generate(target, drafter, input_ids, attention_mask=attention_mask,
                                    max_new_tokens=max_new_tokens, tree=TreeConfig(num_nodes, max_depth, top_k),

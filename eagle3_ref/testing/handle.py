@@ -94,8 +94,11 @@ def _tapped_layers(config: Any) -> tuple[int, ...] | None:
 
 
 def reference_head(adapter: Any, head: Any) -> Any:
-    """``head`` itself if it is a reference :class:`~eagle3_ref.draft_head.Eagle3DraftHead`,
-    else the :class:`AdapterHead` that drives it through ``adapter``."""
-    from eagle3_ref.draft_head import Eagle3DraftHead
+    """``head`` itself if it is a reference :class:`~eagle3_ref.draft_head.Eagle3DraftHead` (of the
+    package the adapter runs, for a :class:`ReferenceAdapter` over a student's copy), else the
+    :class:`AdapterHead` that drives it through ``adapter``."""
+    import importlib
 
-    return head if isinstance(head, Eagle3DraftHead) else AdapterHead.of(adapter, head)
+    package = getattr(adapter, "package", "eagle3_ref")
+    head_class = importlib.import_module(f"{package}.draft_head").Eagle3DraftHead
+    return head if isinstance(head, head_class) else AdapterHead.of(adapter, head)

@@ -90,11 +90,48 @@ def pytest_addoption(parser):
     parser.addoption("--eagle3-impl", default=None, metavar="package.module[:NAME]",
                      help="the EAGLE-3 implementation under test: a module whose ADAPTER (or NAME) is an "
                           f"Eagle3Adapter (default: ${ENV_VAR}, else the reference eagle3_ref)")
+    parser.addoption("--eagle3-test-timeout", default=None, type=float, metavar="SECONDS",
+                     help="fail a test that runs longer than this (an endless loop in the implementation), "
+                          "and go on with the next; POSIX only (SIGALRM)")
+
+
+class TestTimedOut(BaseException):
+    """Raised into a test that ran past ``--eagle3-test-timeout``.
+
+    A ``BaseException`` on purpose: hypothesis treats an ``Exception`` (or pytest's ``Failed``,
+    which pytest-timeout raises) as a failing example and runs it again to shrink it, so an
+    endless loop would be entered again with no alarm left. This passes through hypothesis to
+    pytest, which reports the test as failed and goes on."""
+
+    __test__ = False  # not a test class, whatever its name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    import signal
+
+    seconds = item.config.getoption("--eagle3-test-timeout")
+    if not seconds or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TestTimedOut(f"stopped after {seconds:g} s (--eagle3-test-timeout): an endless loop, or far too slow")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def pytest_configure(config):
     for name, text in CONFORMANCE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    config.addinivalue_line("markers", "ungraded: tests no solution region of the course assignment (batches, the TTT "
+                                       "loss); eagle3-ref assignment grade leaves it out")
 
 
 def pytest_report_header(config):

@@ -18,7 +18,11 @@ from eagle3_ref.testing.divergence import assert_same
 from eagle3_ref.testing.sampling import enumerate_verifier
 from eagle3_ref.testing.strategies import seeds, trees
 from eagle3_ref.tree import DraftTree, tree_buffers
-from eagle3_ref.verify import target_probs, verify_greedy_naive
+from eagle3_ref.verify import target_probs
+
+# --- not in the skeleton: a naive twin of the verify task; the test that uses it is held back
+from eagle3_ref.verify import verify_greedy_naive  # noqa: E402
+# --- end not in the skeleton
 
 pytestmark = pytest.mark.verify
 
@@ -46,8 +50,7 @@ def describe(tree) -> str:
 # -- greedy --------------------------------------------------------------------------------
 
 
-@given(vocab=st.integers(2, 6), data=st.data(), seed=seeds)
-def test_greedy_follows_the_argmax_chain(impl, vocab, data, seed):
+def greedy_case(vocab, data, seed):
     tree = data.draw(token_trees(vocab))
     logits = torch.randn(tree.tokens.shape[0], vocab, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     if data.draw(st.booleans()):  # make acceptance likely: the argmax at each node is one of its children
@@ -55,6 +58,32 @@ def test_greedy_follows_the_argmax_chain(impl, vocab, data, seed):
             kids = [c for c in range(tree.tokens.shape[0]) if int(tree.parents[c]) == node]
             if kids:
                 logits[node, int(tree.tokens[data.draw(st.sampled_from(kids))])] += 10.0
+    return tree, logits
+
+
+@given(vocab=st.integers(2, 6), data=st.data(), seed=seeds)
+def test_greedy_accepts_argmax_children_until_none_is(impl, vocab, data, seed):
+    """The rule itself, checked on the answer without an oracle: from the root, each accepted
+    node is a child whose token is its parent's argmax; the last has no such child; the bonus
+    is its argmax."""
+    tree, logits = greedy_case(vocab, data, seed)
+    accepted, bonus = impl.verify_greedy(tree, logits)
+    best, parents = logits.argmax(-1).tolist(), tree.parents.tolist()
+    where = f"{describe(tree)}; argmax per node {best}; accepted {list(accepted)}"
+    assert list(accepted[:1]) == [0], f"the accepted path starts at the root, node 0 ({where})"
+    for a, b in zip(accepted, accepted[1:]):
+        assert parents[b] == a, f"accepted node {b} is not a child of node {a} ({where})"
+        assert int(tree.tokens[b]) == best[a], f"accepted node {b} is not node {a}'s argmax token ({where})"
+    last = accepted[-1]
+    longer = [c for c in range(len(parents)) if parents[c] == last and int(tree.tokens[c]) == best[last]]
+    assert not longer, f"node {longer[0]} is node {last}'s argmax token: acceptance stopped too early ({where})"
+    assert bonus == best[last], f"bonus token after node {last}: want its argmax {best[last]}, got {bonus} ({where})"
+
+
+# --- not in the skeleton: compared with the naive twin (held back from the assignment)
+@given(vocab=st.integers(2, 6), data=st.data(), seed=seeds)
+def test_greedy_follows_the_argmax_chain(impl, vocab, data, seed):
+    tree, logits = greedy_case(vocab, data, seed)
     accepted, bonus = impl.verify_greedy(tree, logits)
     want_accepted, want_bonus = verify_greedy_naive(tree, logits)
     n = max(len(accepted), len(want_accepted))
@@ -62,6 +91,7 @@ def test_greedy_follows_the_argmax_chain(impl, vocab, data, seed):
     assert_same(pad(accepted), pad(want_accepted), f"accepted nodes ({describe(tree)}; argmax per node "
                 f"{logits.argmax(-1).tolist()})", where=("accepted depth",))
     assert bonus == want_bonus, f"bonus token after node {accepted[-1]}: reference {want_bonus}, implementation {bonus}"
+# --- end not in the skeleton
 
 
 # -- sampling, exactly ---------------------------------------------------------------------
