@@ -353,6 +353,14 @@ def _check_profile(profile: str) -> None:
         raise ValueError(f"profile {profile!r} is not a hypothesis profile of the suite (one of {', '.join(PROFILES)})")
 
 
+def _check_options(profile: str, test_timeout: float, jobs: int | None, timeout: float) -> None:
+    _check_profile(profile)
+    if not (test_timeout > 0 and timeout > 0):
+        raise ValueError(f"test_timeout and timeout must be positive seconds, got {test_timeout} and {timeout}")
+    if jobs is not None and not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+
+
 def _find_package(root: Path) -> Path:
     """The folder that holds the graded modules in a hand-in: ``eagle3_ref/`` at its top, or one
     folder down (a zip of the skeleton's folder), or the top itself (a zip of the package)."""
@@ -455,13 +463,13 @@ def _total(task: str) -> int:
 
 
 def _collect_totals() -> dict[str, int]:
+    """{task: number of tests} from a collection of the installed suite."""
     totals: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "pytest.ini").write_text("[pytest]\naddopts =\n")
         run = _pytest(["-c", str(Path(tmp) / "pytest.ini"), "--rootdir", tmp, "--collect-only",
                        "--pyargs", "eagle3_ref.testing.conformance", "-m", f"({' or '.join(TASKS)}) and not ungraded"],
-                      Path(tmp),
-                      dict(os.environ), 600)
+                      Path(tmp), dict(os.environ), 600)
     for line in run.stdout.splitlines():
         m = re.search(r"test_(\w+)\.py::", line)
         if m and m.group(1) in TASKS:
@@ -476,9 +484,7 @@ def grade(submission: str | Path, profile: str = "quick", test_timeout: float = 
 
     ``test_timeout``: seconds before one test is stopped and failed; ``timeout``: seconds for one
     task's whole run; ``jobs``: tasks graded at once (default: one per CPU core)."""
-    _check_profile(profile)
-    if not (test_timeout > 0 and timeout > 0):
-        raise ValueError(f"test_timeout and timeout must be positive seconds, got {test_timeout} and {timeout}")
+    _check_options(profile, test_timeout, jobs, timeout)
     submission = Path(submission)
     if not submission.exists():
         raise ValueError(f"no such submission: {submission}")
@@ -500,9 +506,12 @@ def grade(submission: str | Path, profile: str = "quick", test_timeout: float = 
             return dict(zip(TASKS, grades))
 
 
-def grade_many(folder: str | Path, **kwargs) -> dict[str, dict[str, TaskGrade]]:
-    """Grade every hand-in in ``folder`` (each sub-folder or ``.zip`` is one student, named by it);
-    a hand-in that cannot be graded at all scores 0 with the reason. Keyword arguments as :func:`grade`."""
+def grade_many(folder: str | Path, profile: str = "quick", test_timeout: float = 120.0, jobs: int | None = None,
+               timeout: float = 3600) -> dict[str, dict[str, TaskGrade]]:
+    """Grade every hand-in in ``folder`` (each sub-folder or ``.zip`` is one student, named by it),
+    one after the other; a hand-in that cannot be graded at all scores 0 with the reason.
+    Arguments as :func:`grade`."""
+    _check_options(profile, test_timeout, jobs, timeout)
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder of submissions")
@@ -513,9 +522,9 @@ def grade_many(folder: str | Path, **kwargs) -> dict[str, dict[str, TaskGrade]]:
     for entry in entries:
         name = entry.stem if entry.suffix == ".zip" else entry.name
         try:
-            out[name] = grade(entry, **kwargs)
-        except ValueError as err:
-            out[name] = {t: TaskGrade(0, 0, (), str(err)) for t in TASKS}
+            out[name] = grade(entry, profile, test_timeout, jobs, timeout)
+        except (ValueError, zipfile.BadZipFile) as err:
+            out[name] = {t: TaskGrade(0, _total(t), (), str(err)) for t in TASKS}
     return out
 
 

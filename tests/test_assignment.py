@@ -227,7 +227,8 @@ def test_bad_arguments_are_named(tmp_path, capsys):
                        ([str(tmp_path), "--profile", "bogus"], "profile 'bogus' is not a hypothesis profile"),
                        ([str(tmp_path), "--csv", "out.csv"], "--csv needs --many"),
                        ([str(tmp_path), "--many"], "holds no submissions"),
-                       ([str(tmp_path), "--jobs", "0"], "--jobs must be >= 1")]:
+                       ([str(tmp_path), "--jobs", "0"], "jobs must be an int >= 1, got 0"),
+                       ([str(tmp_path), "--many", "--test-timeout", "0"], "must be positive seconds")]:
         assert main(["assignment", "grade"] + args) == 2, args
         assert said in capsys.readouterr().err, args
     with pytest.raises(ValueError, match="is a file"):
