@@ -4,9 +4,9 @@ Proofs: the skeleton installs in a fresh virtual environment and its README's co
 there, failing every local test of every task; two hand-ins graded as a class (a folder
 with a git history, a zip) score exactly what their modules earn: edited tests, conftest
 and adapter change nothing, a syntax error costs its own task only, an endless loop fails
-its tests within the per-test timeout, importing the reference scores 0 and is reported, and
-the reference's own modules score full marks; no text of a solution region, and no naive
-twin of a graded function, is left in the skeleton.
+its test within the per-test timeout and the next tests still run, importing the reference
+scores 0 and is reported, and the reference's own modules score full marks; no text of a
+solution region, and no naive twin of a graded function, is left in the skeleton.
 """
 
 import csv
@@ -65,10 +65,10 @@ def test_the_skeleton_installs_in_a_fresh_venv_and_its_readme_commands_run(skele
                            stderr=(tmp_path / "dry.log").open("w"))  # meanwhile, the commands
     runs = [subprocess.run(c.split(), env=env | {"PATH": f"{seeing / 'bin'}{os.pathsep}{os.environ['PATH']}"},
                            cwd=skeleton, capture_output=True, text=True) for c in commands]
+    assert runs[0].returncode == 0, runs[0].stderr[-3000:]
     assert dry.wait() == 0, (tmp_path / "dry.log").read_text()[-3000:]
     would = {i["metadata"]["name"].lower() for i in json.loads((tmp_path / "would.json").read_text())["install"]}
     assert {"pytest", "hypothesis", "torch", "transformers", "safetensors", "eagle3-ref-assignment"} <= would, would
-    assert runs[0].returncode == 0, runs[0].stderr[-3000:]
     tree_run, grade_run = runs[1], runs[2]
     assert tree_run.returncode == 1 and "NotImplementedError: " in tree_run.stdout, tree_run.stdout[-3000:]
     assert re.search(r"\d+ failed", tree_run.stdout) and " passed" not in tree_run.stdout, tree_run.stdout[-2000:]
@@ -101,7 +101,8 @@ def test_a_class_is_graded_on_pristine_tests_task_by_task(skeleton, tmp_path, ca
     with (ann / "eagle3_ref" / "tree.py").open("a") as f:
         f.write("\n\ndef broken(:\n    pass\n")
     verify = ann / "eagle3_ref" / "verify.py"
-    verify.write_text(verify.read_text().replace(LOOP_AT, "    while True:\n        pass\n" + LOOP_AT, 1))
+    endless = "    global _CALLS\n    _CALLS = globals().get('_CALLS', 0) + 1\n    while _CALLS == 1:\n        pass\n"
+    verify.write_text(verify.read_text().replace(LOOP_AT, endless + LOOP_AT, 1))  # on its first call only
     # Carl zips a folder holding only tree.py, the reference's, borrowing the batch builder.
     carl = tmp_path / "carl" / "eagle3_ref"
     carl.mkdir(parents=True)
@@ -127,12 +128,12 @@ def test_a_class_is_graded_on_pristine_tests_task_by_task(skeleton, tmp_path, ca
     # A syntax error costs its own task, named with its line.
     assert int(ann_row["tree"]) == 0 < int(totals["tree"])
     assert re.search(r"tree: not run: tree\.py does not compile: SyntaxError: .* \(line \d+\)", ann_report), ann_report
-    # The endless loop fails the greedy tests within the per-test timeout, each named with the
-    # line it was stopped at; sampling verification still scores.
-    stopped = re.findall(r"(?m)^  (test_\w+): TestTimedOut: stopped after 15 s .*endless loop.*\[verify\.py line \d+\]$", ann_report)
-    assert sorted(stopped) == ["test_greedy_accepts_argmax_children_until_none_is",
-                               "test_greedy_follows_the_argmax_chain"], ann_report
-    assert int(ann_row["verify"]) == int(totals["verify"]) - 2, ann_row
+    # The endless loop (on verify_greedy's first call) fails that test within the per-test
+    # timeout, named with the line it was stopped at; the process goes on: the next tests pass.
+    stopped = re.findall(r"(?m)^  (test_\w+): TestTimedOut: stopped after 15 s .*endless loop.*\[verify\.py line \d+\]$",
+                         ann_report)
+    assert len(stopped) == 1 and stopped[0].startswith("test_greedy_"), ann_report
+    assert int(ann_row["verify"]) == int(totals["verify"]) - 1, ann_row
     # Carl: borrowing code the skeleton does not give scores 0 and is reported; a module not
     # handed in is named.
     assert int(carl_row["total"]) == 0 and int(carl_row["out_of"]) == int(ann_row["out_of"]), carl_row
