@@ -97,8 +97,6 @@ def reference_head(adapter: Any, head: Any) -> Any:
     """``head`` itself if it is a reference :class:`~eagle3_ref.draft_head.Eagle3DraftHead` (of the
     package the adapter runs, for a :class:`ReferenceAdapter` over a student's copy), else the
     :class:`AdapterHead` that drives it through ``adapter``."""
-    import importlib
+    from .adapter import _module
 
-    package = getattr(adapter, "package", "eagle3_ref")
-    head_class = importlib.import_module(f"{package}.draft_head").Eagle3DraftHead
-    return head if isinstance(head, head_class) else AdapterHead.of(adapter, head)
+    return head if isinstance(head, _module(adapter, "draft_head").Eagle3DraftHead) else AdapterHead.of(adapter, head)
