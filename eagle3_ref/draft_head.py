@@ -195,14 +195,16 @@ def rope_inv_freq(c: Eagle3Config, device=None) -> Tensor:
 
 
 class Eagle3Attention(nn.Module):
-    """Self-attention whose q/k/v read the ``2H``-wide ``[embed ; hidden]`` input."""
+    """Self-attention whose q/k/v read the ``2H``-wide ``[embed ; hidden]`` input (``in_features``:
+    ``H`` for the EAGLE-2-style baseline, whose ``fc`` has already mixed the two)."""
 
-    def __init__(self, c: Eagle3Config, impl: str) -> None:
+    def __init__(self, c: Eagle3Config, impl: str, in_features: int | None = None) -> None:
         super().__init__()
+        width = 2 * c.hidden_size if in_features is None else in_features
         self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.q_proj = nn.Linear(2 * c.hidden_size, c.num_attention_heads * c.head_dim, bias=False)
-        self.k_proj = nn.Linear(2 * c.hidden_size, c.num_key_value_heads * c.head_dim, bias=False)
-        self.v_proj = nn.Linear(2 * c.hidden_size, c.num_key_value_heads * c.head_dim, bias=False)
+        self.q_proj = nn.Linear(width, c.num_attention_heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(width, c.num_key_value_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(width, c.num_key_value_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
         self.config, self.impl = c, impl
 

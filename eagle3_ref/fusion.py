@@ -12,8 +12,12 @@ width::
 Conventions (see docs/conventions.md). This project names a tapped layer by its index
 into Hugging Face's ``output_hidden_states`` tuple: index ``i`` (``0 <= i < N``) is the
 residual stream *entering* decoder layer ``i``; index 0 is the embedding output. (Index
-``N`` is the final, *normed* state and is not a residual stream, so it is not allowed.)
-EAGLE-3's default for a target with ``N`` decoder layers is ``(2, N // 2, N - 3)``.
+``N`` is the final, *normed* state and is not a residual stream, so it is not allowed in a
+fusion.) EAGLE-3's default for a target with ``N`` decoder layers is ``(2, N // 2, N - 3)``.
+
+The one exception is ``(N,)`` alone: the *top-layer feature*, the final normed state the
+LM head reads, which EAGLE-1 and EAGLE-2 draft from. It is what the ablation's
+"top layer only" head and the EAGLE-2-style baseline (:mod:`eagle3_ref.eagle2`) read.
 
 The serving engines spell the same three layers differently, and peers have shipped
 bugs on exactly that off-by-one:
@@ -42,6 +46,7 @@ __all__ = [
     "LAYER_ID_CONVENTIONS",
     "default_aux_layer_ids",
     "validate_aux_layer_ids",
+    "top_feature_id",
     "to_convention",
     "from_convention",
     "decoder_layers",
@@ -94,13 +99,16 @@ def validate_aux_layer_ids(layer_ids: Sequence[int], num_hidden_layers: int) -> 
     """Check explicit ``hidden_states`` indices; return them as a tuple.
 
     They must be ints, strictly increasing (low, mid, high: collisions would silently
-    collapse three features into fewer), and in ``[0, N - 1]``.
+    collapse three features into fewer), and in ``[0, N - 1]``; or ``(N,)`` alone, the
+    top-layer feature (:func:`top_feature_id`).
     """
     ids = tuple(layer_ids)
     if len(ids) == 0:
         raise ValueError("aux_layer_ids must not be empty")
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ValueError(f"aux_layer_ids must be ints, got {ids!r}")
+    if ids == (top_feature_id(num_hidden_layers),):
+        return ids
     bad = [i for i in ids if not 0 <= i < num_hidden_layers]
     if bad:
         raise ValueError(
@@ -111,6 +119,12 @@ def validate_aux_layer_ids(layer_ids: Sequence[int], num_hidden_layers: int) -> 
     if any(a >= b for a, b in zip(ids, ids[1:])):
         raise ValueError(f"aux_layer_ids must be distinct and increasing (low, mid, high), got {ids}")
     return ids
+
+
+def top_feature_id(num_hidden_layers: int) -> int:
+    """``N``: the ``hidden_states`` index of the top-layer feature (the final normed state, what
+    the LM head reads; EAGLE-1/2's feature). Valid as the only id of a head, never in a fusion."""
+    return num_hidden_layers
 
 
 def to_convention(layer_ids: Sequence[int], convention: LayerIdConvention) -> tuple[int, ...]:
@@ -217,6 +231,9 @@ def collect_features_by_hooks(
     oracle for :func:`collect_features`."""
     layers = decoder_layers(target)
     ids = validate_aux_layer_ids(layer_ids, len(layers))
+    if ids == (top_feature_id(len(layers)),):
+        raise ValueError("the top-layer feature (the final normed state) enters no decoder layer: "
+                         "collect it with collect_features")
     captured: dict[int, Tensor] = {}
 
     def hook(index: int):

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from .checkpoint import check_head_fits_target
-from .draft_head import Eagle3DraftHead
 from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
 from .targets import (check_tree_verifiable, exact_tree_nodes, held_prefix_slots, keep_first_nodes, layer_rules,
                       new_target_cache, trim_to_window, visible)
@@ -235,7 +234,7 @@ def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, e
            attention_mask=None):
     _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask)
     check_tree_verifiable(target)
-    if isinstance(head, Eagle3DraftHead):
+    if isinstance(head, nn.Module):  # a draft head: EAGLE-3's, or the EAGLE-2-style baseline (eagle2.py)
         check_head_fits_target(head.config, target)
         aux_layer_ids = aux_layer_ids or head.config.aux_layer_ids
         drafter = HeadDrafter(head)
@@ -270,8 +269,9 @@ def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_
                          pad_token_id: int | None = None) -> "GenerationOutput | BatchGenerationOutput":
     """EAGLE-3 speculative decoding of ``target`` with draft ``head``.
 
-    ``head`` is an :class:`Eagle3DraftHead` (or any object with ``draft(features,
-    input_ids, config, state) -> (tree, state)``, e.g. a test's perfect drafter).
+    ``head`` is an :class:`Eagle3DraftHead` (or the EAGLE-2-style baseline of
+    :mod:`eagle3_ref.eagle2`, or any object with ``draft(features, input_ids, config, state)
+    -> (tree, state)``, e.g. a test's perfect drafter).
     Greedy at ``temperature=0``; else sampling with transformers' warpers, lossless.
 
     A batch: ``input_ids (B, T)`` left-padded with its ``attention_mask (B, T)``, as

@@ -17,8 +17,10 @@ The pipeline, as EAGLE-3 trains its heads:
    nothing lost: optimizer, scheduler, RNG states and the data position all come back,
    and the data order is a pure function of (seed, step).
 
-Ablation switches: ``ttt_steps`` (1 = no training-time test) and ``aux_layer_ids``
-(e.g. only the top tapped layer).
+Ablation switches: ``ttt_steps`` (1 = no training-time test), ``aux_layer_ids`` (``(N,)``:
+the top-layer feature only, no fusion), and ``head="eagle2"``: the EAGLE-2-style baseline of
+:mod:`eagle3_ref.eagle2` (top-layer feature, feature regression + token loss, no TTT), trained
+by the same loop, data order and checkpoints. ``eagle3-ref ablate`` runs them side by side.
 
 More than one process (``torchrun --nproc_per_node N`` or ``accelerate launch
 --num_processes N``, which set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``): each process
@@ -46,7 +48,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .checkpoint import load_draft_head, save_draft_head
 from .draft_head import Eagle3Config, Eagle3DraftHead
-from .fusion import default_aux_layer_ids, num_decoder_layers, select_features, validate_aux_layer_ids
+from .eagle2 import Eagle2DraftHead, eagle2_config, eagle2_loss, load_eagle2_head, save_eagle2_head
+from .fusion import default_aux_layer_ids, num_decoder_layers, select_features, top_feature_id, validate_aux_layer_ids
 from .ttt import ttt_forward, ttt_loss
 from .vocab import build_vocab_mapping, count_tokens
 
@@ -85,6 +88,7 @@ class TrainConfig:
     overwrite: bool = False
     cache_dir: str | None = None  # cache the target pass here (safetensors shards)
     head_overrides: dict = field(default_factory=dict)  # e.g. {"intermediate_size": 64}
+    head: str = "eagle3"  # "eagle2": the EAGLE-2-style baseline (eagle2.py); needs ttt_steps 1
 
 
 @dataclass
@@ -245,11 +249,16 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _save_head(head, path: Path) -> None:
+    """The official format for an EAGLE-3 head; the baseline's own for an EAGLE-2-style one."""
+    (save_eagle2_head if isinstance(head, Eagle2DraftHead) else save_draft_head)(head, path)
+
+
 def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: list) -> Path:
     """``out/ckpt-STEP`` (official head files + ``trainer_state.pt``), then ``out/latest``;
     every write lands in a temporary directory first, so a kill leaves the last one intact."""
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".ckpt-tmp-"))
-    save_draft_head(head, tmp)
+    _save_head(head, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "rng": _rng_state(), "history": history}, tmp / "trainer_state.pt")
     final = out / f"ckpt-{step:07d}"
@@ -349,12 +358,37 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
             dist.destroy_process_group()
 
 
+def _new_head(target: nn.Module, data: TrainData, config: TrainConfig, layer_ids: tuple[int, ...]):
+    """A fresh head: EAGLE-3's, its draft vocabulary from the training targets' token counts;
+    or the EAGLE-2-style baseline over the full vocabulary."""
+    if config.head == "eagle2":
+        return Eagle2DraftHead(eagle2_config(target, **config.head_overrides)).attach_target(target)
+    vocab = target.get_input_embeddings().weight.shape[0]
+    draft_vocab = config.draft_vocab_size or vocab
+    d2t, t2d = build_vocab_mapping(count_tokens(data.input_ids, vocab, data.loss_mask), draft_vocab)
+    head_config = Eagle3Config.for_target(target.config, draft_vocab_size=draft_vocab,
+                                          aux_layer_ids=layer_ids, **config.head_overrides)
+    head = Eagle3DraftHead(head_config)
+    head.d2t.copy_(d2t), head.t2d.copy_(t2d)
+    if not head_config.owns_embedding:
+        head.attach_embedding(target.get_input_embeddings().weight.float())
+    return head
+
+
 def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, eval_prompts: list[Tensor] | None,
            log: Callable[[dict], None] | None, progress: bool) -> Eagle3DraftHead:
     rank, world = _rank_and_world()
     n_layers = num_decoder_layers(target)
+    if config.head not in ("eagle3", "eagle2"):
+        raise TrainingError(f"head must be 'eagle3' or 'eagle2' (the EAGLE-2-style baseline), got {config.head!r}")
+    eagle2 = config.head == "eagle2"
+    if eagle2 and (config.ttt_steps != 1 or config.draft_vocab_size
+                   or config.aux_layer_ids not in (None, (top_feature_id(n_layers),))):
+        raise TrainingError("the EAGLE-2-style head trains without training-time test, on the full vocabulary "
+                            "and the top-layer feature: ttt_steps must be 1, draft_vocab_size and aux_layer_ids unset")
     try:
-        layer_ids = validate_aux_layer_ids(config.aux_layer_ids, n_layers) if config.aux_layer_ids \
+        layer_ids = (top_feature_id(n_layers),) if eagle2 else \
+            validate_aux_layer_ids(config.aux_layer_ids, n_layers) if config.aux_layer_ids \
             else default_aux_layer_ids(n_layers)
     except ValueError as err:
         raise TrainingError(str(err)) from None
@@ -367,7 +401,8 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
 
     if config.resume:
         checkpoint = out / (out / "latest").read_text().strip()
-        head = load_draft_head(checkpoint, target, dtype=torch.float32)
+        head = load_eagle2_head(checkpoint, target) if eagle2 else load_draft_head(checkpoint, target,
+                                                                                   dtype=torch.float32)
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     else:
         _barrier()  # every process has checked the directory before process 0 clears it
@@ -375,15 +410,7 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
             shutil.rmtree(out)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        vocab = target.get_input_embeddings().weight.shape[0]
-        draft_vocab = config.draft_vocab_size or vocab
-        d2t, t2d = build_vocab_mapping(count_tokens(data.input_ids, vocab, data.loss_mask), draft_vocab)
-        head_config = Eagle3Config.for_target(target.config, draft_vocab_size=draft_vocab,
-                                              aux_layer_ids=tuple(layer_ids), **config.head_overrides)
-        head = Eagle3DraftHead(head_config).to(device)
-        head.d2t.copy_(d2t), head.t2d.copy_(t2d)
-        if not head_config.owns_embedding:
-            head.attach_embedding(target.get_input_embeddings().weight.float())
+        head = _new_head(target, data, config, tuple(layer_ids)).to(device)
         state = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -413,8 +440,11 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
         else:
             feats, logits = target_pass(target, ids, tuple(layer_ids))
         with autocast:
-            out_logits = ttt_forward(head, feats.float(), ids, config.ttt_steps).logits
-            result = ttt_loss(out_logits, logits.float(), mask, head.t2d, head.d2t)
+            if eagle2:
+                result = eagle2_loss(head, feats.float(), ids, logits.float(), mask)
+            else:
+                out_logits = ttt_forward(head, feats.float(), ids, config.ttt_steps).logits
+                result = ttt_loss(out_logits, logits.float(), mask, head.t2d, head.d2t)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         if world > 1:  # the mean of per-process gradients = the gradient of the global-batch loss
@@ -440,7 +470,7 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
             save_checkpoint(out, head, optimizer, scheduler, step, history)
     bar.close()
     if rank == 0:
-        save_draft_head(head, out)  # the final head, loadable with load_draft_head(out_dir)
+        _save_head(head, out)  # the final head, loadable with load_draft_head(out_dir) (load_eagle2_head)
         (out / "history.json").write_text(json.dumps(history))
     _barrier()
     return head

@@ -1,0 +1,290 @@
+"""What each EAGLE-3 idea buys, measured on the toy: the ablation and the data-scaling runs.
+
+EAGLE-3 makes three changes to EAGLE-2's head (arXiv 2503.01840): it drops the feature
+regression and predicts tokens only, it fuses low, mid and high target layers instead of
+reading the top one, and it trains with training-time test so that it can draft from its
+own outputs. The paper's ablation adds them one at a time; its data-scaling figure shows the
+feature-predicting head flattening as data grows while EAGLE-3 keeps rising.
+
+:data:`VARIANTS` are the heads compared, every one trained by :func:`eagle3_ref.train.train_head`
+on the same self-distilled data, seed, steps and batch (tokens seen held equal), each a
+resumable checkpointed run under ``OUT/runs/<variant>-<sequences>/``:
+
+* ``eagle3``: EAGLE-3 as shipped: fusion of three layers and TTT with K = 7;
+* ``no-ttt``: the same fusion, trained on target features only (K = 1);
+* ``top-only``: TTT with K = 7 from the top-layer feature alone (no fusion);
+* ``eagle2``: the EAGLE-2-style head (:mod:`eagle3_ref.eagle2`): top-layer feature, feature
+  regression + token loss, no TTT.
+
+Measured for each, greedy on held-out prompts the target continues (its own text, the text
+a head drafts for): ``tau`` with the default tree and with a chain of 7, and ``n-alpha``
+for n = 1..7: the acceptance rate of the n-th chain draft among cycles whose first n-1
+drafts were accepted, i.e. with n-1 of the head's own outputs in its input (the paper's
+definition). Each data size in ``data_sizes`` is a nested subset of the same sequences: a
+list of doubling sizes gives the data-scaling curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .checkpoint import load_draft_head
+from .eagle2 import load_eagle2_head
+from .fusion import num_decoder_layers, top_feature_id
+from .generate import speculative_generate
+from .train import TrainConfig, TrainData, regenerate, tokenize_corpus, train_head
+from .tree import TreeConfig
+
+__all__ = ["Variant", "VARIANTS", "AblateConfig", "n_alpha", "ablation_data", "evaluate_head", "run_ablation",
+           "finished_runs", "results_markdown", "plot_results"]
+
+CHAIN = 7  # the chain of the tau-chain column and of n-alpha
+
+
+class Variant(NamedTuple):
+    label: str
+    head: str  # "eagle3" or "eagle2"
+    ttt_steps: int
+    top_only: bool  # the top-layer feature instead of the fusion
+
+
+VARIANTS: dict[str, Variant] = {
+    "eagle3": Variant("EAGLE-3: fusion + TTT (K=7)", "eagle3", 7, False),
+    "no-ttt": Variant("fusion, no TTT (K=1)", "eagle3", 1, False),
+    "top-only": Variant("TTT (K=7), top layer only", "eagle3", 7, True),
+    "eagle2": Variant("EAGLE-2-style: feature regression, top layer, no TTT", "eagle2", 1, True),
+}
+
+
+@dataclass
+class AblateConfig:
+    """The budget every variant gets (the same for all)."""
+
+    out_dir: str
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    data_sizes: tuple[int, ...] = (2400,)  # training sequences; doubling sizes give the scaling curve
+    steps: int = 400
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    prompt_tokens: int = 64  # self-distillation: the target writes the rest of each sequence
+    eval_prompts: int = 8
+    eval_new_tokens: int = 96
+    seed: int = 0
+    save_every: int = 50
+    head_overrides: dict = field(default_factory=dict)  # e.g. {"intermediate_size": 64} for tiny runs
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"variants must be some of {', '.join(VARIANTS)}, got {list(self.variants)}")
+        for name in ("steps", "batch_size", "seq_len", "eval_prompts", "eval_new_tokens", "save_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.data_sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.data_sizes):
+            raise ValueError(f"data_sizes must be positive ints, got {list(self.data_sizes)}")
+        if not 0 < self.prompt_tokens < self.seq_len:
+            raise ValueError(f"prompt_tokens must be in [1, seq_len - 1] = [1, {self.seq_len - 1}], "
+                             f"got {self.prompt_tokens}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def n_alpha(accepted_lengths: list[list[int]], depth: int = CHAIN) -> list[float | None]:
+    """n-alpha for n = 1..depth from chain runs: ``accepted_lengths`` holds one list per prompt
+    of tokens appended per cycle (accepted drafts + 1). A prompt's last cycle is left out (the
+    token budget or EOS may have cut it). None where no cycle reached step n."""
+    drafts = [length - 1 for run in accepted_lengths for length in run[:-1]]
+    out: list[float | None] = []
+    for n in range(1, depth + 1):
+        reached = sum(a >= n - 1 for a in drafts)
+        out.append(sum(a >= n for a in drafts) / reached if reached else None)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Data, training and evaluation of one run
+# ----------------------------------------------------------------------------------------
+
+
+def ablation_data(target: nn.Module, corpus: str, tokenizer, config: AblateConfig, progress: bool = True) -> TrainData:
+    """``max(data_sizes)`` corpus sequences, a seeded sample in seeded order, each continued by
+    the target after ``prompt_tokens`` tokens; cached in ``OUT/data.safetensors``. The first
+    ``n`` rows are the data of size ``n`` (nested subsets)."""
+    path = Path(config.out_dir) / "data.safetensors"
+    stamp = {"n": str(max(config.data_sizes)), "seq_len": str(config.seq_len), "seed": str(config.seed),
+             "prompt_tokens": str(config.prompt_tokens)}
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            if f.metadata() == stamp:
+                tensors = load_file(path)
+                return TrainData(tensors["input_ids"], tensors["loss_mask"])
+    sequences = tokenize_corpus(corpus, tokenizer, config.seq_len)
+    order = torch.randperm(sequences.shape[0], generator=torch.Generator().manual_seed(config.seed))
+    n = max(config.data_sizes)
+    if n > sequences.shape[0]:
+        raise ValueError(f"data_sizes asks for {n} sequences; the corpus holds {sequences.shape[0]} of {config.seq_len}")
+    ids, mask = regenerate(target, sequences[order[:n]], config.prompt_tokens, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"input_ids": ids.contiguous(), "loss_mask": mask.contiguous()}, path, metadata=stamp)
+    return TrainData(ids, mask)
+
+
+def _train_config(config: AblateConfig, variant: Variant, run_dir: Path, n_layers: int) -> TrainConfig:
+    return TrainConfig(
+        out_dir=str(run_dir), seq_len=config.seq_len, batch_size=config.batch_size, max_steps=config.steps,
+        lr=config.lr, warmup_steps=config.warmup_steps, ttt_steps=variant.ttt_steps, head=variant.head,
+        draft_vocab_size=None, aux_layer_ids=(top_feature_id(n_layers),) if variant.top_only and variant.head == "eagle3"
+        else None, seed=config.seed, save_every=config.save_every, resume=(run_dir / "latest").exists(),
+        head_overrides=dict(config.head_overrides))
+
+
+def _load_head(variant: Variant, run_dir: Path, target: nn.Module):
+    if variant.head == "eagle2":
+        return load_eagle2_head(run_dir, target)
+    return load_draft_head(run_dir, target, dtype=torch.float32)
+
+
+@torch.no_grad()
+def evaluate_head(target: nn.Module, head, prompts: list[Tensor], max_new_tokens: int) -> dict:
+    """tau with the default tree and with a chain of 7, and n-alpha, greedy, on ``prompts``."""
+    head.eval()
+    runs = {}
+    for name, tree in (("tree", TreeConfig()), ("chain", TreeConfig.chain(CHAIN))):
+        runs[name] = [speculative_generate(target, head, p[None], max_new_tokens=max_new_tokens, tree=tree
+                                           ).accepted_lengths for p in prompts]
+    tau = {name: sum(map(sum, r)) / max(1, sum(map(len, r))) for name, r in runs.items()}
+    return {"tau_tree": tau["tree"], "tau_chain": tau["chain"], "n_alpha": n_alpha(runs["chain"])}
+
+
+def _run(target: nn.Module, data: TrainData, prompts: list[Tensor], config: AblateConfig, name: str, size: int,
+         progress: bool) -> dict:
+    """Train (or resume, or reuse) one run and evaluate it; the evaluation is cached too."""
+    variant = VARIANTS[name]
+    run_dir = Path(config.out_dir) / "runs" / f"{name}-{size}"
+    result_path = run_dir / "eval.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    if not (run_dir / "history.json").exists():  # not finished: start, or resume after a kill
+        subset = TrainData(data.input_ids[:size], data.loss_mask[:size])
+        train_head(target, subset, _train_config(config, variant, run_dir, num_decoder_layers(target)),
+                   progress=progress)
+    history = json.loads((run_dir / "history.json").read_text())
+    tail = history[-min(len(history), 20):]
+    result = {"variant": name, "label": variant.label, "sequences": size, "steps": config.steps,
+              "train_accuracy": sum(r["acc"][0] or 0.0 for r in tail) / len(tail),
+              **evaluate_head(target, _load_head(variant, run_dir, target), prompts, config.eval_new_tokens)}
+    result_path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_ablation(target: nn.Module, tokenizer, corpus: str, eval_prompts: list[Tensor], config: AblateConfig,
+                 progress: bool = True) -> list[dict]:
+    """Every (variant, data size) run, then ``results.json``, ``results.md`` and the plots in
+    ``OUT`` over every finished run there (so the scaling runs can follow the ablation in the
+    same ``OUT`` and reuse its runs). Interrupted, it picks up where it stopped: finished
+    runs are reused, an unfinished one resumes from its last checkpoint. Returns the results."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablate_config.json").write_text(json.dumps(asdict(config), indent=2))
+    data = ablation_data(target, corpus, tokenizer, config, progress)
+    for size in sorted(config.data_sizes):
+        for name in config.variants:
+            _run(target, data, eval_prompts, config, name, size, progress)
+    results = finished_runs(out)
+    (out / "results.json").write_text(json.dumps({"config": asdict(config), "results": results}, indent=2))
+    (out / "results.md").write_text(results_markdown(results))
+    plot_results(results, out)
+    return results
+
+
+def finished_runs(out: str | os.PathLike) -> list[dict]:
+    """The evaluation of every finished run in ``OUT/runs``, by data size, then variant."""
+    results = [json.loads(p.read_text()) for p in Path(out).glob("runs/*/eval.json")]
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    return sorted(results, key=lambda r: (r["sequences"], order[r["variant"]]))
+
+
+# ----------------------------------------------------------------------------------------
+# Reports
+# ----------------------------------------------------------------------------------------
+
+
+def results_markdown(results: list[dict]) -> str:
+    """One row per run: tau (tree, chain), top-1 train accuracy, n-alpha for n = 1..7."""
+    head = "| variant | sequences | steps | tau, tree | tau, chain | train acc. | " + \
+        " | ".join(f"{n}-α" for n in range(1, CHAIN + 1)) + " |"
+    lines = [head, "|" + "---|" * (6 + CHAIN)]
+    for r in results:
+        alphas = " | ".join("–" if a is None else f"{a:.2f}" for a in r["n_alpha"])
+        lines.append(f"| {r['label']} | {r['sequences']} | {r['steps']} | {r['tau_tree']:.2f} | {r['tau_chain']:.2f} | "
+                     f"{r['train_accuracy']:.2f} | {alphas} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
+    """``tau.png`` (tau by variant at the largest data size), ``n_alpha.png`` (the curves)
+    and, with more than one data size, ``scaling.png`` (tau against sequences)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out, written = Path(out), []
+    largest = max(r["sequences"] for r in results)
+    top = [r for r in results if r["sequences"] == largest]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    x = range(len(top))
+    ax.bar([i - 0.2 for i in x], [r["tau_tree"] for r in top], width=0.4, label="default tree (60 nodes)")
+    ax.bar([i + 0.2 for i in x], [r["tau_chain"] for r in top], width=0.4, label=f"chain of {CHAIN}")
+    ax.set_xticks(list(x), [r["variant"] for r in top], fontsize=11)
+    ax.set_ylabel("acceptance length tau", fontsize=11)
+    ax.set_title(f"Acceptance length by variant ({largest} training sequences)", fontsize=12)
+    ax.legend(fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "tau.png")
+    written.append(out / "tau.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for r in top:
+        ax.plot(range(1, CHAIN + 1), [float("nan") if a is None else a for a in r["n_alpha"]], marker="o",
+                label=r["variant"])
+    ax.set_xlabel("n: draft step (n-1 of the head's own outputs in its input)", fontsize=11)
+    ax.set_ylabel("n-α: acceptance rate", fontsize=11)
+    ax.set_ylim(0, 1)
+    ax.set_title("Acceptance rate by draft step, chain drafting, greedy", fontsize=12)
+    ax.legend(fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "n_alpha.png")
+    written.append(out / "n_alpha.png")
+    plt.close(fig)
+
+    sizes = sorted({r["sequences"] for r in results})
+    if len(sizes) > 1:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+        for name in dict.fromkeys(r["variant"] for r in results):
+            rows = sorted((r for r in results if r["variant"] == name), key=lambda r: r["sequences"])
+            ax.plot([r["sequences"] for r in rows], [r["tau_tree"] for r in rows], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training sequences (tokens seen held equal)", fontsize=11)
+        ax.set_ylabel("acceptance length tau, default tree", fontsize=11)
+        ax.set_title("Data scaling", fontsize=12)
+        ax.legend(fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "scaling.png")
+        written.append(out / "scaling.png")
+        plt.close(fig)
+    return written
