@@ -78,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         out_dir=args.out, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
-        warmup_steps=args.warmup, ttt_steps=args.ttt_steps, draft_vocab_size=args.draft_vocab_size,
+        warmup_steps=args.warmup, ttt_steps=args.ttt_steps or (1 if args.head == "eagle2" else 7),
+        draft_vocab_size=args.draft_vocab_size, head=args.head,
         aux_layer_ids=tuple(int(i) for i in args.aux_layer_ids.split(",")) if args.aux_layer_ids else None,
         regenerate_prompt_tokens=args.regenerate_prompt_tokens, max_sequences=args.max_sequences, seed=args.seed, save_every=args.save_every,
         eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir,
@@ -99,11 +100,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         device, dtype = _device_dtype(args)
         tokenizer = AutoTokenizer.from_pretrained(args.target)
         target = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype).to(device).eval()
-        from eagle3_ref.fusion import default_aux_layer_ids, num_decoder_layers, validate_aux_layer_ids
+        from eagle3_ref.fusion import default_aux_layer_ids, num_decoder_layers, top_feature_id, validate_aux_layer_ids
 
         n = num_decoder_layers(target)
         try:
-            layer_ids = validate_aux_layer_ids(config.aux_layer_ids, n) if config.aux_layer_ids else default_aux_layer_ids(n)
+            layer_ids = (top_feature_id(n),) if config.head == "eagle2" else \
+                validate_aux_layer_ids(config.aux_layer_ids, n) if config.aux_layer_ids else default_aux_layer_ids(n)
         except ValueError as err:
             raise TrainingError(str(err)) from None
         data = prepare_data(target, Path(args.data).read_text(), tokenizer, config, tuple(layer_ids),
@@ -503,7 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seq-len", type=int, default=256)
     train.add_argument("--lr", type=float, default=3e-4)
     train.add_argument("--warmup", type=int, default=50)
-    train.add_argument("--ttt-steps", type=int, default=7, help="training-time test steps K (1 = no TTT)")
+    train.add_argument("--ttt-steps", type=int, help="training-time test steps K (default 7; 1 = no TTT)")
+    train.add_argument("--head", choices=["eagle3", "eagle2"], default="eagle3",
+                       help="eagle2: the EAGLE-2-style baseline (top-layer feature, feature regression + token "
+                            "loss, no TTT; the ablation's, see eagle3-ref ablate)")
     train.add_argument("--draft-vocab-size", type=int, help="default: the target's vocabulary")
     train.add_argument("--aux-layer-ids", help="tapped layers as hidden_states indices, e.g. 2,16,29 (default EAGLE-3's)")
     train.add_argument("--regenerate-prompt-tokens", type=int, default=0,

@@ -1,10 +1,11 @@
 """The EAGLE-2-style baseline head (eagle3_ref/eagle2.py).
 
 Proofs, in float64 on random tiny targets:
+* one forward is EAGLE's formula, written out position by position from the weights: ``fc``
+  over ``[embed ; feature]`` on every input, no input norm, the ``fc`` output as the
+  residual, and the *predicted feature* as the hidden output that later steps are fed;
 * drafting a tree with the cached, tree-masked head equals the brute-force builder that runs
-  the head on every path from scratch: the hidden fed back in later steps is the predicted
-  feature, and ``fc`` runs on every step (EAGLE-3's head skips it there; a copy of that
-  rule here would break the equality);
+  the head on every path from scratch;
 * decoding with it is lossless: identical to transformers' greedy ``generate``;
 * its loss is EAGLE's formula, written out one slot at a time;
 * the saved head loads back equal, and only as what it is.
@@ -39,6 +40,50 @@ def random_head(target, seed: int) -> Eagle2DraftHead:
         for p in head.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3 if p.dim() >= 2 else 1 + 0.5 * (torch.rand(p.shape, generator=gen) - 0.5))
     return head.to(torch.float64).attach_target(target)
+
+
+def naive_forward(head: Eagle2DraftHead, ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """EAGLE-1's draft layer, one position at a time, from the weights (one sequence, causal).
+    Returns the predicted features ``(T, H)``."""
+    c, attn = head.config, head.self_attn
+    T, nh, nkv, d = ids.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    z = torch.cat([head.embed_weight[ids], features], -1) @ head.fc.weight.T + head.fc.bias  # (T, H)
+    inv = 1.0 / c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+
+    def rope(x, pos):  # x (heads, d): rotate the two halves by angle pos * inv
+        a, b = x[..., : d // 2], x[..., d // 2:]
+        cos, sin = torch.cos(pos * inv), torch.sin(pos * inv)
+        return torch.cat([a * cos - b * sin, b * cos + a * sin], -1)
+
+    q = [rope((z[i] @ attn.q_proj.weight.T).view(nh, d), i) for i in range(T)]
+    k = [rope((z[i] @ attn.k_proj.weight.T).view(nkv, d), i) for i in range(T)]
+    v = [(z[i] @ attn.v_proj.weight.T).view(nkv, d) for i in range(T)]
+    out = []
+    for i in range(T):
+        heads = []
+        for h in range(nh):
+            g = h // (nh // nkv)
+            scores = torch.stack([q[i][h] @ k[j][g] for j in range(i + 1)]) / d**0.5
+            heads.append(sum(w * v[j][g] for j, w in enumerate(torch.softmax(scores, 0))))
+        x = z[i] + torch.cat(heads) @ attn.o_proj.weight.T  # residual: the fc output
+        n = head.post_attention_layernorm.weight * x / torch.sqrt(x.pow(2).mean() + c.rms_norm_eps)
+        mlp = head.mlp
+        out.append(x + (torch.nn.functional.silu(n @ mlp.gate_proj.weight.T) * (n @ mlp.up_proj.weight.T))
+                   @ mlp.down_proj.weight.T)
+    return torch.stack(out)
+
+
+@given(tc=target_configs(max_layers=2), seed=seeds, T=st.integers(1, 6))
+def test_one_forward_is_eagles_formula(tc, seed, T):
+    target = build_target(tc, seed)
+    head = random_head(target, seed)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, tc.vocab_size, (T,), generator=gen)
+    features = torch.randn(T, tc.hidden_size, generator=gen, dtype=torch.float64)
+    out = head(ids[None], features[None], torch.arange(T)[None])
+    want = naive_forward(head, ids, features)
+    torch.testing.assert_close(out.hidden[0], want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.logits[0], want @ target.get_output_embeddings().weight.T, rtol=1e-9, atol=1e-9)
 
 
 @settings(max_examples=3 * examples_per_architecture())  # 9 in ci, 30 in dev, 150 in thorough

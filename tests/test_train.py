@@ -139,6 +139,45 @@ def test_ablation_switches(tiny, tmp_path):
     assert load_draft_head(tmp_path / "abl", target).config.aux_layer_ids == (5,)
 
 
+def test_the_top_layer_feature_alone(tiny, tmp_path):
+    """The ablation's "top layer only" head reads hidden_states[N] (the final normed state)."""
+    _, target, tokenizer = tiny
+    config = _config(tmp_path / "top", max_steps=2, aux_layer_ids=(7,))
+    data = prepare_data(target, TRAIN_TEXT[:4000], tokenizer, config, (7,))
+    head = train_head(target, data, config, progress=False)
+    assert head.config.aux_layer_ids == (7,) and load_draft_head(tmp_path / "top", target).config.aux_layer_ids == (7,)
+
+
+def test_the_eagle2_baseline_learns_and_resumes_exactly(tiny, tmp_path):
+    """The EAGLE-2-style head through the same loop: its loss falls; killed and resumed it
+    reproduces the straight run bit for bit (its own file format, and the noise's RNG state,
+    come back); its run loads and decodes like any head."""
+    _, target, tokenizer = tiny
+    kw = dict(head="eagle2", ttt_steps=1, draft_vocab_size=None, max_steps=24, save_every=8, lr=3e-3)
+    config = _config(tmp_path / "straight", **kw)
+    data = prepare_data(target, TRAIN_TEXT, tokenizer, config, (7,))
+    history = []
+    straight = train_head(target, data, config, log=history.append, progress=False)
+    assert sum(h["loss"] for h in history[-5:]) < sum(h["loss"] for h in history[:5]) - 0.05, history
+
+    def crash(record):
+        if record["step"] == 13:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_head(target, data, _config(tmp_path / "broken", **kw), log=crash, progress=False)
+    resumed = train_head(target, data, _config(tmp_path / "broken", resume=True, **kw), progress=False)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
+    from eagle3_ref.eagle2 import load_eagle2_head
+    from eagle3_ref.generate import autoregressive_generate, speculative_generate
+
+    head = load_eagle2_head(tmp_path / "broken", target)
+    prompt = tokenize_corpus(HELD_OUT_TEXT, tokenizer, 16)[:1]
+    assert torch.equal(speculative_generate(target, head, prompt, max_new_tokens=12).sequences,
+                       autoregressive_generate(target, prompt, max_new_tokens=12).sequences)
+
+
 def test_cached_target_pass_is_reused(tiny, tmp_path):
     _, target, tokenizer = tiny
     config = _config(tmp_path / "c", cache_dir=str(tmp_path / "cache"))
@@ -194,6 +233,11 @@ def test_bad_inputs_are_named_and_write_nothing(tiny, tmp_path, capsys):
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     with pytest.raises(TrainingError, match="nothing to resume"):
         train_head(target, data, _config(tmp_path / "fresh", resume=True), progress=False)
+    with pytest.raises(TrainingError, match="ttt_steps must be 1"):  # the baseline has no TTT to switch on
+        train_head(target, data, _config(tmp_path / "e2", head="eagle2", ttt_steps=7), progress=False)
+    with pytest.raises(TrainingError, match="head must be 'eagle3' or 'eagle2'"):
+        train_head(target, data, _config(tmp_path / "e4", head="eagle4"), progress=False)
+    assert not (tmp_path / "e2").exists() and not (tmp_path / "e4").exists()
     # The command line says the same, on stderr, with exit code 2.
     (tmp_path / "empty.txt").write_text("")
     for extra, message in [(["--data", str(tmp_path / "nope.txt")], "no such file"),

@@ -1,0 +1,74 @@
+"""The ablation's arithmetic and reports (the runs themselves: notebook 08, and the shipped
+results in docs/paper/).
+
+* n-α is the paper's conditional rate: the n-th draft's acceptance among cycles whose first
+  n-1 drafts were accepted; a prompt's last cycle, which the token budget may cut, is left
+  out (counting it would bias every rate down);
+* the command documents its four variants and refuses bad budgets by name, before any work;
+* the reports hold every finished run of the output directory, by data size then variant.
+"""
+
+import json
+
+import pytest
+
+from eagle3_ref.ablate import VARIANTS, AblateConfig, finished_runs, n_alpha, plot_results, results_markdown
+from eagle3_ref.cli import main
+
+pytestmark = pytest.mark.train
+
+
+def test_n_alpha_is_the_conditional_acceptance_rate_by_draft_step():
+    # Two prompts; appended tokens per cycle = accepted drafts + 1; each prompt's last cycle is dropped.
+    runs = [[3, 1, 4, 8, 2], [1, 2, 5]]  # drafts counted: 2, 0, 3, 7 and 0, 1
+    alpha = n_alpha(runs, depth=7)
+    # n=1: drafts >= 1 among all 6 cycles: 2,3,7,1 -> 4/6; n=2: >= 2 among those >= 1: 2,3,7 of 4 -> 3/4;
+    # n=3: >= 3 among >= 2: 3,7 of 3 -> 2/3; n=4..7: only the 7 -> 1/2, then 1/1, 1/1, 1/1.
+    assert alpha == pytest.approx([4 / 6, 3 / 4, 2 / 3, 1 / 2, 1.0, 1.0, 1.0])
+    assert n_alpha([[1, 1, 1, 9]], depth=3) == [0.0, None, None]  # nobody reached step 2
+    assert n_alpha([[5]], depth=2) == [None, None]  # one cycle per prompt: all cut
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(variants=("eagle3", "eagle4")), "variants must be some of"),
+    (dict(variants=()), "variants must be some of"),
+    (dict(steps=0), "steps must be a positive int"),
+    (dict(data_sizes=(300, 0)), "data_sizes must be positive ints"),
+    (dict(seq_len=64, prompt_tokens=64), "prompt_tokens must be in"),
+    (dict(lr=-1.0), "lr must be > 0"),
+])
+def test_bad_budgets_are_refused_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AblateConfig(out_dir="x", **kwargs)
+
+
+def test_the_command_documents_its_variants_and_refuses_before_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["ablate", "--help"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in VARIANTS) and "--data-sizes 300,600,1200,2400" in text
+    assert main(["ablate", "--out", str(tmp_path / "a"), "--variants", "eagle3,medusa"]) == 2
+    assert "variants must be some of" in capsys.readouterr().err
+    assert main(["ablate", "--out", str(tmp_path / "a"), "--data-sizes", "300,lots"]) == 2
+    assert "--data-sizes must be comma-separated ints" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def _result(variant, size, tau):
+    return {"variant": variant, "label": VARIANTS[variant].label, "sequences": size, "steps": 10,
+            "train_accuracy": 0.5, "tau_tree": tau, "tau_chain": tau - 0.5, "n_alpha": [0.8, 0.7, None, 0, 0, 0, 0]}
+
+
+def test_reports_cover_every_finished_run_in_order(tmp_path):
+    for variant, size, tau in [("eagle2", 600, 2.0), ("eagle3", 600, 3.0), ("eagle3", 300, 2.5), ("eagle2", 300, 1.9)]:
+        run = tmp_path / "runs" / f"{variant}-{size}"
+        run.mkdir(parents=True)
+        (run / "eval.json").write_text(json.dumps(_result(variant, size, tau)))
+    (tmp_path / "runs" / "no-ttt-600").mkdir()  # unfinished: no eval.json yet
+    results = finished_runs(tmp_path)
+    assert [(r["variant"], r["sequences"]) for r in results] == [("eagle3", 300), ("eagle2", 300), ("eagle3", 600),
+                                                                 ("eagle2", 600)]
+    table = results_markdown(results).splitlines()
+    assert len(table) == 2 + 4 and "| 3.00 | 2.50 |" in table[4] and "| – |" in table[4]
+    assert [p.name for p in plot_results(results, tmp_path)] == ["tau.png", "n_alpha.png", "scaling.png"]
+    assert [p.name for p in plot_results(results[:2], tmp_path)] == ["tau.png", "n_alpha.png"]
