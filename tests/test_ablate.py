@@ -9,8 +9,10 @@ results in docs/paper/).
 """
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from eagle3_ref.ablate import VARIANTS, AblateConfig, finished_runs, n_alpha, plot_results, results_markdown
 from eagle3_ref.cli import main
@@ -72,3 +74,41 @@ def test_reports_cover_every_finished_run_in_order(tmp_path):
     assert len(table) == 2 + 4 and "| 3.00 | 2.50 |" in table[4] and "| – |" in table[4]
     assert [p.name for p in plot_results(results, tmp_path)] == ["tau.png", "n_alpha.png", "scaling.png"]
     assert [p.name for p in plot_results(results[:2], tmp_path)] == ["tau.png", "n_alpha.png"]
+
+
+def test_an_interrupted_ablation_resumes_each_run_where_it_stopped(tmp_path, monkeypatch):
+    """A finished run (its eval.json) is reused; a trained one (history.json) is only evaluated;
+    a run with a checkpoint but no history resumes from it; an untouched run starts fresh."""
+    import eagle3_ref.ablate as ablate
+    from eagle3_ref.train import TrainData
+
+    calls = []
+
+    def fake_train(target, data, config, progress):
+        calls.append((Path(config.out_dir).name, config.resume, config.ttt_steps, config.head, config.aux_layer_ids,
+                      data.input_ids.shape[0]))
+        Path(config.out_dir).mkdir(exist_ok=True)
+        (Path(config.out_dir) / "history.json").write_text(json.dumps([{"acc": [0.5]}]))
+
+    monkeypatch.setattr(ablate, "train_head", fake_train)
+    monkeypatch.setattr(ablate, "_load_head", lambda variant, run_dir, target: None)
+    monkeypatch.setattr(ablate, "evaluate_head", lambda *a: {"tau_tree": 2.0, "tau_chain": 1.5, "n_alpha": [0.5] * 7})
+    monkeypatch.setattr(ablate, "num_decoder_layers", lambda target: 16)
+    config = AblateConfig(out_dir=str(tmp_path), data_sizes=(4, 8))
+    runs = tmp_path / "runs"
+    (runs / "eagle3-8").mkdir(parents=True)
+    (runs / "eagle3-8" / "eval.json").write_text(json.dumps(_result("eagle3", 8, 9.0)))  # finished
+    (runs / "no-ttt-8").mkdir()
+    (runs / "no-ttt-8" / "history.json").write_text(json.dumps([{"acc": [0.25]}]))  # trained, not evaluated
+    (runs / "top-only-8").mkdir()
+    (runs / "top-only-8" / "latest").write_text("ckpt-0000050")  # killed mid-way
+    data = TrainData(torch.zeros(8, 4, dtype=torch.long), torch.ones(8, 4, dtype=torch.long))
+    for size in (4, 8):
+        for name in VARIANTS:
+            ablate._run(None, data, [], config, name, size, progress=False)
+    assert calls == [("eagle3-4", False, 7, "eagle3", None, 4), ("no-ttt-4", False, 1, "eagle3", None, 4),
+                     ("top-only-4", False, 7, "eagle3", (16,), 4), ("eagle2-4", False, 1, "eagle2", None, 4),
+                     ("top-only-8", True, 7, "eagle3", (16,), 8), ("eagle2-8", False, 1, "eagle2", None, 8)]
+    results = {(r["variant"], r["sequences"]): r for r in finished_runs(tmp_path)}
+    assert results[("eagle3", 8)]["tau_tree"] == 9.0 and results[("no-ttt", 8)]["train_accuracy"] == 0.25
+    assert len(results) == 8
