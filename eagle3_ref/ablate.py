@@ -119,21 +119,23 @@ def n_alpha(accepted_lengths: list[list[int]], depth: int = CHAIN) -> list[float
 
 def ablation_data(target: nn.Module, corpus: str, tokenizer, config: AblateConfig, progress: bool = True) -> TrainData:
     """``max(data_sizes)`` corpus sequences, a seeded sample in seeded order, each continued by
-    the target after ``prompt_tokens`` tokens; cached in ``OUT/data.safetensors``. The first
-    ``n`` rows are the data of size ``n`` (nested subsets)."""
+    the target after ``prompt_tokens`` tokens; cached in ``OUT/data.safetensors`` (a cached
+    larger sample serves a smaller one: its first rows). The first ``n`` rows are the data of
+    size ``n`` (nested subsets)."""
     path = Path(config.out_dir) / "data.safetensors"
-    stamp = {"n": str(max(config.data_sizes)), "seq_len": str(config.seq_len), "seed": str(config.seed),
+    n = max(config.data_sizes)
+    stamp = {"n": str(n), "seq_len": str(config.seq_len), "seed": str(config.seed),
              "prompt_tokens": str(config.prompt_tokens)}
     if path.exists():
         from safetensors import safe_open
 
         with safe_open(path, "pt") as f:
-            if f.metadata() == stamp:
-                tensors = load_file(path)
-                return TrainData(tensors["input_ids"], tensors["loss_mask"])
+            cached = f.metadata() or {}
+        if {**cached, "n": stamp["n"]} == stamp and int(cached["n"]) >= n:  # a larger sample holds this one
+            tensors = load_file(path)
+            return TrainData(tensors["input_ids"][:n], tensors["loss_mask"][:n])
     sequences = tokenize_corpus(corpus, tokenizer, config.seq_len)
     order = torch.randperm(sequences.shape[0], generator=torch.Generator().manual_seed(config.seed))
-    n = max(config.data_sizes)
     if n > sequences.shape[0]:
         raise ValueError(f"data_sizes asks for {n} sequences; the corpus holds {sequences.shape[0]} of {config.seq_len}")
     ids, mask = regenerate(target, sequences[order[:n]], config.prompt_tokens, progress=progress)

@@ -112,3 +112,21 @@ def test_an_interrupted_ablation_resumes_each_run_where_it_stopped(tmp_path, mon
     results = {(r["variant"], r["sequences"]): r for r in finished_runs(tmp_path)}
     assert results[("eagle3", 8)]["tau_tree"] == 9.0 and results[("no-ttt", 8)]["train_accuracy"] == 0.25
     assert len(results) == 8
+
+
+def test_a_cached_larger_sample_serves_a_smaller_one_and_nothing_else(tmp_path):
+    from safetensors.torch import save_file
+
+    from eagle3_ref.ablate import ablation_data
+    from eagle3_ref.train import TrainingError
+
+    ids = torch.arange(8 * 4).view(8, 4)
+    stamp = {"n": "8", "seq_len": "4", "seed": "0", "prompt_tokens": "2"}
+    save_file({"input_ids": ids, "loss_mask": torch.ones_like(ids)}, tmp_path / "data.safetensors", metadata=stamp)
+    data = ablation_data(None, "", None, AblateConfig(out_dir=str(tmp_path), data_sizes=(2, 6), seq_len=4,
+                                                      prompt_tokens=2))
+    assert torch.equal(data.input_ids, ids[:6])  # the first rows: nested subsets of one sample
+    for other in (dict(data_sizes=(9,)), dict(seed=1), dict(prompt_tokens=1)):  # not the same sample: regenerate
+        with pytest.raises(TrainingError, match="corpus is empty"):
+            ablation_data(None, "", None, AblateConfig(out_dir=str(tmp_path), **{"data_sizes": (4,), "seq_len": 4,
+                                                                                "prompt_tokens": 2, **other}))
