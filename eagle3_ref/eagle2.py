@@ -19,23 +19,21 @@ Training (EAGLE's ``train/main.py``): slot ``i`` pairs ``f_i`` with ``x_{i+1}`` 
 
 over the slots the loss mask counts, each term divided by their number, with uniform
 noise ``(U(0, 1) - 1/2) * 0.2 * 512 / T`` added to the *input* features (never the
-regression target): EAGLE's answer to drafting from its own, imperfect features.
+regression target): EAGLE's answer to drafting from its own, imperfect features. The
+optimiser is this project's loop (:func:`eagle3_ref.train.train_head`, ``head="eagle2"``:
+AdamW, gradients clipped by norm where EAGLE clips by value), so that every head of the
+ablation shares one optimiser, data order and budget.
 
 What differs from EAGLE-3's head (:mod:`eagle3_ref.draft_head`), and nothing else:
 
-================  ==========================================  ==========================================
-                  EAGLE-2-style (this file)                   EAGLE-3
-================  ==========================================  ==========================================
-feature           top layer: ``hidden_states[N]``             low, mid, high fused
-``fc``            ``Linear(2H, H)`` on ``[embed ; feature]``, ``Linear(3 H_t, H)`` on target features
-                  every step                                  only
-attention input   the ``fc`` output (``H``)                   ``[norm(embed) ; norm(hidden)]`` (``2H``)
-residual          the ``fc`` output                           the hidden input
-output            a feature: the target's LM head reads it    pre-norm hidden, ``lm_head(norm(h))`` over
-                  (full vocabulary)                           the draft vocabulary
-training          feature regression + 0.1 token loss, no     token loss only, K steps of training-time
-                  training-time test, noisy input features    test
-================  ==========================================  ==========================================
+| | EAGLE-2-style (this file) | EAGLE-3 |
+|---|---|---|
+| feature | top layer: ``hidden_states[N]`` | low, mid, high, fused |
+| ``fc`` | ``Linear(2H, H)`` on ``[embed ; feature]``, every step | ``Linear(3 H_t, H)`` on target features only |
+| attention input | the ``fc`` output (``H``) | ``[norm(embed) ; norm(hidden)]`` (``2H``) |
+| residual | the ``fc`` output | the hidden input |
+| output | a feature, read by the target's LM head (full vocabulary) | pre-norm hidden; ``lm_head(norm(h))`` over the draft vocabulary |
+| training | feature regression + 0.1 token loss, noisy input features, no TTT | token loss only, K steps of training-time test |
 
 Drafting and verification are the same code: :func:`eagle3_ref.tree.build_draft_tree`,
 :class:`eagle3_ref.tree.HeadDrafter` and :func:`eagle3_ref.generate.speculative_generate`
