@@ -180,11 +180,21 @@ def engine_config(config: Eagle3Config, engine: str, num_target_layers: int | No
 # ----------------------------------------------------------------------------------------
 
 
+def publish(path: str | os.PathLike) -> None:
+    """Give a file or directory the permissions the user's umask gives a new one.
+    ``tempfile`` makes everything owner-only (0600 / 0700), and a rename keeps that: without
+    this, a head written atomically could not be read by another user or a serving container."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+
+
 def _write_atomically(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        publish(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

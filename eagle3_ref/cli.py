@@ -72,25 +72,24 @@ def _device_dtype(args):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from eagle3_ref.train import (TrainConfig, TrainingError, _check_out_dir, check_config_fits_target, prepare_data,
+                                  train_head)
 
-    from eagle3_ref.train import TrainConfig, TrainingError, _check_out_dir, prepare_data, train_head
-
-    config = TrainConfig(
-        out_dir=args.out, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
-        warmup_steps=args.warmup, ttt_steps=args.ttt_steps or (1 if args.head == "eagle2" else 7),
-        draft_vocab_size=args.draft_vocab_size, head=args.head,
-        aux_layer_ids=tuple(int(i) for i in args.aux_layer_ids.split(",")) if args.aux_layer_ids else None,
-        regenerate_prompt_tokens=args.regenerate_prompt_tokens, max_sequences=args.max_sequences, seed=args.seed, save_every=args.save_every,
-        eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir,
-    )
     try:  # every check before anything is loaded or written
+        config = TrainConfig(
+            out_dir=args.out, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
+            warmup_steps=args.warmup, ttt_steps=args.ttt_steps or (1 if args.head == "eagle2" else 7),
+            draft_vocab_size=args.draft_vocab_size, head=args.head,
+            aux_layer_ids=_layer_ids(args.aux_layer_ids),
+            regenerate_prompt_tokens=args.regenerate_prompt_tokens, max_sequences=args.max_sequences, seed=args.seed,
+            save_every=args.save_every, eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite,
+            cache_dir=args.cache_dir,
+        )
         if not (Path(args.target) / "config.json").is_file():
             raise TrainingError(f"--target {args.target}: not a Hugging Face model directory (no config.json)")
-        if args.max_sequences is not None and args.max_sequences < 1:
-            raise TrainingError(f"--max-sequences must be at least 1, got {args.max_sequences}")
-        if not Path(args.data).is_file():
-            raise TrainingError(f"--data {args.data}: no such file")
+        for option, path in (("--data", args.data), ("--eval-data", args.eval_data)):
+            if path is not None and not Path(path).is_file():
+                raise TrainingError(f"{option} {path}: no such file")
         _check_out_dir(config)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,26 +99,41 @@ def cmd_train(args: argparse.Namespace) -> int:
         device, dtype = _device_dtype(args)
         tokenizer = AutoTokenizer.from_pretrained(args.target)
         target = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype).to(device).eval()
-        from eagle3_ref.fusion import default_aux_layer_ids, num_decoder_layers, top_feature_id, validate_aux_layer_ids
-
-        n = num_decoder_layers(target)
-        try:
-            layer_ids = (top_feature_id(n),) if config.head == "eagle2" else \
-                validate_aux_layer_ids(config.aux_layer_ids, n) if config.aux_layer_ids else default_aux_layer_ids(n)
-        except ValueError as err:
-            raise TrainingError(str(err)) from None
-        data = prepare_data(target, Path(args.data).read_text(), tokenizer, config, tuple(layer_ids),
-                            progress=not args.quiet)
+        layer_ids = check_config_fits_target(config, target)
+        data = prepare_data(target, Path(args.data).read_text(), tokenizer, config, layer_ids, progress=not args.quiet)
         prompts = []
         if args.eval_data:
             ids = tokenizer(Path(args.eval_data).read_text(), add_special_tokens=False)["input_ids"]
             prompts = [torch.tensor(ids[i:i + 32]) for i in range(0, min(len(ids) - 32, 32 * 4), 32)]
         train_head(target, data, config, prompts, progress=not args.quiet)
     except TrainingError as err:
-        print(f"eagle3-ref train: error: {err}", file=sys.stderr)
+        print(f"eagle3-ref train: error: {_as_flag(str(err), _TRAIN_FLAGS)}", file=sys.stderr)
         return 2
     print(f"trained head written to {args.out}")
     return 0
+
+
+# TrainConfig's fields as eagle3-ref train spells them.
+_TRAIN_FLAGS = {"seq_len": "--seq-len", "batch_size": "--batch-size", "max_steps": "--steps", "lr": "--lr",
+                "warmup_steps": "--warmup", "ttt_steps": "--ttt-steps", "draft_vocab_size": "--draft-vocab-size",
+                "aux_layer_ids": "--aux-layer-ids", "regenerate_prompt_tokens": "--regenerate-prompt-tokens",
+                "max_sequences": "--max-sequences", "seed": "--seed", "save_every": "--save-every",
+                "eval_every": "--eval-every", "head": "--head"}
+
+
+def _as_flag(message: str, flags: dict[str, str]) -> str:
+    """A message that opens with a field name opens with the command-line option instead."""
+    field = message.split(" ", 1)[0]
+    return message.replace(field, flags[field], 1) if field in flags else message
+
+
+def _layer_ids(text: str | None) -> tuple[int, ...] | None:
+    from eagle3_ref.train import TrainingError
+
+    try:
+        return tuple(_ints(text, "--aux-layer-ids")) if text else None
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
 
 
 def _tree_config(args):

@@ -31,6 +31,7 @@ averaged with ``torch.distributed`` (NCCL on CUDA, Gloo on CPU); process 0 write
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .checkpoint import load_draft_head, save_draft_head
+from .checkpoint import load_draft_head, publish, save_draft_head
 from .draft_head import Eagle3Config, Eagle3DraftHead
 from .eagle2 import Eagle2DraftHead, eagle2_config, eagle2_loss, load_eagle2_head, save_eagle2_head
 from .fusion import default_aux_layer_ids, num_decoder_layers, select_features, top_feature_id, validate_aux_layer_ids
@@ -89,6 +90,42 @@ class TrainConfig:
     cache_dir: str | None = None  # cache the target pass here (safetensors shards)
     head_overrides: dict = field(default_factory=dict)  # e.g. {"intermediate_size": 64}
     head: str = "eagle3"  # "eagle2": the EAGLE-2-style baseline (eagle2.py); needs ttt_steps 1
+
+    def __post_init__(self) -> None:
+        """Every field checked on its own, by name, before any work (what needs the target,
+        such as the vocabulary size, is checked by :func:`check_config_fits_target`)."""
+        def whole(name: str, low: int, none_ok: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and none_ok:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise TrainingError(f"{name} must be an int >= {low}{' or None' if none_ok else ''}, got {value!r}")
+
+        for name in ("batch_size", "max_steps", "ttt_steps", "save_every", "eval_max_new_tokens"):
+            whole(name, 1)
+        for name in ("warmup_steps", "eval_every", "regenerate_prompt_tokens", "seed"):
+            whole(name, 0)
+        whole("seq_len", 2)
+        whole("draft_vocab_size", 1, none_ok=True)
+        whole("max_sequences", 1, none_ok=True)
+        for name, positive in (("lr", True), ("grad_clip", True), ("weight_decay", False)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+                (value > 0 if positive else value >= 0)
+            if not ok:
+                raise TrainingError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+        if self.regenerate_prompt_tokens >= self.seq_len:
+            raise TrainingError(f"regenerate_prompt_tokens ({self.regenerate_prompt_tokens}) must be below seq_len "
+                                f"({self.seq_len}): the target needs room to write")
+        if self.head not in ("eagle3", "eagle2"):
+            raise TrainingError(f"head must be 'eagle3' or 'eagle2' (the EAGLE-2-style baseline), got {self.head!r}")
+        if self.aux_layer_ids is not None:
+            ids = tuple(self.aux_layer_ids)
+            if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise TrainingError(f"aux_layer_ids must be ints (hidden_states indices), got {self.aux_layer_ids!r}")
+            self.aux_layer_ids = ids
+        if self.resume and self.overwrite:
+            raise TrainingError("resume and overwrite are mutually exclusive")
 
 
 @dataclass
@@ -261,6 +298,8 @@ def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: l
     _save_head(head, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "rng": _rng_state(), "history": history}, tmp / "trainer_state.pt")
+    for path in (tmp, *tmp.iterdir()):
+        publish(path)
     final = out / f"ckpt-{step:07d}"
     if final.exists():
         shutil.rmtree(final)
@@ -268,6 +307,7 @@ def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: l
     fd, pointer = tempfile.mkstemp(dir=out, prefix=".latest-")
     with os.fdopen(fd, "w") as f:
         f.write(final.name)
+    publish(pointer)
     os.replace(pointer, out / "latest")
     for old in out.glob("ckpt-*"):  # keep only the newest
         if old != final:
@@ -329,16 +369,40 @@ def _barrier() -> None:
         dist.barrier()
 
 
+# What a run that stopped before its first checkpoint leaves behind; a new run may start over it.
+_NO_CHECKPOINT_YET = ("train_config.json", ".ckpt-tmp-*", ".latest-*")
+
+# Fields a resumed run may change: where and how often it writes and evaluates, not what it learns.
+_RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "save_every", "eval_every", "eval_max_new_tokens", "cache_dir"}
+
+
 def _check_out_dir(config: TrainConfig) -> Path:
     out = Path(config.out_dir)
-    if config.resume and config.overwrite:
-        raise TrainingError("resume and overwrite are mutually exclusive")
-    if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"output directory {out} is a file")
+    leftovers = [p for p in out.iterdir() if not any(p.match(g) for g in _NO_CHECKPOINT_YET)] if out.exists() else []
+    if config.resume and not (out / "latest").exists():
+        raise TrainingError(f"nothing to resume in {out} (no 'latest' checkpoint: the run stopped before its first "
+                            f"one, or never started); run again without --resume")
+    if leftovers and not (config.resume or config.overwrite):
         raise TrainingError(f"output directory {out} exists and is not empty: pass --resume to continue or "
                             f"--overwrite to start over")
-    if config.resume and not (out / "latest").exists():
-        raise TrainingError(f"nothing to resume in {out} (no 'latest' checkpoint)")
     return out
+
+
+def _check_resume_matches(config: TrainConfig, out: Path) -> None:
+    """A resumed run must be the run it continues: refuse, by name, any changed field that
+    would change what is learned."""
+    try:
+        saved = json.loads((out / "train_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # nothing recorded (an older run): the checkpoint alone decides
+    now = json.loads(json.dumps(asdict(config), default=str))
+    changed = [k for k in now if k not in _RESUMABLE_CHANGES and k in saved and saved[k] != now[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise TrainingError(f"--resume continues the run in {out}, which was started with other settings ({detail}); "
+                            f"resume with the same ones, or start over with --overwrite")
 
 
 def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_prompts: list[Tensor] | None = None,
@@ -375,27 +439,42 @@ def _new_head(target: nn.Module, data: TrainData, config: TrainConfig, layer_ids
     return head
 
 
+def check_config_fits_target(config: TrainConfig, target: nn.Module) -> tuple[int, ...]:
+    """What a config asks of the target: its layers, vocabulary and positions. Returns the
+    tapped ``hidden_states`` indices. ``eagle3-ref train`` calls it before the data is made."""
+    n_layers = num_decoder_layers(target)
+    vocab = target.get_input_embeddings().weight.shape[0]
+    if config.head == "eagle2" and (config.ttt_steps != 1 or config.draft_vocab_size
+                                    or config.aux_layer_ids not in (None, (top_feature_id(n_layers),))):
+        raise TrainingError("the EAGLE-2-style head trains without training-time test, on the full vocabulary "
+                            "and the top-layer feature: ttt_steps must be 1, draft_vocab_size and aux_layer_ids unset")
+    if config.draft_vocab_size is not None and config.draft_vocab_size > vocab:
+        raise TrainingError(f"draft_vocab_size ({config.draft_vocab_size}) exceeds the target's vocabulary ({vocab})")
+    limit = getattr(target.config, "max_position_embeddings", None)
+    if limit is not None and config.seq_len > limit:
+        raise TrainingError(f"seq_len ({config.seq_len}) exceeds the target's max_position_embeddings ({limit})")
+    try:
+        if config.head == "eagle2":
+            return (top_feature_id(n_layers),)
+        if config.aux_layer_ids:
+            return validate_aux_layer_ids(config.aux_layer_ids, n_layers)
+        return default_aux_layer_ids(n_layers)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
+
+
 def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, eval_prompts: list[Tensor] | None,
            log: Callable[[dict], None] | None, progress: bool) -> Eagle3DraftHead:
     rank, world = _rank_and_world()
-    n_layers = num_decoder_layers(target)
-    if config.head not in ("eagle3", "eagle2"):
-        raise TrainingError(f"head must be 'eagle3' or 'eagle2' (the EAGLE-2-style baseline), got {config.head!r}")
     eagle2 = config.head == "eagle2"
-    if eagle2 and (config.ttt_steps != 1 or config.draft_vocab_size
-                   or config.aux_layer_ids not in (None, (top_feature_id(n_layers),))):
-        raise TrainingError("the EAGLE-2-style head trains without training-time test, on the full vocabulary "
-                            "and the top-layer feature: ttt_steps must be 1, draft_vocab_size and aux_layer_ids unset")
-    try:
-        layer_ids = (top_feature_id(n_layers),) if eagle2 else \
-            validate_aux_layer_ids(config.aux_layer_ids, n_layers) if config.aux_layer_ids \
-            else default_aux_layer_ids(n_layers)
-    except ValueError as err:
-        raise TrainingError(str(err)) from None
-    if config.ttt_steps < 1 or config.max_steps < 1 or config.batch_size < 1:
-        raise TrainingError("ttt_steps, max_steps and batch_size must be >= 1")
+    layer_ids = check_config_fits_target(config, target)
     if data.input_ids.shape[0] == 0:
         raise TrainingError("no training sequences")
+    if not bool(data.loss_mask.bool().any()):
+        raise TrainingError("the loss mask covers no token: nothing to learn (a prompt file whose prompts fill "
+                            "seq_len leaves no room for a continuation)")
+    if config.resume:
+        _check_resume_matches(config, out)
     device = next(target.parameters()).device
     target.eval().requires_grad_(False)
 
@@ -408,13 +487,17 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
         _barrier()  # every process has checked the directory before process 0 clears it
         if config.overwrite and out.exists() and rank == 0:
             shutil.rmtree(out)
+        elif out.exists() and rank == 0:  # what a run that stopped before its first checkpoint left
+            for path in out.iterdir():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         head = _new_head(target, data, config, tuple(layer_ids)).to(device)
         state = None
-    if rank == 0:
+    if rank == 0 and not config.resume:  # a resumed run keeps the file that describes it
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+        publish(out / "train_config.json")
 
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
@@ -472,6 +555,7 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
     if rank == 0:
         _save_head(head, out)  # the final head, loadable with load_draft_head(out_dir) (load_eagle2_head)
         (out / "history.json").write_text(json.dumps(history))
+        publish(out / "history.json")
     _barrier()
     return head
 

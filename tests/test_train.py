@@ -249,6 +249,87 @@ def test_bad_inputs_are_named_and_write_nothing(tiny, tmp_path, capsys):
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--seq-len", "0"], "--seq-len must be an int >= 2, got 0"),
+    (["--seq-len", "-4"], "--seq-len must be an int >= 2, got -4"),
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--save-every", "0"], "--save-every must be an int >= 1, got 0"),
+    (["--warmup", "-5"], "--warmup must be an int >= 0, got -5"),
+    (["--draft-vocab-size", "0"], "--draft-vocab-size must be an int >= 1"),
+    (["--draft-vocab-size", "100000"], "--draft-vocab-size (100000) exceeds the target's vocabulary"),
+    (["--seq-len", "100000"], "--seq-len (100000) exceeds the target's max_position_embeddings"),
+    (["--aux-layer-ids", "a,b"], "--aux-layer-ids must be comma-separated ints, got 'a,b'"),
+    (["--regenerate-prompt-tokens", "32"], "--regenerate-prompt-tokens (32) must be below seq_len (32)"),
+    (["--eval-data", "missing.txt"], "--eval-data missing.txt: no such file"),
+    (["--head", "eagle2", "--ttt-steps", "7"], "ttt_steps must be 1"),
+])
+def test_each_bad_option_is_refused_by_name_before_anything_is_written(tiny, tmp_path, capsys, flags, message):
+    path, _, _ = tiny
+    (tmp_path / "train.txt").write_text(TRAIN_TEXT[:3000])
+    out = tmp_path / "out"
+    code = main(["train", "--target", str(path), "--data", str(tmp_path / "train.txt"), "--out", str(out),
+                 "--seq-len", "32", "--quiet"] + flags)
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tiny, tmp_path):
+    """What a kill -9 before the first checkpoint leaves (train_config.json, a half-written
+    checkpoint directory) neither blocks a new run nor passes for something to resume."""
+    _, target, tokenizer = tiny
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_config.json").write_text("{}")
+    (out / ".ckpt-tmp-abc").mkdir()
+    config = _config(out, max_steps=2, save_every=2)
+    data = prepare_data(target, TRAIN_TEXT[:4000], tokenizer, config, (2, 3, 4))
+    with pytest.raises(TrainingError, match="nothing to resume .* run again without --resume"):
+        train_head(target, data, _config(out, max_steps=2, save_every=2, resume=True), progress=False)
+    train_head(target, data, config, progress=False)
+    assert not (out / ".ckpt-tmp-abc").exists() and json.loads((out / "train_config.json").read_text())["max_steps"] == 2
+
+
+def test_resume_refuses_changed_settings_by_name_and_keeps_the_record(tiny, tmp_path):
+    _, target, tokenizer = tiny
+    out = tmp_path / "run"
+    config = _config(out, max_steps=4, save_every=2)
+    data = prepare_data(target, TRAIN_TEXT[:4000], tokenizer, config, (2, 3, 4))
+    train_head(target, data, config, progress=False)
+    record = (out / "train_config.json").read_text()
+    with pytest.raises(TrainingError, match=r"lr: 0.003 -> 0.001, ttt_steps: 3 -> 2"):
+        train_head(target, data, _config(out, max_steps=4, save_every=2, lr=1e-3, ttt_steps=2, resume=True),
+                   progress=False)
+    # Where and how often it writes may change; the record of the run does not.
+    train_head(target, data, _config(out, max_steps=4, save_every=1, resume=True), progress=False)
+    assert (out / "train_config.json").read_text() == record
+
+
+def test_written_files_follow_the_umask_not_tempfiles_owner_only(tiny, tmp_path):
+    _, target, tokenizer = tiny
+    old = os.umask(0o022)
+    try:
+        config = _config(tmp_path / "run", max_steps=2, save_every=1)
+        train_head(target, prepare_data(target, TRAIN_TEXT[:4000], tokenizer, config, (2, 3, 4)), config,
+                   progress=False)
+    finally:
+        os.umask(old)
+    out = tmp_path / "run"
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert modes["model.safetensors"] == modes["config.json"] == modes["latest"] == 0o644, modes
+    assert all(mode == (0o755 if (out / name).is_dir() else 0o644) for name, mode in modes.items()), modes
+
+
+def test_a_loss_mask_that_covers_nothing_is_refused(tiny, tmp_path):
+    _, target, tokenizer = tiny
+    config = _config(tmp_path / "run", max_steps=2)
+    data = prepare_data(target, TRAIN_TEXT[:4000], tokenizer, config, (2, 3, 4))
+    data.loss_mask.zero_()
+    with pytest.raises(TrainingError, match="the loss mask covers no token"):
+        train_head(target, data, config, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_two_processes_equal_one_with_the_same_global_batch(tiny, tmp_path):
     # torchrun (as accelerate launch) sets RANK/WORLD_SIZE: two processes with batch 4 each
     # average their gradients, which must match one process with batch 8 (Gloo on CPU).
