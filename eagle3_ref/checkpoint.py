@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -277,10 +279,21 @@ def load_draft_head(path: str | os.PathLike, target: nn.Module | None = None, *,
     ``embed_tokens.weight`` copied from the target).
     """
     path = Path(path)
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype (e.g. torch.bfloat16), got {type(dtype).__name__} {dtype!r}")
+    if path.is_file():
+        raise ValueError(f"{path} is a file: a head is a directory holding {CONFIG} and its weights")
     if not (path / CONFIG).is_file():
         raise FileNotFoundError(f"{path}: no {CONFIG} (not an EAGLE-3 head directory)")
-    raw = json.loads((path / CONFIG).read_text())
-    state = _read_weights(path)
+    try:
+        raw = json.loads((path / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / CONFIG} is not valid JSON ({err})") from None
+    try:
+        state = _read_weights(path)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # truncated or not weights at all
+        raise ValueError(f"{path}: the weights cannot be read, the file is damaged or incomplete "
+                         f"({str(err).splitlines()[0][:120]})") from None
     num_aux = None
     if "fc.weight" in state and not (raw.get("eagle3_ref") or {}).get("num_aux_layers"):
         th = raw.get("target_hidden_size") or raw.get("hidden_size")

@@ -61,6 +61,10 @@ class Eagle3Config:
 
     def __post_init__(self) -> None:
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        for name in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size"):
+            value = getattr(self, name)  # the required fields first: the defaults below are computed from them
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"Eagle3Config.{name} must be a positive int, got {value!r}")
         if self.draft_vocab_size is None:
             fix("draft_vocab_size", self.vocab_size)
         if self.target_hidden_size is None:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
+from ._checks import check_instance, check_int, check_number, check_token_ids
 from .checkpoint import check_head_fits_target
 from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
 from .targets import (check_tree_verifiable, exact_tree_nodes, held_prefix_slots, keep_first_nodes, layer_rules,
@@ -114,25 +115,30 @@ def tree_attention_masks(target: nn.Module, cache: DynamicCache, tree_mask: Tens
 
 
 def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float,
-                  top_p: float, top_k: int, attention_mask: Tensor | None = None) -> None:
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+                  top_p: float, top_k: int, attention_mask: Tensor | None = None, eos_token_id=None) -> None:
+    """Every argument of the decoding entry points, by name, before any forward."""
+    vocab = target.get_input_embeddings().weight.shape[0]
+    check_token_ids("input_ids", input_ids, vocab)
     if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
         raise ValueError(f"input_ids is empty ({tuple(input_ids.shape)}): every prompt needs at least one token")
-    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
-                         f"{tuple(input_ids.shape)}: they must match")
+    if attention_mask is not None:
+        check_instance("attention_mask", attention_mask, Tensor)
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
+                             f"{tuple(input_ids.shape)}: they must match")
+    check_int("max_new_tokens", max_new_tokens, 0)
     limit = getattr(target.config, "max_position_embeddings", None)
     if limit is not None and input_ids.shape[1] > limit:
-        raise ValueError(f"prompt has {input_ids.shape[1]} tokens, the target has {limit} positions")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+        raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, the target has {limit} positions")
+    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) after a prompt of {input_ids.shape[1]} tokens passes the "
+                         f"target's max_position_embeddings ({limit}): at most {max(0, limit - input_ids.shape[1])}")
+    check_number("temperature", temperature, 0)
+    check_number("top_p", top_p, 0, 1, low_open=True)
+    check_int("top_k", top_k, 0)
+    for eos in [eos_token_id] if not isinstance(eos_token_id, (list, tuple, set)) else eos_token_id:
+        if eos is not None:
+            check_int("eos_token_id", eos, 0, vocab - 1)
 
 
 class _Picker:
@@ -231,8 +237,12 @@ def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfi
 
 
 def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, generator, aux_layer_ids,
-           attention_mask=None):
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask)
+           attention_mask=None, tree=None):
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id)
+    check_instance("tree", tree, TreeConfig, " (e.g. TreeConfig(), TreeConfig.chain(5))")
+    if not isinstance(head, nn.Module) and not callable(getattr(head, "draft", None)):
+        raise TypeError(f"head must be a draft head (Eagle3DraftHead, load_draft_head(...)) or an object with "
+                        f"draft(features, input_ids, config, state), got {type(head).__name__}")
     check_tree_verifiable(target)
     if isinstance(head, nn.Module):  # a draft head: EAGLE-3's, or the EAGLE-2-style baseline (eagle2.py)
         check_head_fits_target(head.config, target)
@@ -246,7 +256,8 @@ def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, e
 
 
 def _is_batch(input_ids: Tensor, attention_mask: Tensor | None) -> bool:
-    return attention_mask is not None or (input_ids.dim() == 2 and input_ids.shape[0] != 1)
+    return attention_mask is not None or (isinstance(input_ids, Tensor) and input_ids.dim() == 2
+                                          and input_ids.shape[0] != 1)
 
 
 def _pad_token(target: nn.Module, pad_token_id: int | None, eos: set[int]) -> int | None:
@@ -285,14 +296,14 @@ def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_
         from .batch import batched_speculative_generate
 
         drafter, layer_ids, eos, _ = _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k,
-                                            eos_token_id, None, aux_layer_ids, attention_mask)
+                                            eos_token_id, None, aux_layer_ids, attention_mask, tree)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         return batched_speculative_generate(target, drafter, input_ids, mask, max_new_tokens=max_new_tokens,
                                             tree=tree, layer_ids=layer_ids, eos=eos,
                                             pad_token_id=_pad_token(target, pad_token_id, eos),
                                             temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
     drafter, layer_ids, eos, pick = _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k,
-                                           eos_token_id, generator, aux_layer_ids)
+                                           eos_token_id, generator, aux_layer_ids, tree=tree)
     prompt_len = input_ids.shape[1]
     timings = dict.fromkeys(["prefill", "draft", "verify", "accept"], 0.0)
     if max_new_tokens == 0:
@@ -318,7 +329,7 @@ def autoregressive_generate(target: nn.Module, input_ids: Tensor, *, max_new_tok
     """Plain decoding, one target forward per token, with the same output type (tau = 1).
     A batch (``attention_mask`` given, or more than one row) decodes all rows in each
     forward, as ``generate`` does, and returns a :class:`eagle3_ref.batch.BatchGenerationOutput`."""
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask)
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id)
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     if _is_batch(input_ids, attention_mask):
         from .batch import batched_autoregressive_generate

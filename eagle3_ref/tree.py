@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_float_tensor, check_instance, check_token_ids
 from .draft_head import Eagle3DraftHead, KVCache
 
 __all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "build_draft_tree", "tree_buffers", "HeadDrafter"]
@@ -250,6 +251,9 @@ def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
     (1, T - S, k*H_t)`` are those of the slots not yet in ``cache`` (``S`` slots; None on a
     first call: all ``T``). The returned tree carries the extended prefix cache.
     """
+    check_instance("config", config, TreeConfig, " (e.g. TreeConfig(), TreeConfig.chain(5))")
+    check_token_ids("input_ids", input_ids, head.config.vocab_size)
+    check_float_tensor("features", features, 3, head.fc.weight.dtype)
     T = input_ids.shape[1] - 1
     S = 0 if cache is None else cache.length
     if input_ids.shape[0] != 1 or features.shape[0] != 1:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers.models.llama.modeling_llama import repeat_kv
 
+from ._checks import check_float_tensor, check_int, check_token_ids
 from .draft_head import Eagle3DraftHead, attention_naive
 from .vocab import draft_to_target
 
@@ -121,9 +122,14 @@ def ttt_forward(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor, step
     """
     if implementation not in ("diagonal", "dense"):
         raise ValueError(f"implementation must be 'diagonal' or 'dense', got {implementation!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_int("steps", steps, 1)
+    check_token_ids("input_ids", input_ids, head.config.vocab_size)
+    check_float_tensor("features", features, 3, head.fc.weight.dtype)
     B, T = input_ids.shape
+    if tuple(features.shape[:2]) != (B, T):
+        raise ValueError(f"features cover {tuple(features.shape[:2])} (B, T), input_ids {(B, T)}: they must match")
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {(B, T)}: they must match")
     layer, attn = head.midlayer, head.midlayer.self_attn
     positions = torch.arange(T, device=input_ids.device)[None].expand(B, T)
     if implementation == "dense" or dense_mask is not None:
