@@ -9,8 +9,10 @@ trained on layers ``(1, 15, 28)`` but loaded by an engine that reads its ids fro
 Checked: ``config.json`` (required fields, plain RoPE), the weight file (safetensors or
 ``pytorch_model.bin``), the key set against the official one, every shape against the
 config, dtypes (floating weights, integer ``d2t``, bool ``t2d``), the draft vocabulary
-(``d2t`` in range, ``t2d`` count and agreement with ``d2t``), and the layer ids declared
-in each convention (agreeing with each other; in range, with ``--target-layers N``).
+(``d2t`` in range, ``t2d`` count and agreement with ``d2t``), finite weights of one dtype,
+and the layer ids declared in each convention (agreeing with each other; in range, with
+``--target-layers N``). With ``--target DIR``, also the head's vocabulary and width against
+the target's: everything ``eagle3-ref demo`` relies on later.
 """
 
 from __future__ import annotations
@@ -159,10 +161,41 @@ def _check_layer_ids(check: HeadCheck, config, raw: dict, target_layers: int | N
                                       f"to be explicit, export with save_draft_head(head, path, engine={place!r})")
 
 
-def check_head_dir(path: str | os.PathLike, target_layers: int | None = None) -> HeadCheck:
-    """Every problem of a head directory, and how each engine would read its layer ids."""
+def _check_fits_target(check: HeadCheck, config, target: dict) -> None:
+    """What decoding with the target needs: its vocabulary and width (the head embeds with the
+    target's embedding and reads features of the target's width)."""
+    for head_field, target_field in (("vocab_size", "vocab_size"), ("target_hidden_size", "hidden_size")):
+        want = target.get(target_field)
+        if want is not None and getattr(config, head_field) != want:
+            check.errors.append(f"the head's {head_field} is {getattr(config, head_field)}, the target's "
+                                f"{target_field} is {want}: this head was not trained for this target")
+
+
+def _check_values(check: HeadCheck, state: dict) -> None:
+    """Finite weights, one floating dtype: a NaN weight passes every shape check, then fails
+    deep inside the first draft."""
+    floating = {k: t for k, t in state.items() if t.is_floating_point()}
+    bad = [k for k, t in floating.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        check.errors.append(f"non-finite weights (NaN or inf) in {_some(bad)}")
+    dtypes = {t.dtype for t in floating.values()}
+    if len(dtypes) > 1:
+        check.errors.append(f"the weights mix dtypes ({', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))}): "
+                            "a head computes in one")
+
+
+def check_head_dir(path: str | os.PathLike, target_layers: int | None = None,
+                   target_config: dict | None = None) -> HeadCheck:
+    """Every problem of a head directory, and how each engine would read its layer ids.
+    ``target_config``: the target's (text) ``config.json`` as a dict: its layer count,
+    vocabulary and hidden size are checked against the head's."""
     path = Path(path)
     check = HeadCheck(path)
+    if target_config is not None and target_layers is None:
+        target_layers = target_config.get("num_hidden_layers")
+    if path.is_file():
+        check.errors.append("is a file: a head is a directory holding config.json and its weights")
+        return check
     if not path.is_dir():
         check.errors.append("no such directory")
         return check
@@ -201,5 +234,8 @@ def check_head_dir(path: str | os.PathLike, target_layers: int | None = None) ->
         f"layers, vocabulary {config.vocab_size}, draft vocabulary {config.draft_vocab_size}")
     if state is not None:
         _check_weights(check, config, state)
+        _check_values(check, state)
+    if target_config is not None:
+        _check_fits_target(check, config, target_config)
     _check_layer_ids(check, config, raw, target_layers)
     return check

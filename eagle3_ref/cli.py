@@ -343,19 +343,25 @@ def cmd_check_head(args: argparse.Namespace) -> int:
 
     from eagle3_ref.check_head import check_head_dir
 
-    layers = args.target_layers
+    layers, target = args.target_layers, None
     if args.target is not None:
         config_file = Path(args.target) / "config.json"
-        if not config_file.is_file():
-            print(f"eagle3-ref check-head: error: --target {args.target}: no config.json", file=sys.stderr)
+        problem = "is a file, not a model directory" if Path(args.target).is_file() else \
+            "no config.json" if not config_file.is_file() else None
+        if problem is None:
+            try:
+                target = json.loads(config_file.read_text())
+                target = target.get("text_config") or target
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+                problem = f"its config.json is not a JSON object ({err})"
+        if problem is not None:
+            print(f"eagle3-ref check-head: error: --target {args.target}: {problem}", file=sys.stderr)
             return 2
-        raw = json.loads(config_file.read_text())
-        raw = raw.get("text_config") or raw
-        layers = raw.get("num_hidden_layers")
-    if layers is not None and layers < 1:
+        layers = target.get("num_hidden_layers")
+    if layers is not None and (not isinstance(layers, int) or layers < 1):
         print(f"eagle3-ref check-head: error: --target-layers must be positive, got {layers}", file=sys.stderr)
         return 2
-    check = check_head_dir(args.dir, layers)
+    check = check_head_dir(args.dir, layers, target)
     print(check.report())
     return 0 if check.ok else 1
 

@@ -79,14 +79,31 @@ def test_every_problem_is_reported_at_once(tmp_path):
     (dict(config=lambda c: c.update(rope_scaling={"rope_type": "yarn"})), "rope scaling 'yarn'"),
     (dict(config=lambda c: c.update(eagle_aux_hidden_state_layer_ids=[2, 6, 9])), "the declared layer ids disagree"),
     (dict(config=lambda c: c["eagle3_ref"].update(aux_layer_ids=[1, 5, 12])), "do not fit a 12-layer target"),
+    # A NaN weight passes every shape check and used to fail only inside the demo's first draft.
+    (dict(weights=lambda s: s["midlayer.mlp.up_proj.weight"].__setitem__((0, 0), float("nan"))),
+     "non-finite weights (NaN or inf) in midlayer.mlp.up_proj.weight"),
+    (dict(weights=lambda s: s.__setitem__("norm.weight", s["norm.weight"].double())), "the weights mix dtypes"),
 ])
 def test_each_defect_is_named(tmp_path, edit, expected):
     check = check_head_dir(_edit(_head_dir(tmp_path), **edit), target_layers=12)
     assert not check.ok and any(expected in e for e in check.errors), check.errors
 
 
+def test_the_head_is_checked_against_the_target_it_is_for(tmp_path):
+    path = _head_dir(tmp_path)
+    assert check_head_dir(path, target_config={"num_hidden_layers": 12, "vocab_size": 40, "hidden_size": 16}).ok
+    check = check_head_dir(path, target_config={"num_hidden_layers": 12, "vocab_size": 41, "hidden_size": 32})
+    assert check.errors == ["the head's vocab_size is 40, the target's vocab_size is 41: this head was not trained "
+                            "for this target", "the head's target_hidden_size is 16, the target's hidden_size is 32: "
+                            "this head was not trained for this target"]
+    assert "do not fit a 4-layer target" in "\n".join(check_head_dir(path, target_config={"num_hidden_layers": 4}).errors)
+
+
 def test_directory_level_problems(tmp_path):
     assert check_head_dir(tmp_path / "nope").errors == ["no such directory"]
+    (tmp_path / "file").write_text("x")
+    assert check_head_dir(tmp_path / "file").errors == [
+        "is a file: a head is a directory holding config.json and its weights"]
     assert "no config.json" in check_head_dir(tmp_path).errors[0]
     path = _head_dir(tmp_path)
     (path / "config.json").write_text("{not json")
@@ -120,3 +137,12 @@ def test_the_command(tmp_path, capsys):
     assert "ERROR" in capsys.readouterr().out
     assert main(["check-head", str(TOY_DIR / "head"), "--target", str(tmp_path)]) == 2
     assert "--target" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{broken")  # a target whose config is damaged: rc 2, named, not a traceback
+    assert main(["check-head", str(TOY_DIR / "head"), "--target", str(tmp_path)]) == 2
+    assert "its config.json is not a JSON object" in capsys.readouterr().err
+    assert main(["check-head", str(TOY_DIR / "head"), "--target", str(tmp_path / "config.json")]) == 2
+    assert "is a file, not a model directory" in capsys.readouterr().err
+    # The toy head against a target of another vocabulary and width: errors, rc 1.
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 16, "vocab_size": 40, "hidden_size": 16}))
+    assert main(["check-head", str(TOY_DIR / "head"), "--target", str(tmp_path)]) == 1
+    assert "this head was not trained for this target" in capsys.readouterr().out
