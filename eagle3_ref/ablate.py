@@ -47,6 +47,7 @@ __all__ = ["Variant", "VARIANTS", "AblateConfig", "n_alpha", "ablation_data", "e
            "finished_runs", "results_markdown", "plot_results"]
 
 CHAIN = 7  # the chain of the tau-chain column and of n-alpha
+MIN_CYCLES = 30  # an n-alpha from fewer cycles is shown in parentheses and left out of the plot
 
 
 class Variant(NamedTuple):
@@ -168,7 +169,10 @@ def evaluate_head(target: nn.Module, head, prompts: list[Tensor], max_new_tokens
         runs[name] = [speculative_generate(target, head, p[None], max_new_tokens=max_new_tokens, tree=tree
                                            ).accepted_lengths for p in prompts]
     tau = {name: sum(map(sum, r)) / max(1, sum(map(len, r))) for name, r in runs.items()}
-    return {"tau_tree": tau["tree"], "tau_chain": tau["chain"], "n_alpha": n_alpha(runs["chain"])}
+    drafts = [length - 1 for run in runs["chain"] for length in run[:-1]]
+    return {"tau_tree": tau["tree"], "tau_chain": tau["chain"], "n_alpha": n_alpha(runs["chain"]),
+            "n_alpha_cycles": [sum(a >= n - 1 for a in drafts) for n in range(1, CHAIN + 1)],
+            "eval_prompts": len(prompts), "eval_new_tokens": max_new_tokens}
 
 
 def _run(target: nn.Module, data: TrainData, prompts: list[Tensor], config: AblateConfig, name: str, size: int,
@@ -177,8 +181,10 @@ def _run(target: nn.Module, data: TrainData, prompts: list[Tensor], config: Abla
     variant = VARIANTS[name]
     run_dir = Path(config.out_dir) / "runs" / f"{name}-{size}"
     result_path = run_dir / "eval.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    if result_path.exists():  # reused if it was measured the same way
+        cached = json.loads(result_path.read_text())
+        if (cached.get("eval_prompts"), cached.get("eval_new_tokens")) == (len(prompts), config.eval_new_tokens):
+            return cached
     if not (run_dir / "history.json").exists():  # not finished: start, or resume after a kill
         subset = TrainData(data.input_ids[:size], data.loss_mask[:size])
         train_head(target, subset, _train_config(config, variant, run_dir, num_decoder_layers(target)),
@@ -230,10 +236,12 @@ def results_markdown(results: list[dict]) -> str:
         " | ".join(f"{n}-α" for n in range(1, CHAIN + 1)) + " |"
     lines = [head, "|" + "---|" * (6 + CHAIN)]
     for r in results:
-        alphas = " | ".join("–" if a is None else f"{a:.2f}" for a in r["n_alpha"])
+        cycles = r.get("n_alpha_cycles") or [MIN_CYCLES] * CHAIN
+        alphas = " | ".join("–" if a is None else f"{a:.2f}" if c >= MIN_CYCLES else f"({a:.2f})"
+                            for a, c in zip(r["n_alpha"], cycles))
         lines.append(f"| {r['label']} | {r['sequences']} | {r['steps']} | {r['tau_tree']:.2f} | {r['tau_chain']:.2f} | "
                      f"{r['train_accuracy']:.2f} | {alphas} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + f"\n\nn-α in parentheses: measured on fewer than {MIN_CYCLES} cycles.\n"
 
 
 def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
@@ -262,12 +270,13 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     for r in top:
-        ax.plot(range(1, CHAIN + 1), [float("nan") if a is None else a for a in r["n_alpha"]], marker="o",
-                label=r["variant"])
+        cycles = r.get("n_alpha_cycles") or [MIN_CYCLES] * CHAIN
+        ax.plot(range(1, CHAIN + 1), [float("nan") if a is None or c < MIN_CYCLES else a
+                                      for a, c in zip(r["n_alpha"], cycles)], marker="o", label=r["variant"])
     ax.set_xlabel("n: draft step (n-1 of the head's own outputs in its input)", fontsize=11)
     ax.set_ylabel("n-α: acceptance rate", fontsize=11)
     ax.set_ylim(0, 1)
-    ax.set_title("Acceptance rate by draft step, chain drafting, greedy", fontsize=12)
+    ax.set_title(f"Acceptance rate by draft step, chain, greedy (points from >= {MIN_CYCLES} cycles)", fontsize=12)
     ax.legend(fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "n_alpha.png")

@@ -56,9 +56,10 @@ def test_the_command_documents_its_variants_and_refuses_before_work(tmp_path, ca
     assert not (tmp_path / "a").exists()
 
 
-def _result(variant, size, tau):
+def _result(variant, size, tau, eval_prompts=0):
     return {"variant": variant, "label": VARIANTS[variant].label, "sequences": size, "steps": 10,
-            "train_accuracy": 0.5, "tau_tree": tau, "tau_chain": tau - 0.5, "n_alpha": [0.8, 0.7, None, 0, 0, 0, 0]}
+            "train_accuracy": 0.5, "tau_tree": tau, "tau_chain": tau - 0.5, "n_alpha": [0.8, 0.7, None, 0, 0, 0, 0],
+            "n_alpha_cycles": [90, 72, 12, 0, 0, 0, 0], "eval_prompts": eval_prompts, "eval_new_tokens": 96}
 
 
 def test_reports_cover_every_finished_run_in_order(tmp_path):
@@ -71,7 +72,8 @@ def test_reports_cover_every_finished_run_in_order(tmp_path):
     assert [(r["variant"], r["sequences"]) for r in results] == [("eagle3", 300), ("eagle2", 300), ("eagle3", 600),
                                                                  ("eagle2", 600)]
     table = results_markdown(results).splitlines()
-    assert len(table) == 2 + 4 and "| 3.00 | 2.50 |" in table[4] and "| – |" in table[4]
+    assert len(table) == 2 + 4 + 2 and "| 3.00 | 2.50 |" in table[4] and "| – |" in table[4]
+    assert "| 0.80 | 0.70 | – | (0.00) |" in table[4] and "fewer than 30 cycles" in table[-1]  # thin: in parentheses
     assert [p.name for p in plot_results(results, tmp_path)] == ["tau.png", "n_alpha.png", "scaling.png"]
     assert [p.name for p in plot_results(results[:2], tmp_path)] == ["tau.png", "n_alpha.png"]
 
@@ -92,12 +94,20 @@ def test_an_interrupted_ablation_resumes_each_run_where_it_stopped(tmp_path, mon
 
     monkeypatch.setattr(ablate, "train_head", fake_train)
     monkeypatch.setattr(ablate, "_load_head", lambda variant, run_dir, target: None)
-    monkeypatch.setattr(ablate, "evaluate_head", lambda *a: {"tau_tree": 2.0, "tau_chain": 1.5, "n_alpha": [0.5] * 7})
+    evaluated = []
+
+    def fake_evaluate(target, head, prompts, max_new_tokens):
+        evaluated.append(max_new_tokens)
+        return {"tau_tree": 2.0, "tau_chain": 1.5, "n_alpha": [0.5] * 7, "n_alpha_cycles": [50] * 7,
+                "eval_prompts": len(prompts), "eval_new_tokens": max_new_tokens}
+
+    monkeypatch.setattr(ablate, "evaluate_head", fake_evaluate)
     monkeypatch.setattr(ablate, "num_decoder_layers", lambda target: 16)
     config = AblateConfig(out_dir=str(tmp_path), data_sizes=(4, 8))
     runs = tmp_path / "runs"
     (runs / "eagle3-8").mkdir(parents=True)
     (runs / "eagle3-8" / "eval.json").write_text(json.dumps(_result("eagle3", 8, 9.0)))  # finished
+    (runs / "eagle3-8" / "history.json").write_text(json.dumps([{"acc": [0.75]}]))
     (runs / "no-ttt-8").mkdir()
     (runs / "no-ttt-8" / "history.json").write_text(json.dumps([{"acc": [0.25]}]))  # trained, not evaluated
     (runs / "top-only-8").mkdir()
@@ -111,7 +121,12 @@ def test_an_interrupted_ablation_resumes_each_run_where_it_stopped(tmp_path, mon
                      ("top-only-8", True, 7, "eagle3", (16,), 8), ("eagle2-8", False, 1, "eagle2", None, 8)]
     results = {(r["variant"], r["sequences"]): r for r in finished_runs(tmp_path)}
     assert results[("eagle3", 8)]["tau_tree"] == 9.0 and results[("no-ttt", 8)]["train_accuracy"] == 0.25
-    assert len(results) == 8
+    assert len(results) == 8 and len(evaluated) == 7
+    # Measured another way (longer generations): every run is evaluated again, none trained again.
+    calls.clear()
+    ablate._run(None, data, [], AblateConfig(out_dir=str(tmp_path), data_sizes=(4, 8), eval_new_tokens=128), "eagle3",
+                8, progress=False)
+    assert calls == [] and evaluated[-1] == 128 and finished_runs(tmp_path)[-2]["tau_tree"] == 2.0
 
 
 def test_a_cached_larger_sample_serves_a_smaller_one_and_nothing_else(tmp_path):
