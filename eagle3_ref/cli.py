@@ -68,7 +68,18 @@ def _device_dtype(args):
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in the output of our commands
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise OptionError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: no CUDA device is available here (torch {torch.__version__}); "
+                          f"use --device cpu")
     return device, getattr(torch, args.dtype)
+
+
+class OptionError(ValueError):
+    """A command-line option that cannot be used; the message names it."""
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -106,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ids = tokenizer(Path(args.eval_data).read_text(), add_special_tokens=False)["input_ids"]
             prompts = [torch.tensor(ids[i:i + 32]) for i in range(0, min(len(ids) - 32, 32 * 4), 32)]
         train_head(target, data, config, prompts, progress=not args.quiet)
-    except TrainingError as err:
+    except (TrainingError, OptionError) as err:
         print(f"eagle3-ref train: error: {_as_flag(str(err), _TRAIN_FLAGS)}", file=sys.stderr)
         return 2
     print(f"trained head written to {args.out}")
@@ -140,8 +151,15 @@ def _tree_config(args):
     from eagle3_ref.tree import TreeConfig
 
     if args.chain is not None:
+        if args.chain < 1:
+            raise OptionError(f"--chain must be at least 1 (draft tokens per cycle), got {args.chain}")
         return TreeConfig.chain(args.chain)
-    return TreeConfig(num_nodes=args.tree_nodes, max_depth=args.tree_depth, top_k=args.tree_top_k)
+    try:
+        return TreeConfig(num_nodes=args.tree_nodes, max_depth=args.tree_depth, top_k=args.tree_top_k)
+    except ValueError as err:
+        flags = {"TreeConfig.num_nodes": "--tree-nodes", "TreeConfig.max_depth": "--tree-depth",
+                 "TreeConfig.top_k": "--tree-top-k"}
+        raise OptionError(_as_flag(str(err), flags)) from None
 
 
 def _add_pair_options(p: argparse.ArgumentParser) -> None:
@@ -293,6 +311,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             prompts = [encode_prompt(tokenizer, t, args.chat, device) for t in texts]
         else:  # the toy world's held-out code, in the target's tokenizer
             prompts = [ids[None].to(device) for ids in held_out_prompts(tokenizer, count=args.prompts)]
+            if len(prompts) < args.prompts:
+                raise DemoError(f"--prompts {args.prompts}: the held-out modules hold {len(prompts)} prompts; ask for "
+                                f"at most {len(prompts)}, or give --prompts-file")
             if args.target:  # another model: re-encode, so its tokenizer adds its special tokens (BOS)
                 prompts = [encode_prompt(tokenizer, tokenizer.decode(ids[0]), False, device) for ids in prompts]
         log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
@@ -372,6 +393,9 @@ def cmd_vectors_export(args: argparse.Namespace) -> int:
     from eagle3_ref.testing.vectors import export
 
     out = Path(args.dir)
+    if out.exists() and not out.is_dir():
+        print(f"eagle3-ref vectors export: error: {out} is a file, not a directory", file=sys.stderr)
+        return 2
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         print(f"eagle3-ref vectors export: error: {out} is not empty (pass --overwrite)", file=sys.stderr)
         return 2
@@ -454,7 +478,9 @@ def cmd_toy_train_target(args: argparse.Namespace) -> int:
         train_target(args.out, num_layers=args.layers, tokenizer_dir=args.tokenizer, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                      seed=args.seed, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     except ValueError as err:
-        print(f"eagle3-ref toy train-target: error: {err}", file=sys.stderr)
+        flags = {"out": "--out", "num_layers": "--layers", "tokenizer_dir": "--tokenizer", "steps": "--steps",
+                 "batch_size": "--batch-size", "seq_len": "--seq-len", "lr": "--lr"}
+        print(f"eagle3-ref toy train-target: error: {_as_flag(str(err), flags)}", file=sys.stderr)
         return 2
     return 0
 

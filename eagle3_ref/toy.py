@@ -106,8 +106,14 @@ def train_target(out: str | os.PathLike, *, num_layers: int = 16, tokenizer_dir:
     ``num_layers=2, tokenizer_dir=<target>`` trains the small draft LM of the SpS baseline
     (transformers' assisted generation), which must share the target's tokenizer."""
     out = Path(out)
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {out} is a file, not a directory")
+    for name, value, low in (("num_layers", num_layers, 1), ("steps", steps, 1), ("batch_size", batch_size, 1),
+                             ("seq_len", seq_len, 2), ("warmup", warmup, 0), ("save_every", save_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and lr < float("inf")):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if tokenizer_dir is not None and not (Path(tokenizer_dir) / "tokenizer.json").is_file():
         raise ValueError(f"tokenizer_dir {tokenizer_dir}: no tokenizer.json there")
     state_file = out / "train_state.pt"

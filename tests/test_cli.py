@@ -38,3 +38,17 @@ def test_unknown_command_fails():
     with pytest.raises(SystemExit) as exit_:
         main(["frobnicate"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["toy", "train-target", "--out", "FILE"], "--out FILE is a file, not a directory"),
+    (["toy", "train-target", "--out", "DIR/t", "--steps", "0"], "--steps must be an int >= 1, got 0"),
+    (["toy", "train-target", "--out", "DIR/t", "--lr", "-1"], "--lr must be a finite number > 0"),
+    (["vectors", "export", "FILE"], "FILE is a file, not a directory"),
+])
+def test_an_output_path_or_budget_that_cannot_work_is_named(argv, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    argv = [a.replace("FILE", str(tmp_path / "file")).replace("DIR", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    assert message.replace("FILE", str(tmp_path / "file")) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "mine"

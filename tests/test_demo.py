@@ -85,7 +85,10 @@ def test_demo_colour_chain_and_sampling(capsys):
     (["--target", "/nonexistent"], "--target needs --draft"),
     (["--target", "/nonexistent", "--draft", str(TOY_DIR / "head")], "--target /nonexistent: no such directory"),
     (["--draft", str(TOY_DIR)], "not an EAGLE-3 head directory"),
-    (["--tree-nodes", "1"], "num_nodes"),
+    (["--tree-nodes", "1"], "--tree-nodes counts the root too"),
+    (["--tree-top-k", "0"], "--tree-top-k must be a positive int, got 0"),
+    (["--chain", "-1"], "--chain must be at least 1 (draft tokens per cycle), got -1"),
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["--prompt", ""], "--prompt is empty"),
     (["--prompt", "x", "--prompt-file", "y"], "not both"),
@@ -140,6 +143,14 @@ def test_bench_errors(capsys):
     assert "--temperatures" in capsys.readouterr().err
     assert main(["bench", "--assistant", "/nonexistent"]) == 2
     assert "--assistant /nonexistent" in capsys.readouterr().err
+    assert main(["bench", "--prompts", "100000", "--runs", "1"]) == 2  # not quietly 40
+    assert "--prompts 100000: the held-out modules hold 40 prompts" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: --device cuda is usable here")
+def test_asking_for_cuda_without_one_blames_the_device_not_the_target(capsys):
+    assert main(["demo", "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
 
 
 def test_the_commands_leave_autograd_as_they_found_it(capsys):
