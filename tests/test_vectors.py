@@ -128,3 +128,20 @@ def test_wrong_directories_are_named(tmp_path, vectors, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["vectors", "check", str(vectors), "--only", "tree"]) == 0
     assert main(["vectors", "check", str(vectors), "--only", "nothing"]) == 2
+
+
+def test_a_damaged_case_fails_alone_and_a_damaged_manifest_is_named(tmp_path, vectors, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(vectors, copy)
+    victim = next(c for c in _manifest(vectors)["cases"] if c["piece"] == "tree")
+    data = (copy / victim["file"]).read_bytes()
+    (copy / victim["file"]).write_bytes(data[: len(data) // 2])  # an interrupted copy
+    results = check(copy, only="tree")
+    failed = [r for r in results if not r.ok]
+    assert [r.name for r in failed] == [victim["name"]] and "cannot be read" in failed[0].error
+    assert len(results) > 1 and all(r.ok for r in results if r.name != victim["name"])  # the others still ran
+    (copy / "manifest.json").write_text('{"schema_version": ')
+    assert main(["vectors", "check", str(copy)]) == 2
+    assert "manifest.json is damaged" in capsys.readouterr().err

@@ -452,7 +452,12 @@ def check(directory: str | Path, impl=None, only: str | None = None) -> list[Cas
     root = Path(directory)
     if not (root / "manifest.json").exists():
         raise ValueError(f"{root}: no manifest.json (write one with `eagle3-ref vectors export DIR`)")
-    manifest = json.loads((root / "manifest.json").read_text())
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), list):
+            raise ValueError("no list of cases")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{root}/manifest.json is damaged ({err}): export the vectors again") from None
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{root}/manifest.json: schema_version {manifest.get('schema_version')!r}, this eagle3-ref "
                          f"reads {SCHEMA_VERSION}")
@@ -463,7 +468,12 @@ def check(directory: str | Path, impl=None, only: str | None = None) -> list[Cas
     for case in manifest["cases"]:
         if only and only not in (case["name"], case["piece"]):
             continue
-        tensors = load_file(root / case["file"])
+        try:
+            tensors = load_file(root / case["file"])
+        except Exception as err:  # noqa: BLE001 - a missing or truncated case file fails that case alone
+            results.append(CaseResult(case["name"], case["piece"],
+                                      f"{case['file']} cannot be read ({str(err).splitlines()[0][:120]})"))
+            continue
         x = {k.removeprefix("input."): v for k, v in tensors.items() if k.startswith("input.")}
         try:
             got = _run(case, x, case["params"], models, impl)
