@@ -196,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with torch.no_grad():  # not set_grad_enabled(False): main() may run inside a larger program
             result = run_demo(target, tokenizer, head, input_ids, max_new_tokens=args.max_new_tokens, tree=tree,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                              plain=not args.no_plain)
+                              plain=not args.no_plain, runs=args.runs)
     except (DemoError, ValueError) as err:
         print(f"eagle3-ref demo: error: {err}", file=sys.stderr)
         return 2
@@ -587,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     _add_tree_options(demo)
     demo.add_argument("--no-plain", action="store_true", help="skip the plain decoding run (no speedup, no equality)")
+    demo.add_argument("--runs", type=int, default=3, help="timed runs of each, after a warm-up: the median and "
+                                                          "the range are shown (default 3)")
     demo.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                       help="mark accepted tokens with colour (auto: when printing to a terminal)")
     demo.set_defaults(func=cmd_demo)

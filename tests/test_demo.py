@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from eagle3_ref.cli import main
 from eagle3_ref.demo import cycle_spans, mark_cycles
-from eagle3_ref.generate import GenerationOutput
+from eagle3_ref.generate import GenerationOutput, speculative_generate
 from eagle3_ref.testing.tiny import make_tiny_target_dir
 from eagle3_ref.toy import TOY_DIR
 
@@ -66,9 +66,25 @@ def test_demo_with_no_arguments(capsys):
     out = capsys.readouterr().out
     assert "«" in out and "»" in out  # accepted drafts marked (piped: plain marks)
     assert "\033[" not in out
+    # Piped, the prompt and the generated text are still told apart (no colour to do it).
+    assert re.search(r"--- prompt \(\d+ tokens\) ---\n.+\n--- generated \(24 new tokens\) ---\n", out, re.S)
     assert re.search(r"tau \d\.\d\d: 24 new tokens", out)
-    assert re.search(r"speculative +\d+\.\d tokens/s +plain \(transformers generate\) +\d+\.\d tokens/s", out)
+    rate = r" +\d+\.\d tokens/s \(\d+\.\d-\d+\.\d\)"  # the median, and the range of the 3 runs
+    assert re.search(rf"speculative{rate} +plain \(transformers generate\){rate} .*median of 3 runs", out)
     assert "output equals plain greedy decoding: yes (24 tokens identical)" in out
+
+
+def test_the_default_prompt_does_not_show_a_loop(toy_tokenizer):
+    """The demo's default continuation is code, not the toy target's repetition loop (whose
+    tau would flatter the head): at most half of its 4-grams recur in 128 tokens."""
+    from eagle3_ref.demo import default_prompt
+    from eagle3_ref.toy import load_toy
+
+    target, tokenizer, head = load_toy()
+    prompt = tokenizer(default_prompt(), return_tensors="pt").input_ids
+    ids = speculative_generate(target, head, prompt, max_new_tokens=128).new_tokens.tolist()
+    grams = [tuple(ids[i:i + 4]) for i in range(len(ids) - 3)]
+    assert 1 - len(set(grams)) / len(grams) < 0.5
 
 
 def test_demo_colour_chain_and_sampling(capsys):
@@ -179,9 +195,29 @@ def test_a_difference_from_plain_decoding_is_reported(toy_tokenizer):
         (other, torch.bfloat16, 0, "NO, first difference at new token 2 (expected now and then in bfloat16"),
     ]:
         text = io.StringIO()
-        assert report(DemoResult(out, 1.0, plain, 1.0), toy_tokenizer, "", TreeConfig(), 0.0, dtype, False, text) \
+        assert report(DemoResult(out, [1.0], plain, [1.0]), toy_tokenizer, "", TreeConfig(), 0.0, dtype, False, text) \
             == status
         assert line in text.getvalue()
+
+
+def test_timing_is_a_median_and_a_loss_is_explained_from_the_measured_costs(toy_tokenizer):
+    import io
+
+    from eagle3_ref.demo import DemoResult, report, why_slower
+    from eagle3_ref.tree import TreeConfig
+
+    # 6 new tokens in 3 cycles (tau 2); a cycle spent 30 ms drafting, verifying and accepting.
+    out = GenerationOutput(torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]]), [2, 2, 1], {"draft": 0.03, "verify": 0.06},
+                           2)
+    fast_plain = DemoResult(out, [0.3, 9.0, 0.2], out.sequences.clone(), [0.05, 0.06, 0.04])
+    assert fast_plain.spec_seconds == 0.3 and fast_plain.plain_seconds == 0.05  # medians: the 9 s outlier is out
+    line = why_slower(fast_plain)  # plain: 6 tokens in 0.05 s, a step is 8.3 ms; a cycle 30 ms = 3.6 steps > tau 2
+    assert line.startswith("why slower here: a cycle costs 3.6 plain steps (draft 10.0 ms, verify 20.0 ms") \
+        and "tau = 1.67" in line
+    text = io.StringIO()
+    report(fast_plain, toy_tokenizer, "", TreeConfig(), 0.0, torch.float32, False, text)
+    assert "speedup 0.17x" in text.getvalue() and "why slower here" in text.getvalue()
+    assert why_slower(DemoResult(out, [0.01], out.sequences.clone(), [0.05])) is None  # faster: nothing to explain
 
 
 def test_bench_measures_throughput_against_batch_size(tmp_path, capsys):
