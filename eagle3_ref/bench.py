@@ -343,7 +343,7 @@ def plot(results: list[Measurement], baseline: str, path: str | os.PathLike) -> 
 
 
 def summary_lines(results: list[Measurement], baseline: str) -> list[str]:
-    """The issue's bars, checked against what was measured (stated, not asserted)."""
+    """The best EAGLE-3 row against plain decoding and SpS, per temperature (stated, not asserted)."""
     out = []
     for t in sorted({r.temperature for r in results}):
         rows = {r.method: r for r in results if r.temperature == t}

@@ -236,3 +236,11 @@ def test_the_targets_page_is_the_matrix_the_tests_draw():
     assert found.group(1) == architecture_table(), (
         "docs/targets.md's matrix differs from eagle3_ref.testing.strategies.ARCHITECTURES; paste the output of "
         "python -c 'from eagle3_ref.testing.strategies import architecture_table; print(architecture_table(), end=\"\")'")
+
+
+def test_no_internal_vocabulary():
+    """A reader cannot follow "the issue's bars": the docs speak of goals, not of our tracker."""
+    pages = PAGES + sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "eagle3_ref").glob("*.py"))
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in pages
+             for m in re.finditer(r"(?i)\bthe issue'?s?\b|\bissue #\d+|\bthis issue\b", p.read_text())]
+    assert found == []
