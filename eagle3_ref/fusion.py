@@ -22,14 +22,12 @@ LM head reads, which EAGLE-1 and EAGLE-2 draft from. It is what the ablation's
 The serving engines spell the same three layers differently, and peers have shipped
 bugs on exactly that off-by-one:
 
-=============  ======================================  ==========================
-convention     meaning of id ``L``                      LLaMA-3.1-8B (N = 32)
-=============  ======================================  ==========================
-``hf``         ``hidden_states[L]`` (this project)      (2, 16, 29)
-``vllm``       same as ``hf``                           (2, 16, 29)
-``sglang``     SGLang captures at ``L + 1``             (1, 15, 28)
-``specforge``  output of decoder layer ``L``            (1, 15, 28)
-=============  ======================================  ==========================
+| convention | meaning of id ``L`` | LLaMA-3.1-8B (N = 32) |
+|---|---|---|
+| ``hf`` | ``hidden_states[L]`` (this project) | (2, 16, 29) |
+| ``vllm`` | same as ``hf`` | (2, 16, 29) |
+| ``sglang`` | SGLang captures at ``L + 1`` | (1, 15, 28) |
+| ``specforge`` | output of decoder layer ``L`` | (1, 15, 28) |
 
 Use :func:`to_convention` / :func:`from_convention` rather than adding or subtracting
 one by hand.

@@ -85,3 +85,15 @@ def test_api_reference_lists_the_public_api(site):
     missing = [name for name in eagle3_ref.__all__
                if f'id="{getattr(eagle3_ref, name).__module__}.{name}"' not in html]
     assert missing == []
+
+
+def test_docstrings_render_their_roles_and_tables(site):
+    """The docstrings' reST roles become links (docs/mkdocs/griffe_roles.py) and their tables
+    tables: the page shows no literal ``:func:`` and no rows of ``=====`` outside source code."""
+    html = (site / "api" / "index.html").read_text()
+    prose = re.sub(r"<pre.*?</pre>|<details.*?</details>", "", html, flags=re.S)  # the shown source is as written
+    assert re.findall(r":(?:func|class|meth|mod|data|attr):", prose) == []
+    assert "=====" not in prose
+    # fusion's conventions table is a table, and :func:`to_convention` in the module docstring a link to it.
+    assert re.search(r"<table>.*?<th>convention</th>", prose, re.S)
+    assert 'href="#eagle3_ref.fusion.to_convention"><code>to_convention</code>' in prose

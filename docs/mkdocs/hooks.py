@@ -1,6 +1,7 @@
 """mkdocs hooks of the eagle3-ref site (``mkdocs build --strict -f docs/mkdocs/mkdocs.yml``).
 
-Two jobs:
+Two jobs (and a third file beside this one: ``griffe_roles.py`` turns the docstrings'
+``:func:``/``:class:`` roles into links for the API reference):
 
 * **The executed tutorials.** The notebooks in ``notebooks/`` are committed without outputs;
   the site shows them executed. :func:`execute_notebook` runs one top to bottom with nbclient (the
@@ -27,6 +28,10 @@ from pathlib import Path
 import nbformat
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
+
+# mkdocs imports this file with its own folder on sys.path, then takes the folder off again: import
+# the griffe extension beside it now, so that mkdocstrings finds it (in sys.modules) when it loads it.
+import griffe_roles  # noqa: E402, F401
 
 log = logging.getLogger("mkdocs.hooks.eagle3_ref")
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,27 +6,15 @@ it wrong. They exist to show that the conformance suite catches each bug and say
     python -m pytest --pyargs eagle3_ref.testing.conformance -m fusion \\
         --eagle3-impl=eagle3_ref.testing.buggy:OFF_BY_ONE_LAYER
 
-========================== ============ ==================================================
-adapter                    piece        the bug
-========================== ============ ==================================================
-``OFF_BY_ONE_LAYER``       ``fusion``   reads ``hidden_states[i + 1]``: the *output* of
-                                        layer i (SpecForge's convention) where EAGLE-3
-                                        means the input
-``TTT_SEES_FUTURE``        ``ttt``      the training-time-test mask lets step k >= 1 at
-                                        slot i see the step-0 key of slot i + 1
-``TREE_POSITION_PLUS_1``   ``tree``     ``tree_position_ids = tree_mask.sum(-1)``, the
-                                        missing ``- 1`` (EAGLE's own buffers subtract it)
-``SAMPLING_NO_RENORM``     ``verify``   after rejecting a child, accepts the next with
-                                        ``p(x)`` instead of ``p(x)`` renormalised
-``CACHE_NOT_COMPACTED``    ``generate`` keeps the first ``len(accepted)`` tree slots of the
-                                        target's KV cache instead of the accepted nodes'
-``BONUS_FROM_RAW_SOFTMAX`` ``verify``   after a fully accepted path, draws the bonus token
-                                        from the raw softmax instead of the distribution
-                                        after temperature / top-k / top-p (the official
-                                        code shipped this)
-``ROW_OFFSET_FROM_WIDTH``  ``generate`` batched only: every row's tree at the widest row's
-                                        length + depth, one offset for the batch
-========================== ============ ==================================================
+| adapter | piece | the bug |
+|---|---|---|
+| ``OFF_BY_ONE_LAYER`` | ``fusion`` | reads ``hidden_states[i + 1]``: the *output* of layer i (SpecForge's convention) where EAGLE-3 means the input |
+| ``TTT_SEES_FUTURE`` | ``ttt`` | the training-time-test mask lets step k >= 1 at slot i see the step-0 key of slot i + 1 |
+| ``TREE_POSITION_PLUS_1`` | ``tree`` | ``tree_position_ids = tree_mask.sum(-1)``, the missing ``- 1`` (EAGLE's own buffers subtract it) |
+| ``SAMPLING_NO_RENORM`` | ``verify`` | after rejecting a child, accepts the next with ``p(x)`` instead of ``p(x)`` renormalised |
+| ``CACHE_NOT_COMPACTED`` | ``generate`` | keeps the first ``len(accepted)`` tree slots of the target's KV cache instead of the accepted nodes' |
+| ``BONUS_FROM_RAW_SOFTMAX`` | ``verify`` | after a fully accepted path, draws the bonus token from the raw softmax instead of the distribution after temperature / top-k / top-p (the official code shipped this) |
+| ``ROW_OFFSET_FROM_WIDTH`` | ``generate`` | batched only: every row's tree at the widest row's length + depth, one offset for the batch |
 
 Each is also exported declaring float32 internals (``OFF_BY_ONE_LAYER_FLOAT32``, ...): judged
 by the float32 tolerances, every bug must still be caught.
