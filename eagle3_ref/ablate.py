@@ -14,7 +14,9 @@ resumable checkpointed run under ``OUT/runs/<variant>-<sequences>/``:
 * ``no-ttt``: the same fusion, trained on target features only (K = 1);
 * ``top-only``: TTT with K = 7 from the top-layer feature alone (no fusion);
 * ``eagle2``: the EAGLE-2-style head (:mod:`eagle3_ref.eagle2`): top-layer feature, feature
-  regression + token loss, no TTT.
+  regression + token loss, no TTT;
+* ``eagle3-lm`` (not run by default, a diagnostic): ``eagle3`` with its ``lm_head`` started from
+  the target's LM head, as the EAGLE-2-style head reads tokens through the target's.
 
 Measured for each, greedy on held-out prompts the target continues (its own text, the text
 a head drafts for): ``tau`` with the default tree and with a chain of 7, and ``n-alpha``
@@ -43,7 +45,7 @@ from .generate import speculative_generate
 from .train import TrainConfig, TrainData, regenerate, tokenize_corpus, train_head
 from .tree import TreeConfig
 
-__all__ = ["Variant", "VARIANTS", "AblateConfig", "n_alpha", "ablation_data", "evaluate_head", "run_ablation",
+__all__ = ["Variant", "VARIANTS", "DEFAULT_VARIANTS", "AblateConfig", "n_alpha", "ablation_data", "evaluate_head", "run_ablation",
            "finished_runs", "results_markdown", "plot_results"]
 
 CHAIN = 7  # the chain of the tau-chain column and of n-alpha
@@ -55,6 +57,7 @@ class Variant(NamedTuple):
     head: str  # "eagle3" or "eagle2"
     ttt_steps: int
     top_only: bool  # the top-layer feature instead of the fusion
+    lm_head_from_target: bool = False  # the head's lm_head starts as the target's (a diagnostic)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -62,7 +65,11 @@ VARIANTS: dict[str, Variant] = {
     "no-ttt": Variant("fusion, no TTT (K=1)", "eagle3", 1, False),
     "top-only": Variant("TTT (K=7), top layer only", "eagle3", 7, True),
     "eagle2": Variant("EAGLE-2-style: feature regression, top layer, no TTT", "eagle2", 1, True),
+    # Not an idea of the paper: a diagnostic for a toy-scale gap (docs/paper.md). The EAGLE-2-style
+    # head reads tokens through the target's trained LM head; EAGLE-3's learns its own from scratch.
+    "eagle3-lm": Variant("EAGLE-3, lm_head started from the target's (diagnostic)", "eagle3", 7, False, True),
 }
+DEFAULT_VARIANTS = ("eagle3", "no-ttt", "top-only", "eagle2")
 
 
 @dataclass
@@ -70,7 +77,7 @@ class AblateConfig:
     """The budget every variant gets (the same for all)."""
 
     out_dir: str
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     data_sizes: tuple[int, ...] = (2400,)  # training sequences; doubling sizes give the scaling curve
     steps: int = 400
     batch_size: int = 8
@@ -151,7 +158,7 @@ def _train_config(config: AblateConfig, variant: Variant, run_dir: Path, n_layer
         lr=config.lr, warmup_steps=config.warmup_steps, ttt_steps=variant.ttt_steps, head=variant.head,
         draft_vocab_size=None, aux_layer_ids=(top_feature_id(n_layers),) if variant.top_only and variant.head == "eagle3"
         else None, seed=config.seed, save_every=config.save_every, resume=(run_dir / "latest").exists(),
-        head_overrides=dict(config.head_overrides))
+        head_overrides=dict(config.head_overrides), init_lm_head_from_target=variant.lm_head_from_target)
 
 
 def _load_head(variant: Variant, run_dir: Path, target: nn.Module):

@@ -664,7 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "  no-ttt    the same fusion, no training-time test (K = 1)\n"
                     "  top-only  training-time test (K = 7) from the top-layer feature alone, no fusion\n"
                     "  eagle2    EAGLE-2-style head: top-layer feature, feature regression (smooth L1) +\n"
-                    "            0.1 x token cross entropy, no training-time test\n\n"
+                    "            0.1 x token cross entropy, no training-time test\n"
+                    "  eagle3-lm (a diagnostic, not run by default) eagle3 with its lm_head started from\n"
+                    "            the target's LM head\n\n"
                     "the data-scaling experiment: --variants eagle3,eagle2 --data-sizes 300,600,1200,2400")
     ab.add_argument("--out", required=True, help="output directory (resumes what is there)")
     ab.add_argument("--variants", default="eagle3,no-ttt,top-only,eagle2", help="comma-separated (default: all four)")

@@ -90,6 +90,7 @@ class TrainConfig:
     cache_dir: str | None = None  # cache the target pass here (safetensors shards)
     head_overrides: dict = field(default_factory=dict)  # e.g. {"intermediate_size": 64}
     head: str = "eagle3"  # "eagle2": the EAGLE-2-style baseline (eagle2.py); needs ttt_steps 1
+    init_lm_head_from_target: bool = False  # start lm_head as the target's LM head rows (a diagnostic)
 
     def __post_init__(self) -> None:
         """Every field checked on its own, by name, before any work (what needs the target,
@@ -436,6 +437,9 @@ def _new_head(target: nn.Module, data: TrainData, config: TrainConfig, layer_ids
     head.d2t.copy_(d2t), head.t2d.copy_(t2d)
     if not head_config.owns_embedding:
         head.attach_embedding(target.get_input_embeddings().weight.float())
+    if config.init_lm_head_from_target:  # draft ids ascend with target ids: the rows t2d marks, in order
+        with torch.no_grad():
+            head.lm_head.weight.copy_(target.get_output_embeddings().weight[t2d.to(head.lm_head.weight.device)])
     return head
 
 
@@ -448,6 +452,9 @@ def check_config_fits_target(config: TrainConfig, target: nn.Module) -> tuple[in
                                     or config.aux_layer_ids not in (None, (top_feature_id(n_layers),))):
         raise TrainingError("the EAGLE-2-style head trains without training-time test, on the full vocabulary "
                             "and the top-layer feature: ttt_steps must be 1, draft_vocab_size and aux_layer_ids unset")
+    if config.init_lm_head_from_target and (config.head != "eagle3" or config.head_overrides.get(
+            "hidden_size", target.get_input_embeddings().weight.shape[1]) != target.get_input_embeddings().weight.shape[1]):
+        raise TrainingError("init_lm_head_from_target needs an EAGLE-3 head as wide as the target")
     if config.draft_vocab_size is not None and config.draft_vocab_size > vocab:
         raise TrainingError(f"draft_vocab_size ({config.draft_vocab_size}) exceeds the target's vocabulary ({vocab})")
     limit = getattr(target.config, "max_position_embeddings", None)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eagle3_ref.ablate import VARIANTS, AblateConfig, finished_runs, n_alpha, plot_results, results_markdown
+from eagle3_ref.ablate import DEFAULT_VARIANTS, VARIANTS, AblateConfig, finished_runs, n_alpha, plot_results, results_markdown
 from eagle3_ref.cli import main
 
 pytestmark = pytest.mark.train
@@ -114,7 +114,7 @@ def test_an_interrupted_ablation_resumes_each_run_where_it_stopped(tmp_path, mon
     (runs / "top-only-8" / "latest").write_text("ckpt-0000050")  # killed mid-way
     data = TrainData(torch.zeros(8, 4, dtype=torch.long), torch.ones(8, 4, dtype=torch.long))
     for size in (4, 8):
-        for name in VARIANTS:
+        for name in DEFAULT_VARIANTS:
             ablate._run(None, data, [], config, name, size, progress=False)
     assert calls == [("eagle3-4", False, 7, "eagle3", None, 4), ("no-ttt-4", False, 1, "eagle3", None, 4),
                      ("top-only-4", False, 7, "eagle3", (16,), 4), ("eagle2-4", False, 1, "eagle2", None, 4),

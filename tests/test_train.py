@@ -178,6 +178,22 @@ def test_the_eagle2_baseline_learns_and_resumes_exactly(tiny, tmp_path):
                        autoregressive_generate(target, prompt, max_new_tokens=12).sequences)
 
 
+def test_the_lm_head_can_start_as_the_targets(tiny, tmp_path):
+    """The ablation's diagnostic: an EAGLE-3 head whose lm_head starts as the target's LM head
+    rows of its draft vocabulary (the EAGLE-2-style head reads tokens through the target's)."""
+    from eagle3_ref.train import _new_head
+
+    _, target, tokenizer = tiny
+    config = _config(tmp_path / "lm", init_lm_head_from_target=True)
+    data = prepare_data(target, TRAIN_TEXT[:4000], tokenizer, config, (2, 3, 4))
+    head = _new_head(target, data, config, (2, 3, 4))
+    want = target.get_output_embeddings().weight[head.t2d]
+    assert head.t2d.sum() == 128 and torch.equal(head.lm_head.weight, want)
+    with pytest.raises(TrainingError, match="init_lm_head_from_target needs an EAGLE-3 head"):
+        train_head(target, data, _config(tmp_path / "e2", head="eagle2", ttt_steps=1, draft_vocab_size=None,
+                                         init_lm_head_from_target=True), progress=False)
+
+
 def test_cached_target_pass_is_reused(tiny, tmp_path):
     _, target, tokenizer = tiny
     config = _config(tmp_path / "c", cache_dir=str(tmp_path / "cache"))
