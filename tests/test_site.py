@@ -97,3 +97,33 @@ def test_docstrings_render_their_roles_and_tables(site):
     # fusion's conventions table is a table, and :func:`to_convention` in the module docstring a link to it.
     assert re.search(r"<table>.*?<th>convention</th>", prose, re.S)
     assert 'href="#eagle3_ref.fusion.to_convention"><code>to_convention</code>' in prose
+
+
+def test_a_build_reuses_executed_notebooks_until_their_text_changes(tmp_path, monkeypatch):
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("site_hooks_for_test", ROOT / "docs" / "mkdocs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    runs = []
+
+    def fake_execute(path, workdir):
+        runs.append(path.name)
+        notebook = nbformat.read(path, as_version=4)
+        notebook.metadata["executed"] = len(runs)
+        return notebook
+
+    monkeypatch.setattr(hooks, "execute_notebook", fake_execute)
+    source = tmp_path / "01_x.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), source)
+    cache = tmp_path / "cache"
+    assert hooks.executed_copy(source, tmp_path, cache).metadata["executed"] == 1  # no copy: run
+    assert hooks.executed_copy(source, tmp_path, cache).metadata["executed"] == 1 and runs == ["01_x.ipynb"]  # reused
+    assert hooks.executed_copy(source, tmp_path, cache, force=True).metadata["executed"] == 2  # asked: run again
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("2 + 2")]), source)
+    assert hooks.executed_copy(source, tmp_path, cache).metadata["executed"] == 3  # the text changed: run
+    assert len(list(cache.glob("01_x-*.ipynb"))) == 1  # the stale copy is gone
+    monkeypatch.setenv("EAGLE3_REF_NOTEBOOK_CACHE", str(cache))
+    assert hooks.notebook_cache() == cache

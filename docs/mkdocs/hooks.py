@@ -5,10 +5,15 @@ Two jobs (and a third file beside this one: ``griffe_roles.py`` turns the docstr
 
 * **The executed tutorials.** The notebooks in ``notebooks/`` are committed without outputs;
   the site shows them executed. :func:`execute_notebook` runs one top to bottom with nbclient (the
-  test suite uses the same function, so what the site shows is what the tests ran). With
-  ``EAGLE3_REF_EXECUTED_NOTEBOOKS=DIR`` the build takes already executed copies from ``DIR``
-  (``tests/test_site.py`` passes the ones the notebook tests produced) instead of running them
-  again. Progress bars and warnings (stderr) are dropped from the pages.
+  test suite uses the same function, so what the site shows is what the tests ran). Executing
+  all of them takes minutes (half an hour on a loaded 2-core machine), so a build **reuses**
+  executed copies by default: :func:`executed_copy` keeps each one in a cache
+  (``~/.cache/eagle3-ref/notebooks``, or ``EAGLE3_REF_NOTEBOOK_CACHE``) under the hash of the
+  notebook's own text, and runs a notebook only when that text changed or no copy exists.
+  ``EAGLE3_REF_EXECUTE=1`` runs every one again (after a change to the package that the
+  notebooks show). With ``EAGLE3_REF_EXECUTED_NOTEBOOKS=DIR`` the build takes the copies in
+  ``DIR`` instead (``tests/test_site.py`` passes the ones the notebook tests produced).
+  Progress bars and warnings (stderr) are dropped from the pages.
 * **The code beside the equations.** A line ``<!-- source: eagle3_ref.tree.grow_tree -->`` in a
   page becomes the current source of that function or class, so a concept page can never show
   stale code. (On GitHub the comment is invisible; the page also names the file.)
@@ -16,11 +21,14 @@ Two jobs (and a third file beside this one: ``griffe_roles.py`` turns the docstr
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
 import re
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -29,9 +37,11 @@ import nbformat
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
-# mkdocs imports this file with its own folder on sys.path, then takes the folder off again: import
-# the griffe extension beside it now, so that mkdocstrings finds it (in sys.modules) when it loads it.
-import griffe_roles  # noqa: E402, F401
+# The griffe extension beside this file, registered as the module mkdocs.yml names, so that
+# mkdocstrings finds it (in sys.modules) whatever the working directory and sys.path.
+_spec = importlib.util.spec_from_file_location("griffe_roles", Path(__file__).with_name("griffe_roles.py"))
+sys.modules["griffe_roles"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sys.modules["griffe_roles"])
 
 log = logging.getLogger("mkdocs.hooks.eagle3_ref")
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +56,28 @@ def execute_notebook(path: Path, workdir: Path, timeout: int = 900) -> nbformat.
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(workdir)}}).execute()
+    return notebook
+
+
+def notebook_cache() -> Path:
+    """Where executed copies are kept between builds."""
+    return Path(os.environ.get("EAGLE3_REF_NOTEBOOK_CACHE") or Path.home() / ".cache" / "eagle3-ref" / "notebooks")
+
+
+def executed_copy(path: Path, workdir: Path, cache: Path, force: bool = False) -> nbformat.NotebookNode:
+    """The executed notebook: the cached copy made from this very text, else a fresh run
+    (then cached). ``force`` runs it whatever the cache holds."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    cached = cache / f"{path.stem}-{digest}.ipynb"
+    if cached.exists() and not force:
+        log.info("reusing the executed %s (EAGLE3_REF_EXECUTE=1 runs it again)", path.name)
+        return nbformat.read(cached, as_version=4)
+    log.info("executing %s", path.name)
+    notebook = execute_notebook(path, workdir)
+    cache.mkdir(parents=True, exist_ok=True)
+    for stale in cache.glob(f"{path.stem}-*.ipynb"):
+        stale.unlink()
+    nbformat.write(notebook, cached)
     return notebook
 
 
@@ -89,8 +121,8 @@ def on_files(files, config):
                 raise FileNotFoundError(f"EAGLE3_REF_EXECUTED_NOTEBOOKS={given} has no {path.name}")
             notebook = nbformat.read(executed, as_version=4)
         else:
-            log.info("executing %s", path.name)
-            notebook = execute_notebook(path, Path(_build_dir.name))
+            notebook = executed_copy(path, Path(_build_dir.name), notebook_cache(),
+                                     force=os.environ.get("EAGLE3_REF_EXECUTE", "") not in ("", "0"))
         nbformat.write(for_the_site(notebook), out / path.name)
         files.append(File(f"notebooks/{path.name}", str(out.parent), config["site_dir"], config["use_directory_urls"]))
     return files
