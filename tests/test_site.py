@@ -127,3 +127,16 @@ def test_a_build_reuses_executed_notebooks_until_their_text_changes(tmp_path, mo
     assert len(list(cache.glob("01_x-*.ipynb"))) == 1  # the stale copy is gone
     monkeypatch.setenv("EAGLE3_REF_NOTEBOOK_CACHE", str(cache))
     assert hooks.notebook_cache() == cache
+
+
+def test_maths_is_rendered_by_a_mathjax_served_with_the_site(site):
+    """Offline (a classroom, this machine) a CDN is unreachable and the pages would show raw LaTeX:
+    every page loads MathJax from the site itself, and the site holds it with its fonts."""
+    pages = sorted(site.rglob("*.html"))
+    loaded = {src for page in pages for src in re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', page.read_text(),
+                                                         re.I)}
+    assert loaded and all(not src.startswith(("http:", "https:", "//")) for src in loaded), loaded
+    assert (site / "assets" / "mathjax" / "tex-mml-chtml.js").is_file()
+    assert list((site / "assets" / "mathjax" / "output" / "chtml" / "fonts").rglob("*.woff"))
+    ttt = (site / "ttt" / "index.html").read_text()
+    assert 'class="arithmatex"' in ttt and 'src="../assets/mathjax/tex-mml-chtml.js"' in ttt

@@ -1,6 +1,6 @@
 """mkdocs hooks of the eagle3-ref site (``mkdocs build --strict -f docs/mkdocs/mkdocs.yml``).
 
-Two jobs (and a third file beside this one: ``griffe_roles.py`` turns the docstrings'
+Three jobs (and a fourth file beside this one: ``griffe_roles.py`` turns the docstrings'
 ``:func:``/``:class:`` roles into links for the API reference):
 
 * **The executed tutorials.** The notebooks in ``notebooks/`` are committed without outputs;
@@ -14,6 +14,9 @@ Two jobs (and a third file beside this one: ``griffe_roles.py`` turns the docstr
   notebooks show). With ``EAGLE3_REF_EXECUTED_NOTEBOOKS=DIR`` the build takes the copies in
   ``DIR`` instead (``tests/test_site.py`` passes the ones the notebook tests produced).
   Progress bars and warnings (stderr) are dropped from the pages.
+* **Maths offline.** The pages' equations are rendered by MathJax 3 served with the site
+  (``assets/mathjax/``), copied from the ``sphinx-mathjax-offline`` package (a dev dependency),
+  not loaded from a CDN: a classroom without internet sees equations, not raw LaTeX.
 * **The code beside the equations.** A line ``<!-- source: eagle3_ref.tree.grow_tree -->`` in a
   page becomes the current source of that function or class, so a concept page can never show
   stale code. (On GitHub the comment is invisible; the page also names the file.)
@@ -125,6 +128,38 @@ def on_files(files, config):
                                      force=os.environ.get("EAGLE3_REF_EXECUTE", "") not in ("", "0"))
         nbformat.write(for_the_site(notebook), out / path.name)
         files.append(File(f"notebooks/{path.name}", str(out.parent), config["site_dir"], config["use_directory_urls"]))
+    for file in mathjax_files(config):
+        files.append(file)
+    return files
+
+
+# What the site needs of MathJax 3: the combined TeX component, its fonts, the TeX extensions it
+# loads on demand, and the menu and accessibility parts it loads itself (about 3 MB of its 24).
+MATHJAX_PARTS = ("tex-mml-chtml.js", "output/chtml", "input/tex", "ui", "a11y")
+
+
+def mathjax_dir() -> Path:
+    """MathJax 3 as the ``sphinx-mathjax-offline`` distribution installs it."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(distribution("sphinx-mathjax-offline").locate_file("sphinx-mathjax-offline/static/mathjax"))
+    except PackageNotFoundError:
+        path = None
+    if path is None or not (path / MATHJAX_PARTS[0]).is_file():
+        raise FileNotFoundError("the site serves MathJax itself: pip install sphinx-mathjax-offline "
+                                "(in the dev extra, `pip install -e .[dev]`)")
+    return path
+
+
+def mathjax_files(config) -> list[File]:
+    """The MathJax parts as static files of the site, under ``assets/mathjax/``."""
+    root, files = mathjax_dir(), []
+    for part in MATHJAX_PARTS:
+        for path in [root / part] if (root / part).is_file() else sorted((root / part).rglob("*")):
+            if path.is_file():
+                files.append(File.generated(config, f"assets/mathjax/{path.relative_to(root).as_posix()}",
+                                            abs_src_path=str(path)))
     return files
 
 
