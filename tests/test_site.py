@@ -140,3 +140,13 @@ def test_maths_is_rendered_by_a_mathjax_served_with_the_site(site):
     assert list((site / "assets" / "mathjax" / "output" / "chtml" / "fonts").rglob("*.woff"))
     ttt = (site / "ttt" / "index.html").read_text()
     assert 'class="arithmatex"' in ttt and 'src="../assets/mathjax/tex-mml-chtml.js"' in ttt
+
+
+def test_pages_give_code_and_equations_the_width(site):
+    """At 1280 px the table of contents sits in the left navigation and the content takes the
+    right column too (docs/stylesheets/extra.css): the first TTT equation and the code lines fit."""
+    config = yaml.safe_load(CONFIG.read_text().replace("!relative", ""))
+    assert "toc.integrate" in config["theme"]["features"]
+    ttt = (site / "ttt" / "index.html").read_text()
+    assert 'href="../stylesheets/extra.css"' in ttt
+    assert "div.arithmatex { overflow-x: auto" in (site / "stylesheets" / "extra.css").read_text()
