@@ -9,7 +9,8 @@ pytestmark = pytest.mark.notebooks
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 SERIES = ["00_overview", "01_feature_fusion", "02_draft_head", "03_training_time_test", "04_dynamic_tree",
-          "05_verification", "06_end_to_end", "07_batching"]
+          "05_verification", "06_end_to_end", "07_batching",
+          "08_what_each_idea_buys"]
 
 
 def test_the_series_is_complete():
