@@ -260,6 +260,13 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out, written = Path(out), []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name)
+        written.append(out / name)
+        plt.close(fig)
+
     largest = max(r["sequences"] for r in results)
     top = [r for r in results if r["sequences"] == largest]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
@@ -270,10 +277,7 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
     ax.set_ylabel("acceptance length tau", fontsize=11)
     ax.set_title(f"Acceptance length by variant ({largest} training sequences)", fontsize=12)
     ax.legend(fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "tau.png")
-    written.append(out / "tau.png")
-    plt.close(fig)
+    save(fig, "tau.png")
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     for r in top:
@@ -285,24 +289,23 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
     ax.set_ylim(0, 1)
     ax.set_title(f"Acceptance rate by draft step, chain, greedy (points from >= {MIN_CYCLES} cycles)", fontsize=12)
     ax.legend(fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "n_alpha.png")
-    written.append(out / "n_alpha.png")
-    plt.close(fig)
+    save(fig, "n_alpha.png")
 
-    sizes = sorted({r["sequences"] for r in results})
-    if len(sizes) > 1:
+    curves = {}  # the variants measured at more than one data size
+    for r in results:
+        curves.setdefault(r["variant"], []).append(r)
+    curves = {name: sorted(rows, key=lambda r: r["sequences"]) for name, rows in curves.items() if len(rows) > 1}
+    if curves:
+        sizes = sorted({r["sequences"] for rows in curves.values() for r in rows})
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-        for name in dict.fromkeys(r["variant"] for r in results):
-            rows = sorted((r for r in results if r["variant"] == name), key=lambda r: r["sequences"])
+        for name, rows in curves.items():
             ax.plot([r["sequences"] for r in rows], [r["tau_tree"] for r in rows], marker="o", label=name)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("training sequences (tokens seen held equal)", fontsize=11)
         ax.set_ylabel("acceptance length tau, default tree", fontsize=11)
         ax.set_title("Data scaling", fontsize=12)
         ax.legend(fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "scaling.png")
-        written.append(out / "scaling.png")
-        plt.close(fig)
+        save(fig, "scaling.png")
     return written
