@@ -30,6 +30,7 @@ averaged with ``torch.distributed`` (NCCL on CUDA, Gloo on CPU); process 0 write
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -391,14 +392,26 @@ def _check_out_dir(config: TrainConfig) -> Path:
     return out
 
 
-def _check_resume_matches(config: TrainConfig, out: Path) -> None:
+def _data_fingerprint(data: TrainData) -> str:
+    """Which sequences and loss mask a run trains on (recorded, compared on resume)."""
+    digest = hashlib.sha256(data.input_ids.cpu().numpy().tobytes())
+    digest.update(data.loss_mask.cpu().numpy().tobytes())
+    return f"{tuple(data.input_ids.shape)} {digest.hexdigest()[:16]}"
+
+
+def _run_record(config: TrainConfig, data: TrainData) -> dict:
+    """What ``train_config.json`` holds: the config, and the data it was given."""
+    return json.loads(json.dumps({**asdict(config), "data": _data_fingerprint(data)}, default=str))
+
+
+def _check_resume_matches(config: TrainConfig, out: Path, data: TrainData) -> None:
     """A resumed run must be the run it continues: refuse, by name, any changed field that
-    would change what is learned."""
+    would change what is learned, the data included."""
     try:
         saved = json.loads((out / "train_config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return  # nothing recorded (an older run): the checkpoint alone decides
-    now = json.loads(json.dumps(asdict(config), default=str))
+    now = _run_record(config, data)
     changed = [k for k in now if k not in _RESUMABLE_CHANGES and k in saved and saved[k] != now[k]]
     if changed:
         detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
@@ -481,7 +494,7 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
         raise TrainingError("the loss mask covers no token: nothing to learn (a prompt file whose prompts fill "
                             "seq_len leaves no room for a continuation)")
     if config.resume:
-        _check_resume_matches(config, out)
+        _check_resume_matches(config, out, data)
     device = next(target.parameters()).device
     target.eval().requires_grad_(False)
 
@@ -503,7 +516,7 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
         state = None
     if rank == 0 and not config.resume:  # a resumed run keeps the file that describes it
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+        (out / "train_config.json").write_text(json.dumps(_run_record(config, data), indent=2))
         publish(out / "train_config.json")
 
     params = [p for p in head.parameters() if p.requires_grad]

@@ -316,6 +316,9 @@ def test_resume_refuses_changed_settings_by_name_and_keeps_the_record(tiny, tmp_
     with pytest.raises(TrainingError, match=r"lr: 0.003 -> 0.001, ttt_steps: 3 -> 2"):
         train_head(target, data, _config(out, max_steps=4, save_every=2, lr=1e-3, ttt_steps=2, resume=True),
                    progress=False)
+    other = prepare_data(target, TRAIN_TEXT[4000:8000], tokenizer, config, (2, 3, 4))  # --data changed
+    with pytest.raises(TrainingError, match=r"data: '\(\d+, 32\) \w+' -> '\(\d+, 32\) \w+'"):
+        train_head(target, other, _config(out, max_steps=4, save_every=2, resume=True), progress=False)
     # Where and how often it writes may change; the record of the run does not.
     train_head(target, data, _config(out, max_steps=4, save_every=1, resume=True), progress=False)
     assert (out / "train_config.json").read_text() == record
