@@ -252,8 +252,9 @@ def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
     first call: all ``T``). The returned tree carries the extended prefix cache.
     """
     check_instance("config", config, TreeConfig, " (e.g. TreeConfig(), TreeConfig.chain(5))")
-    check_token_ids("input_ids", input_ids, head.config.vocab_size)
-    check_float_tensor("features", features, 3, head.fc.weight.dtype)
+    # any head of the duck type (testing/handle.py's AdapterHead has no config and no fc): check what it says
+    check_token_ids("input_ids", input_ids, getattr(getattr(head, "config", None), "vocab_size", None))
+    check_float_tensor("features", features, 3, _head_dtype(head))
     T = input_ids.shape[1] - 1
     S = 0 if cache is None else cache.length
     if input_ids.shape[0] != 1 or features.shape[0] != 1:
@@ -340,6 +341,12 @@ def build_draft_tree_naive(head: Eagle3DraftHead, features: Tensor, input_ids: T
 # --- end not in the skeleton
 
 
+def _head_dtype(head) -> torch.dtype | None:
+    """The dtype a head computes in: its own word for it, else its ``fc``'s, else unknown (None)."""
+    fc = getattr(head, "fc", None)
+    return getattr(head, "dtype", None) or (fc.weight.dtype if fc is not None else None)
+
+
 class HeadDrafter:
     """The decoding loop's view of a drafter: ``draft(features, input_ids, config, state)
     -> (tree, state)``. Here the state is the head's prefix KV cache."""
@@ -349,6 +356,6 @@ class HeadDrafter:
 
     def draft(self, features: Tensor, input_ids: Tensor, config: TreeConfig, state: KVCache | None):
         # the target may run in another dtype (a head that is not an nn.Module may say its own)
-        features = features.to(getattr(self.head, "dtype", None) or self.head.fc.weight.dtype)
+        features = features.to(_head_dtype(self.head) or features.dtype)
         tree = build_draft_tree(self.head, features, input_ids, config, state)
         return tree, tree.draft_cache

@@ -99,4 +99,4 @@ def test_the_sps_draft_lm_recipe_shares_the_target_tokenizer(tmp_path, capsys):
     shipped = load_toy_sps()
     assert shipped.config.num_hidden_layers == 2 and shipped.config.vocab_size == len(theirs)
     assert main(["toy", "train-target", "--out", str(tmp_path / "c"), "--layers", "0", "--quiet"]) == 2
-    assert "num_layers must be at least 1" in capsys.readouterr().err
+    assert "--layers must be an int >= 1, got 0" in capsys.readouterr().err
