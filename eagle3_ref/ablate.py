@@ -45,8 +45,8 @@ from .generate import speculative_generate
 from .train import TrainConfig, TrainData, regenerate, tokenize_corpus, train_head
 from .tree import TreeConfig
 
-__all__ = ["Variant", "VARIANTS", "DEFAULT_VARIANTS", "AblateConfig", "n_alpha", "ablation_data", "evaluate_head", "run_ablation",
-           "finished_runs", "results_markdown", "plot_results"]
+__all__ = ["Variant", "VARIANTS", "DEFAULT_VARIANTS", "AblateConfig", "n_alpha", "reached_steps", "ablation_data",
+           "evaluate_head", "run_ablation", "finished_runs", "results_markdown", "plot_results"]
 
 CHAIN = 7  # the chain of the tau-chain column and of n-alpha
 MIN_CYCLES = 30  # an n-alpha from fewer cycles is shown in parentheses and left out of the plot
@@ -108,16 +108,20 @@ class AblateConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
-def n_alpha(accepted_lengths: list[list[int]], depth: int = CHAIN) -> list[float | None]:
-    """n-alpha for n = 1..depth from chain runs: ``accepted_lengths`` holds one list per prompt
-    of tokens appended per cycle (accepted drafts + 1). A prompt's last cycle is left out (the
-    token budget or EOS may have cut it). None where no cycle reached step n."""
+def reached_steps(accepted_lengths: list[list[int]], depth: int = CHAIN) -> list[int]:
+    """For n = 1..depth, how many chain cycles reached draft step n (their first n-1 drafts
+    accepted). ``accepted_lengths`` holds one list per prompt of tokens appended per cycle
+    (accepted drafts + 1); a prompt's last cycle is left out (the token budget or EOS may
+    have cut it)."""
     drafts = [length - 1 for run in accepted_lengths for length in run[:-1]]
-    out: list[float | None] = []
-    for n in range(1, depth + 1):
-        reached = sum(a >= n - 1 for a in drafts)
-        out.append(sum(a >= n for a in drafts) / reached if reached else None)
-    return out
+    return [sum(a >= n - 1 for a in drafts) for n in range(1, depth + 1)]
+
+
+def n_alpha(accepted_lengths: list[list[int]], depth: int = CHAIN) -> list[float | None]:
+    """n-alpha for n = 1..depth from chain runs: of the cycles that reached step n, the share
+    whose n-th draft was accepted (they reached step n + 1). None where no cycle reached step n."""
+    reached = reached_steps(accepted_lengths, depth + 1)
+    return [reached[n] / reached[n - 1] if reached[n - 1] else None for n in range(1, depth + 1)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -176,9 +180,8 @@ def evaluate_head(target: nn.Module, head, prompts: list[Tensor], max_new_tokens
         runs[name] = [speculative_generate(target, head, p[None], max_new_tokens=max_new_tokens, tree=tree
                                            ).accepted_lengths for p in prompts]
     tau = {name: sum(map(sum, r)) / max(1, sum(map(len, r))) for name, r in runs.items()}
-    drafts = [length - 1 for run in runs["chain"] for length in run[:-1]]
     return {"tau_tree": tau["tree"], "tau_chain": tau["chain"], "n_alpha": n_alpha(runs["chain"]),
-            "n_alpha_cycles": [sum(a >= n - 1 for a in drafts) for n in range(1, CHAIN + 1)],
+            "n_alpha_cycles": reached_steps(runs["chain"]),
             "eval_prompts": len(prompts), "eval_new_tokens": max_new_tokens}
 
 

@@ -145,3 +145,10 @@ def test_a_cached_larger_sample_serves_a_smaller_one_and_nothing_else(tmp_path):
         with pytest.raises(TrainingError, match="corpus is empty"):
             ablation_data(None, "", None, AblateConfig(out_dir=str(tmp_path), **{"data_sizes": (4,), "seq_len": 4,
                                                                                 "prompt_tokens": 2, **other}))
+
+
+def test_the_cycles_behind_each_n_alpha_are_counted():
+    from eagle3_ref.ablate import reached_steps
+
+    # drafts counted: 2, 0, 3, 7 and 0, 1 (each prompt's last cycle left out)
+    assert reached_steps([[3, 1, 4, 8, 2], [1, 2, 5]]) == [6, 4, 3, 2, 1, 1, 1]
