@@ -257,10 +257,9 @@ def results_markdown(results: list[dict]) -> str:
 def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
     """``tau.png`` (tau by variant at the largest data size), ``n_alpha.png`` (the curves)
     and, with more than one data size, ``scaling.png`` (tau against sequences)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figures made directly, not through pyplot: no backend is switched, so a notebook that calls
+    # this keeps showing its own plots inline (matplotlib.use("Agg") here hid notebook 08's).
+    from matplotlib.figure import Figure
 
     out, written = Path(out), []
 
@@ -268,11 +267,11 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
         fig.tight_layout()
         fig.savefig(out / name)
         written.append(out / name)
-        plt.close(fig)
 
     largest = max(r["sequences"] for r in results)
     top = [r for r in results if r["sequences"] == largest]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    fig = Figure(figsize=(8, 4.5), dpi=120)
+    ax = fig.subplots()
     x = range(len(top))
     ax.bar([i - 0.2 for i in x], [r["tau_tree"] for r in top], width=0.4, label="default tree (60 nodes)")
     ax.bar([i + 0.2 for i in x], [r["tau_chain"] for r in top], width=0.4, label=f"chain of {CHAIN}")
@@ -282,7 +281,8 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
     ax.legend(fontsize=10)
     save(fig, "tau.png")
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    fig = Figure(figsize=(8, 4.5), dpi=120)
+    ax = fig.subplots()
     for r in top:
         cycles = r.get("n_alpha_cycles") or [MIN_CYCLES] * CHAIN
         ax.plot(range(1, CHAIN + 1), [float("nan") if a is None or c < MIN_CYCLES else a
@@ -300,7 +300,8 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
     curves = {name: sorted(rows, key=lambda r: r["sequences"]) for name, rows in curves.items() if len(rows) > 1}
     if curves:
         sizes = sorted({r["sequences"] for rows in curves.values() for r in rows})
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+        fig = Figure(figsize=(8, 4.5), dpi=120)
+        ax = fig.subplots()
         for name, rows in curves.items():
             ax.plot([r["sequences"] for r in rows], [r["tau_tree"] for r in rows], marker="o", label=name)
         ax.set_xscale("log", base=2)

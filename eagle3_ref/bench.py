@@ -306,14 +306,12 @@ def to_json(results: list[Measurement], profile: dict[str, float] | None, meta: 
 
 def plot(results: list[Measurement], baseline: str, path: str | os.PathLike) -> bool:
     """Tau distribution (greedy, EAGLE-3 methods) and speedup bars; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure, not pyplot: no backend is switched under a notebook that calls this
+        from matplotlib.figure import Figure
     except ImportError:
         return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     greedy = [r for r in results if r.temperature == 0 and r.cycle_lengths]
     longest = max((max(r.cycle_lengths) for r in greedy), default=1)
     width = 0.8 / max(len(greedy), 1)
@@ -338,7 +336,6 @@ def plot(results: list[Measurement], baseline: str, path: str | os.PathLike) -> 
     right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True
 
 
@@ -479,15 +476,13 @@ def crossover_line(results: list[BatchMeasurement]) -> str:
 
 def plot_batches(results: list[BatchMeasurement], path: str | os.PathLike) -> bool:
     """Total tokens/s against batch size, one line per method; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure, not pyplot: no backend is switched under a notebook that calls this
+        from matplotlib.figure import Figure
     except ImportError:
         return False
     sizes = sorted({r.batch_size for r in results})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     plain = {r.batch_size: r.mean_tps for r in results if r.method == PLAIN_BATCHED}
     for name in dict.fromkeys(r.method for r in results):
         rows = sorted((r for r in results if r.method == name), key=lambda r: r.batch_size)
@@ -505,5 +500,4 @@ def plot_batches(results: list[BatchMeasurement], path: str | os.PathLike) -> bo
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True

@@ -74,7 +74,17 @@ def test_reports_cover_every_finished_run_in_order(tmp_path):
     table = results_markdown(results).splitlines()
     assert len(table) == 2 + 4 + 2 and "| 3.00 | 2.50 |" in table[4] and "| – |" in table[4]
     assert "| 0.80 | 0.70 | – | (0.00) |" in table[4] and "fewer than 30 cycles" in table[-1]  # thin: in parentheses
-    assert [p.name for p in plot_results(results, tmp_path)] == ["tau.png", "n_alpha.png", "scaling.png"]
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # what a notebook's inline backend stands for here: anything but Agg
+    try:
+        assert [p.name for p in plot_results(results, tmp_path)] == ["tau.png", "n_alpha.png", "scaling.png"]
+        # The reports leave the caller's backend alone (matplotlib.use("Agg") in them hid the plots of the
+        # notebook that ran an ablation before drawing its own).
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
     assert [p.name for p in plot_results(results[:2], tmp_path)] == ["tau.png", "n_alpha.png"]
 
 
