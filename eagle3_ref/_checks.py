@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_int", "check_number", "check_token_ids", "check_float_tensor", "check_instance"]
+__all__ = ["check_sampling", "check_int", "check_number", "check_token_ids", "check_float_tensor", "check_instance"]
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
@@ -78,3 +78,12 @@ def check_instance(name: str, value, cls: type | tuple[type, ...], hint: str = "
         names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
         raise TypeError(f"{name} must be a {names}{hint}, got {type(value).__name__} {value!r}"[:300])
     return value
+
+
+def check_sampling(temperature, top_p, top_k) -> None:
+    """The warping arguments of decoding: ``temperature >= 0`` (0: greedy), ``top_p`` in
+    ``(0, 1]``, ``top_k >= 0`` (0: off). Shared by the decoding entry points and the CLI,
+    which checks them before it loads a model."""
+    check_number("temperature", temperature, 0)
+    check_number("top_p", top_p, 0, 1, low_open=True)
+    check_int("top_k", top_k, 0)

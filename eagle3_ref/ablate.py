@@ -29,6 +29,7 @@ list of doubling sizes gives the data-scaling curve.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,8 +105,11 @@ class AblateConfig:
         if not 0 < self.prompt_tokens < self.seq_len:
             raise ValueError(f"prompt_tokens must be in [1, seq_len - 1] = [1, {self.seq_len - 1}], "
                              f"got {self.prompt_tokens}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.eval_new_tokens < 2:  # the prefill makes the first token; tau needs a cycle after it
+            raise ValueError(f"eval_new_tokens must be at least 2 (tau counts the tokens of the verification cycles "
+                             f"after the prompt's forward), got {self.eval_new_tokens}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
 
 
 def reached_steps(accepted_lengths: list[list[int]], depth: int = CHAIN) -> list[int]:

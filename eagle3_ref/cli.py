@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:  # every check before anything is loaded or written
         config = TrainConfig(
             out_dir=args.out, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
-            warmup_steps=args.warmup, ttt_steps=args.ttt_steps or (1 if args.head == "eagle2" else 7),
+            warmup_steps=args.warmup, ttt_steps=args.ttt_steps if args.ttt_steps is not None else (1 if args.head == "eagle2" else 7),
             draft_vocab_size=args.draft_vocab_size, head=args.head,
             aux_layer_ids=_layer_ids(args.aux_layer_ids),
             regenerate_prompt_tokens=args.regenerate_prompt_tokens, max_sequences=args.max_sequences, seed=args.seed,
@@ -118,24 +118,43 @@ def cmd_train(args: argparse.Namespace) -> int:
             prompts = [torch.tensor(ids[i:i + 32]) for i in range(0, min(len(ids) - 32, 32 * 4), 32)]
         train_head(target, data, config, prompts, progress=not args.quiet)
     except (TrainingError, OptionError) as err:
-        print(f"eagle3-ref train: error: {_as_flag(str(err), _TRAIN_FLAGS)}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     print(f"trained head written to {args.out}")
     return 0
 
 
-# TrainConfig's fields as eagle3-ref train spells them.
-_TRAIN_FLAGS = {"seq_len": "--seq-len", "batch_size": "--batch-size", "max_steps": "--steps", "lr": "--lr",
-                "warmup_steps": "--warmup", "ttt_steps": "--ttt-steps", "draft_vocab_size": "--draft-vocab-size",
-                "aux_layer_ids": "--aux-layer-ids", "regenerate_prompt_tokens": "--regenerate-prompt-tokens",
-                "max_sequences": "--max-sequences", "seed": "--seed", "save_every": "--save-every",
-                "eval_every": "--eval-every", "head": "--head"}
+# The Python names (of TrainConfig, AblateConfig, train_target, the decoding functions) that a
+# command spells differently; the rest map by their dest (seq_len -> --seq-len), read off the parser.
+_ALIASES = {
+    "train": {"max_steps": "--steps", "warmup_steps": "--warmup", "out_dir": "--out"},
+    "bench": {"temperature": "--temperatures"},
+    "ablate": {"out_dir": "--out"},
+    "toy train-target": {"num_layers": "--layers", "tokenizer_dir": "--tokenizer"},
+}
 
 
 def _as_flag(message: str, flags: dict[str, str]) -> str:
     """A message that opens with a field name opens with the command-line option instead."""
     field = message.split(" ", 1)[0]
     return message.replace(field, flags[field], 1) if field in flags else message
+
+
+def _fail(args: argparse.Namespace, err: Exception | str) -> int:
+    """Print a refusal that names the option, as argparse does its own, and return 2."""
+    print(f"eagle3-ref {args.command_name}: error: {_as_flag(str(err), args.flags)}", file=sys.stderr)
+    return 2
+
+
+def _label_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    """Give every command its name and its Python-name -> option table (for :func:`_fail`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _label_commands(sub, path + (name,))
+    if path and parser.get_default("func") is not None:
+        name = " ".join(path)
+        flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != "help"}
+        parser.set_defaults(command_name=name, flags=flags | _ALIASES.get(name, {}))
 
 
 def _layer_ids(text: str | None) -> tuple[int, ...] | None:
@@ -172,15 +191,27 @@ def _add_pair_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
 
 
+def _check_max_new_tokens(n: int) -> None:
+    from eagle3_ref.demo import DemoError
+
+    if n < 2:  # the prefill makes the first token: tau (tokens per verification cycle) needs a second
+        raise DemoError(f"--max-new-tokens must be at least 2, got {n}: the prompt's forward makes the first new "
+                        "token, and tau counts the tokens of the verification cycles after it")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from eagle3_ref.demo import DemoError, default_prompt, encode_prompt, load_pair, report, run_demo
 
+    from eagle3_ref._checks import check_sampling
+
     try:
         tree = _tree_config(args)
-        if args.max_new_tokens < 1:
-            raise DemoError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        _check_max_new_tokens(args.max_new_tokens)
+        check_sampling(args.temperature, args.top_p, args.top_k)
+        if args.runs < 1:
+            raise DemoError(f"--runs must be at least 1, got {args.runs}")
         if args.prompt is not None and args.prompt_file is not None:
             raise DemoError("give --prompt or --prompt-file, not both")
         if args.prompt_file is not None:
@@ -198,8 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                               plain=not args.no_plain, runs=args.runs)
     except (DemoError, ValueError) as err:
-        print(f"eagle3-ref demo: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     print(f"eagle3-ref demo: {args.target or 'the toy target'} + {args.draft or 'its EAGLE-3 head'}, "
           f"{device} {args.dtype}, {input_ids.shape[1]}-token prompt")
@@ -227,7 +257,19 @@ def _read_prompts(path: str) -> list[str]:
         raise DemoError(f"--prompts-file {path}: every JSON line needs a \"prompt\" field") from None
 
 
-def _bench_batches(args, bench, target, head, prompts, tokenizer, device, log) -> int:
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    from eagle3_ref.demo import DemoError
+
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise DemoError(f"--batch-sizes must be comma-separated ints, got {text!r}") from None
+    if any(b < 1 for b in sizes):
+        raise DemoError(f"--batch-sizes must each be >= 1, got {text!r}")
+    return sizes
+
+
+def _bench_batches(args, sizes, bench, target, head, prompts, tokenizer, device, log) -> int:
     """``bench --batch-sizes``: greedy throughput against batch size (docs/bench.md)."""
     import json
     from pathlib import Path
@@ -236,12 +278,8 @@ def _bench_batches(args, bench, target, head, prompts, tokenizer, device, log) -
 
     from eagle3_ref.demo import DemoError
 
-    try:
-        sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise DemoError(f"--batch-sizes must be comma-separated ints, got {args.batch_sizes!r}") from None
-    if any(b < 1 for b in sizes) or any(len(prompts) % b for b in sizes):
-        raise DemoError(f"--batch-sizes {args.batch_sizes}: each must be >= 1 and divide --prompts ({len(prompts)}), "
+    if any(len(prompts) % b for b in sizes):
+        raise DemoError(f"--batch-sizes {args.batch_sizes}: each must divide --prompts ({len(prompts)}), "
                         "so every batch size decodes the same prompts")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     with torch.no_grad():
@@ -274,6 +312,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from eagle3_ref import bench
+    from eagle3_ref._checks import check_sampling
     from eagle3_ref.demo import DemoError, encode_prompt, load_pair
     from eagle3_ref.toy import TOY_DIR, held_out_prompts
 
@@ -282,14 +321,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise DemoError(f"--runs must be at least 1, got {args.runs}")
         if args.prompts < 1:
             raise DemoError(f"--prompts must be at least 1, got {args.prompts}")
-        if args.max_new_tokens < 1:
-            raise DemoError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        _check_max_new_tokens(args.max_new_tokens)
         try:
             temperatures = tuple(float(t) for t in args.temperatures.split(","))
         except ValueError:
             raise DemoError(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}") from None
-        if any(t < 0 for t in temperatures):
-            raise DemoError(f"--temperatures must be >= 0, got {args.temperatures!r}")
+        for t in temperatures:
+            check_sampling(t, 1.0, 0)
+        sizes = _batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise DemoError(f"--out {args.out} is a file, not a directory")
         device, dtype = _device_dtype(args)
         target, tokenizer, head = load_pair(args.target, args.draft, device, dtype)
         assistant_dir = args.assistant or (TOY_DIR / "sps" if args.target is None else None)
@@ -317,8 +358,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if args.target:  # another model: re-encode, so its tokenizer adds its special tokens (BOS)
                 prompts = [encode_prompt(tokenizer, tokenizer.decode(ids[0]), False, device) for ids in prompts]
         log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
-        if args.batch_sizes:
-            return _bench_batches(args, bench, target, head, prompts, tokenizer, device, log)
+        if sizes is not None:
+            return _bench_batches(args, sizes, bench, target, head, prompts, tokenizer, device, log)
         methods = bench.default_methods(with_sps=assistant is not None)
         with torch.no_grad():
             results = bench.run_bench(target, head, prompts, methods=methods, temperatures=temperatures,
@@ -331,8 +372,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                                eos_token_id=tokenizer.eos_token_id)
                 costs = bench.forward_costs(target, head)
     except (DemoError, ValueError) as err:
-        print(f"eagle3-ref bench: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     baseline = methods[0].name
     machine = bench.machine_description(device)
     lines = [f"Measured on {machine}, {args.dtype}; {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
@@ -365,6 +405,9 @@ def cmd_check_head(args: argparse.Namespace) -> int:
     from eagle3_ref.check_head import check_head_dir
 
     layers, target = args.target_layers, None
+    if not Path(args.dir).is_dir():  # not a head's problem but the argument's: status 2, not 1
+        return _fail(args, f"{args.dir}: " + ("is a file, not a head directory" if Path(args.dir).exists()
+                                              else "no such directory"))
     if args.target is not None:
         config_file = Path(args.target) / "config.json"
         problem = "is a file, not a model directory" if Path(args.target).is_file() else \
@@ -376,12 +419,10 @@ def cmd_check_head(args: argparse.Namespace) -> int:
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
                 problem = f"its config.json is not a JSON object ({err})"
         if problem is not None:
-            print(f"eagle3-ref check-head: error: --target {args.target}: {problem}", file=sys.stderr)
-            return 2
+            return _fail(args, f"--target {args.target}: {problem}")
         layers = target.get("num_hidden_layers")
     if layers is not None and (not isinstance(layers, int) or layers < 1):
-        print(f"eagle3-ref check-head: error: --target-layers must be positive, got {layers}", file=sys.stderr)
-        return 2
+        return _fail(args, f"--target-layers must be positive, got {layers}")
     check = check_head_dir(args.dir, layers, target)
     print(check.report())
     return 0 if check.ok else 1
@@ -394,11 +435,9 @@ def cmd_vectors_export(args: argparse.Namespace) -> int:
 
     out = Path(args.dir)
     if out.exists() and not out.is_dir():
-        print(f"eagle3-ref vectors export: error: {out} is a file, not a directory", file=sys.stderr)
-        return 2
+        return _fail(args, f"{out} is a file, not a directory")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        print(f"eagle3-ref vectors export: error: {out} is not empty (pass --overwrite)", file=sys.stderr)
-        return 2
+        return _fail(args, f"{out} is not empty (pass --overwrite)")
     manifest = export(out)
     pieces = sorted({c["piece"] for c in manifest["cases"]})
     print(f"wrote {len(manifest['cases'])} cases ({', '.join(pieces)}), schema version {manifest['schema_version']}, "
@@ -412,13 +451,14 @@ def cmd_vectors_check(args: argparse.Namespace) -> int:
 
     try:
         impl = load_adapter(args.impl) if args.impl else None
+    except ValueError as err:
+        return _fail(args, f"--impl: {err}")
+    try:
         results = check(args.dir, impl, only=args.only)
     except ValueError as err:
-        print(f"eagle3-ref vectors check: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     if not results:
-        print(f"eagle3-ref vectors check: error: no case is named or of piece {args.only!r}", file=sys.stderr)
-        return 2
+        return _fail(args, f"--only {args.only!r}: no case has that name or is of that piece")
     for r in results:
         if r.skipped:
             print(f"SKIP  {r.piece:8s} {r.name}  ({r.skipped})")
@@ -436,8 +476,7 @@ def cmd_assignment_make(args: argparse.Namespace) -> int:
     try:
         regions = make(args.out)
     except ValueError as err:
-        print(f"eagle3-ref assignment make: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     count = sum(len(t) for t in regions.values())
     print(f"wrote the student skeleton to {args.out}: {count} solution regions in {len(regions)} modules, "
           f"tasks {', '.join(TASKS)}.\nStudents: read its README.md; grade with `python grade.py` there.")
@@ -465,8 +504,7 @@ def cmd_assignment_grade(args: argparse.Namespace) -> int:
             return 0
         per_task = grade(args.dir, **options)
     except ValueError as err:
-        print(f"eagle3-ref assignment grade: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     print(format_report(per_task))
     return 0 if all(g.passed == g.total and not g.problem for g in per_task.values()) else 1
 
@@ -478,10 +516,7 @@ def cmd_toy_train_target(args: argparse.Namespace) -> int:
         train_target(args.out, num_layers=args.layers, tokenizer_dir=args.tokenizer, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                      seed=args.seed, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     except ValueError as err:
-        flags = {"out": "--out", "num_layers": "--layers", "tokenizer_dir": "--tokenizer", "steps": "--steps",
-                 "batch_size": "--batch-size", "seq_len": "--seq-len", "lr": "--lr"}
-        print(f"eagle3-ref toy train-target: error: {_as_flag(str(err), flags)}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     return 0
 
 
@@ -494,9 +529,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             data_sizes=tuple(_ints(args.data_sizes, "--data-sizes")), steps=args.steps, batch_size=args.batch_size,
             seq_len=args.seq_len, lr=args.lr, eval_prompts=args.eval_prompts, eval_new_tokens=args.eval_new_tokens,
             seed=args.seed, save_every=args.save_every)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} is a file, not a directory")
     except ValueError as err:
-        print(f"eagle3-ref ablate: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     from eagle3_ref.ablate import run_ablation
     from eagle3_ref.toy import corpus_text, held_out_prompts, load_toy, split_modules, stdlib_files
 
@@ -506,11 +542,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     target, tokenizer, _ = load_toy()
     train_files, _ = split_modules(stdlib_files())
     prompts = held_out_prompts(tokenizer, count=config.eval_prompts)
+    if len(prompts) < config.eval_prompts:  # before anything is written
+        return _fail(args, f"--eval-prompts {config.eval_prompts}: the held-out modules hold {len(prompts)} prompts; "
+                           f"ask for at most {len(prompts)}")
     try:
         run_ablation(target, tokenizer, corpus_text(train_files), prompts, config, progress=not args.quiet)
     except ValueError as err:
-        print(f"eagle3-ref ablate: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, err)
     print((Path(args.out) / "results.md").read_text())
     print(f"results, plots and every run in {args.out}")
     return 0
@@ -700,6 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--overwrite", action="store_true")
     tt.add_argument("--quiet", action="store_true")
     tt.set_defaults(func=cmd_toy_train_target)
+    _label_commands(parser)
     return parser
 
 

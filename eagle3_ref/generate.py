@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from ._checks import check_instance, check_int, check_number, check_token_ids
+from ._checks import check_instance, check_int, check_sampling, check_token_ids
 from .checkpoint import check_head_fits_target
 from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
 from .targets import (check_tree_verifiable, exact_tree_nodes, held_prefix_slots, keep_first_nodes, layer_rules,
@@ -55,7 +55,10 @@ class GenerationOutput:
 
     @property
     def tau(self) -> float:
-        """Acceptance length: mean tokens per target forward (accepted drafts + bonus)."""
+        """Acceptance length: mean tokens per verification cycle (accepted drafts + bonus).
+
+        The prefill's token is not a cycle's, so with no cycle (``max_new_tokens`` 0 or 1, or EOS
+        as the first token) tau is undefined and this is ``nan``, never a made-up 1.0."""
         return sum(self.accepted_lengths) / len(self.accepted_lengths) if self.accepted_lengths else float("nan")
 
 
@@ -133,9 +136,7 @@ def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, tem
     if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) after a prompt of {input_ids.shape[1]} tokens passes the "
                          f"target's max_position_embeddings ({limit}): at most {max(0, limit - input_ids.shape[1])}")
-    check_number("temperature", temperature, 0)
-    check_number("top_p", top_p, 0, 1, low_open=True)
-    check_int("top_k", top_k, 0)
+    check_sampling(temperature, top_p, top_k)
     for eos in [eos_token_id] if not isinstance(eos_token_id, (list, tuple, set)) else eos_token_id:
         if eos is not None:
             check_int("eos_token_id", eos, 0, vocab - 1)

@@ -381,7 +381,9 @@ _RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "save_every", "eval_ever
 def _check_out_dir(config: TrainConfig) -> Path:
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
-        raise TrainingError(f"output directory {out} is a file")
+        raise TrainingError(f"out_dir {out} is a file, not a directory")
+    if config.cache_dir is not None and Path(config.cache_dir).exists() and not Path(config.cache_dir).is_dir():
+        raise TrainingError(f"cache_dir {config.cache_dir} is a file, not a directory")
     leftovers = [p for p in out.iterdir() if not any(p.match(g) for g in _NO_CHECKPOINT_YET)] if out.exists() else []
     if config.resume and not (out / "latest").exists():
         raise TrainingError(f"nothing to resume in {out} (no 'latest' checkpoint: the run stopped before its first "

@@ -37,7 +37,9 @@ def test_n_alpha_is_the_conditional_acceptance_rate_by_draft_step():
     (dict(steps=0), "steps must be a positive int"),
     (dict(data_sizes=(300, 0)), "data_sizes must be positive ints"),
     (dict(seq_len=64, prompt_tokens=64), "prompt_tokens must be in"),
-    (dict(lr=-1.0), "lr must be > 0"),
+    (dict(lr=-1.0), "lr must be a finite number > 0"),
+    (dict(lr=float("inf")), "lr must be a finite number > 0"),
+    (dict(eval_new_tokens=1), "eval_new_tokens must be at least 2"),
 ])
 def test_bad_budgets_are_refused_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -105,7 +105,8 @@ def test_demo_colour_chain_and_sampling(capsys):
     (["--tree-top-k", "0"], "--tree-top-k must be a positive int, got 0"),
     (["--chain", "-1"], "--chain must be at least 1 (draft tokens per cycle), got -1"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 2, got 0"),
+    (["--max-new-tokens", "1"], "--max-new-tokens must be at least 2, got 1: the prompt's forward"),
     (["--prompt", ""], "--prompt is empty"),
     (["--prompt", "x", "--prompt-file", "y"], "not both"),
     (["--chat", "--prompt", "hi"], "no chat template"),
@@ -161,6 +162,8 @@ def test_bench_errors(capsys):
     assert "--assistant /nonexistent" in capsys.readouterr().err
     assert main(["bench", "--prompts", "100000", "--runs", "1"]) == 2  # not quietly 40
     assert "--prompts 100000: the held-out modules hold 40 prompts" in capsys.readouterr().err
+    assert main(["bench", "--max-new-tokens", "1"]) == 2  # was: tau nan in every row
+    assert "--max-new-tokens must be at least 2, got 1" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: --device cuda is usable here")
@@ -236,4 +239,4 @@ def test_bench_measures_throughput_against_batch_size(tmp_path, capsys):
     assert (tmp_path / "bench_batch.png").stat().st_size > 0 and (tmp_path / "bench_batch.md").exists()
     # a batch size that does not divide the prompts is refused by name
     assert main(["bench", "--batch-sizes", "3", "--prompts", "2", "--quiet"]) == 2
-    assert "--batch-sizes 3: each must be >= 1 and divide --prompts (2)" in capsys.readouterr().err
+    assert "--batch-sizes 3: each must divide --prompts (2)" in capsys.readouterr().err

@@ -9,6 +9,7 @@ Proofs (DESIGN "what proven means" 1 and 5):
   the draft equal those of one plain full-sequence forward.
 """
 
+import math
 import pytest
 import torch
 from hypothesis import given, settings
@@ -151,6 +152,9 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="vocab_size"):
         speculative_generate(target, wide, ok, max_new_tokens=4)
     assert torch.equal(speculative_generate(target, head, ok, max_new_tokens=0).sequences, ok)
+    for n in (0, 1):  # no verification cycle: tau is undefined, reported as nan rather than a made-up 1.0
+        out = speculative_generate(target, head, ok, max_new_tokens=n)
+        assert out.accepted_lengths == [] and math.isnan(out.tau) and len(out.new_tokens) == n
 
 
 # ε for the low-precision check: bf16 keeps 8 bits of mantissa, so logits of size ~10 are
