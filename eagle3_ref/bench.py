@@ -320,7 +320,7 @@ def plot(results: list[Measurement], baseline: str, path: str | os.PathLike) -> 
         left.bar([n + (i - (len(greedy) - 1) / 2) * width for n in range(1, longest + 1)], counts, width,
                  label=f"{r.method} (tau {r.tau:.2f})")
     left.set(xlabel="tokens per target forward", ylabel="share of cycles", title="Acceptance length, temperature 0")
-    left.legend(fontsize=7)
+    left.legend(fontsize=10)
     temperatures = sorted({r.temperature for r in results})
     names = [r.method for r in results if r.temperature == temperatures[0]]
     width = 0.8 / len(temperatures)
@@ -331,9 +331,9 @@ def plot(results: list[Measurement], baseline: str, path: str | os.PathLike) -> 
                    [r.mean_tps / base.mean_tps for r in rows], width,
                    xerr=[r.std_tps / base.mean_tps for r in rows], label=f"temperature {t:g}")
     right.axvline(1.0, color="grey", linewidth=0.8)
-    right.set_yticks(range(len(names)), names, fontsize=7)
+    right.set_yticks(range(len(names)), names, fontsize=10)
     right.set(xlabel="speedup over plain decoding (transformers generate)", title="Speedup")
-    right.legend(fontsize=7)
+    right.legend(fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
@@ -497,7 +497,7 @@ def plot_batches(results: list[BatchMeasurement], path: str | os.PathLike) -> bo
               title="Where speculation stops paying")
     right.set_xticks(sizes, [str(b) for b in sizes])
     for ax in (left, right):
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True

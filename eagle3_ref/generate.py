@@ -241,6 +241,13 @@ def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, e
            attention_mask=None, tree=None):
     _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id)
     check_instance("tree", tree, TreeConfig, " (e.g. TreeConfig(), TreeConfig.chain(5))")
+    calibrated_at = getattr(tree, "temperature", None)  # a cost-aware tree (auto_tree.py)
+    if calibrated_at is not None and calibrated_at != temperature:
+        raise ValueError(f"tree was calibrated at temperature {calibrated_at:g}, this decoding runs at {temperature:g}: "
+                         f"its acceptance estimates would be wrong (calibrate at the temperature you decode with)")
+    if calibrated_at is not None and _is_batch(input_ids, attention_mask):
+        raise ValueError("tree: a cost-aware tree (TreeConfig.auto) decides per sequence; batches take a fixed "
+                         "TreeConfig")
     if not isinstance(head, nn.Module) and not callable(getattr(head, "draft", None)):
         raise TypeError(f"head must be a draft head (Eagle3DraftHead, load_draft_head(...)) or an object with "
                         f"draft(features, input_ids, config, state), got {type(head).__name__}")

@@ -95,6 +95,35 @@ class TreeConfig:
         """Plain chain drafting: ``length`` guesses, one per level."""
         return cls(num_nodes=length + 1, max_depth=length, top_k=1)
 
+    @classmethod
+    def auto(cls, costs, calibration, *, max_nodes: int | None = None, max_depth: int = 8) -> "TreeConfig":
+        """A cost-aware tree (:mod:`eagle3_ref.auto_tree`): each cycle chooses its depth (up to
+        ``max_depth``) and how many nodes to verify (up to ``max_nodes``, default: the largest
+        tree ``costs`` measured) from the draft's calibrated scores and the measured ``costs``.
+        ``top_k`` is the calibration's."""
+        from .auto_tree import AutoTreeConfig, Calibration
+        from .costs import CostModel
+
+        check_instance("costs", costs, CostModel, " (eagle3_ref.costs.measure_costs or CostModel.load)")
+        check_instance("calibration", calibration, Calibration, " (eagle3_ref.auto_tree.calibrate)")
+        if costs.top_k != calibration.top_k:
+            raise ValueError(f"calibration was measured with top_k={calibration.top_k}, costs with "
+                             f"top_k={costs.top_k}: measure both with the same top_k")
+        k = calibration.top_k
+        pool = k + (max_depth - 1) * k * k if isinstance(max_depth, int) else 0
+        limit = max_nodes if max_nodes is not None else min(max(costs.verify_ms), pool + 1)
+        return AutoTreeConfig(num_nodes=limit, max_depth=max_depth, top_k=k, costs=costs, calibration=calibration)
+
+    def grow(self, root_token: int, root_logprobs: Tensor, propose: "Propose", d2t: Tensor | None = None
+             ) -> "DraftTree":
+        """Grow this tree on the draft's proposals: :func:`grow_tree` (a cost-aware config
+        overrides this and decides its shape as it grows)."""
+        return grow_tree(root_token, root_logprobs, propose, self, d2t)
+
+    def describe(self) -> dict:
+        """The shape, as the bench's JSON records it."""
+        return {"num_nodes": self.num_nodes, "max_depth": self.max_depth, "top_k": self.top_k}
+
 
 class DraftTree(NamedTuple):
     """A draft tree; node 0 is the root (the token sampled from the target last cycle)."""
@@ -293,7 +322,7 @@ def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
                              else out.logits[0], dim=-1)
 
     root_logprobs = F.log_softmax(prefix.logits[0, -1], dim=-1)
-    tree = grow_tree(int(input_ids[0, -1]), root_logprobs, propose, config, head.d2t)
+    tree = config.grow(int(input_ids[0, -1]), root_logprobs, propose, head.d2t)
     return tree._replace(draft_cache=prefix.cache)
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from eagle3_ref.tree import Pool, grow_tree
+from eagle3_ref.tree import Pool
 
 __all__ = ["confident_logprobs", "path_proposer", "OracleDrafter"]
 
@@ -51,4 +51,4 @@ class OracleDrafter:
     def draft(self, features, input_ids, config, state):
         vocab = self.target.config.vocab_size
         logprobs_of = lambda path: confident_logprobs(self.truth(input_ids, path), vocab, self.wrong)  # noqa: E731
-        return grow_tree(int(input_ids[0, -1]), logprobs_of([]), path_proposer(logprobs_of), config), None
+        return config.grow(int(input_ids[0, -1]), logprobs_of([]), path_proposer(logprobs_of)), None

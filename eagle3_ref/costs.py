@@ -1,0 +1,176 @@
+"""What a decoding cycle costs on this machine: the cost model behind the cost-aware tree.
+
+A cycle of EAGLE-3 pays three prices, and their ratio decides which tree is fastest:
+
+    draft    the head's forward over the slots it has not seen, then one forward per
+             further level of the tree (``top_k`` frontier nodes at once), plus the
+             tree's own bookkeeping (top-k, pool, masks)
+    verify   one target forward over the ``n`` tree tokens
+    accept   verification's choice, cache compaction, the loop's own Python
+
+On a GPU an 8B target's forward costs about the same for 1 and 60 tokens (memory-bound),
+so big trees are nearly free; on a 2-core CPU the toy's forward over 60 tokens costs 2.7
+one-token forwards, and the best tree is small. Work since EAGLE-2 sizes the tree from such
+a table instead of by hand (Sequoia: a hardware-aware tree; SpecDec++ and the cost-model
+plugins of serving engines: a draft length and a verify budget from the draft's scores and
+measured costs). :class:`CostModel` is that table, measured here, savable as JSON; the
+decisions that use it are in :mod:`eagle3_ref.auto_tree`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._checks import check_int
+
+__all__ = ["CostModel", "measure_costs"]
+
+
+def _interpolate(table: dict[int, float], x: float) -> float:
+    """Piecewise-linear through the measured points; linear extrapolation past the ends."""
+    xs = sorted(table)
+    if len(xs) == 1:
+        return table[xs[0]]
+    i = max(1, min(len(xs) - 1, sum(x > p for p in xs)))
+    x0, x1 = xs[i - 1], xs[i]
+    return table[x0] + (table[x1] - table[x0]) * (x - x0) / (x1 - x0)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Milliseconds of each part of a cycle, as measured on one machine for one target/head pair.
+
+    ``verify_ms[n]``: one target forward over ``n`` tree tokens after a prefix (``n = 1`` is
+    also a plain decoding step). ``draft_ms[d]``: drafting a tree ``d`` levels deep with
+    ``top_k`` frontier nodes per level (the head's prefix forward, its per-level forwards and
+    the tree bookkeeping). ``accept_ms``: the rest of a cycle. Values between the measured
+    points are interpolated linearly.
+    """
+
+    verify_ms: dict[int, float]
+    draft_ms: dict[int, float]
+    accept_ms: float
+    top_k: int
+    machine: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("verify_ms", "draft_ms"):
+            table = getattr(self, name)
+            if not isinstance(table, dict) or not table:
+                raise ValueError(f"CostModel.{name} must be a non-empty dict of size -> milliseconds, got {table!r}")
+            for key, value in table.items():
+                if isinstance(key, bool) or not isinstance(key, int) or key < 1:
+                    raise ValueError(f"CostModel.{name} keys must be ints >= 1, got {key!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                    raise ValueError(f"CostModel.{name}[{key}] must be a finite number of ms >= 0, got {value!r}")
+        if isinstance(self.accept_ms, bool) or not isinstance(self.accept_ms, (int, float)) or \
+                not 0 <= self.accept_ms < float("inf"):
+            raise ValueError(f"CostModel.accept_ms must be a finite number of ms >= 0, got {self.accept_ms!r}")
+        check_int("CostModel.top_k", self.top_k, 1)
+
+    def verify(self, n: int) -> float:
+        """ms of one target forward over ``n`` tree tokens."""
+        return max(0.0, _interpolate(self.verify_ms, n))
+
+    def draft(self, levels: int) -> float:
+        """ms of drafting ``levels`` levels (``top_k`` wide)."""
+        return max(0.0, _interpolate(self.draft_ms, levels))
+
+    def cycle(self, levels: int, nodes: int) -> float:
+        """ms of a whole cycle: draft ``levels`` levels, verify ``nodes`` tokens (the root included)."""
+        return self.draft(levels) + self.verify(nodes) + self.accept_ms
+
+    @property
+    def plain_ms(self) -> float:
+        """ms of one plain decoding step: a one-token target forward."""
+        return self.verify(1)
+
+    def speedup(self, tau: float, levels: int, nodes: int) -> float:
+        """The speedup over plain decoding of cycles of this shape that append ``tau`` tokens."""
+        return tau * self.plain_ms / self.cycle(levels, nodes)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CostModel":
+        try:
+            data = json.loads(Path(path).read_text())
+            data["verify_ms"] = {int(k): v for k, v in data["verify_ms"].items()}
+            data["draft_ms"] = {int(k): v for k, v in data["draft_ms"].items()}
+            return cls(**data)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path}: not a saved CostModel ({err})") from None
+
+
+@torch.no_grad()
+def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 8,
+                  sizes: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64), prefix: int = 128,
+                  repeats: int = 10) -> CostModel:
+    """Measure a :class:`CostModel` for ``target`` and ``head`` on their device (median of
+    ``repeats`` timings each, after a warm-up): target forwards over each of ``sizes`` tree
+    tokens after a ``prefix``-token cache; drafting 1, 2, 4 and ``max_depth`` levels of
+    ``top_k``; and the accept part of a few real cycles."""
+    from .bench import machine_description
+    from .fusion import select_features
+    from .generate import compact_cache, speculative_generate, tree_attention_mask
+    from .targets import new_target_cache
+    from .tree import TreeConfig, build_draft_tree
+
+    check_int("top_k", top_k, 1)
+    check_int("max_depth", max_depth, 1)
+    device = next(target.parameters()).device
+    dtype = next(target.parameters()).dtype
+    vocab = target.config.vocab_size
+    ids = torch.randint(0, vocab, (1, prefix + max(sizes)), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def clock(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(1000 * (time.perf_counter() - start))
+        return sorted(times)[len(times) // 2]
+
+    cache = new_target_cache(target)
+    out = target(input_ids=ids[:, :prefix], past_key_values=cache, use_cache=True, output_hidden_states=True)
+    verify_ms = {}
+    for n in sizes:
+        mask = tree_attention_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril(), prefix, dtype)
+        position_ids = torch.arange(prefix, prefix + n, device=device)[None]
+
+        def verify():
+            target(input_ids=ids[:, prefix:prefix + n], past_key_values=cache, use_cache=True, attention_mask=mask,
+                   position_ids=position_ids, output_hidden_states=True)
+            compact_cache(cache, prefix, [])
+
+        verify_ms[n] = clock(verify)
+
+    # drafting: the head has seen the prefix but its last 4 slots (about what a cycle accepts)
+    features = select_features(out.hidden_states, head.config.aux_layer_ids).to(head.fc.weight.dtype)
+    seen = build_draft_tree(head, features[:, :prefix - 5], ids[:, :prefix - 4], TreeConfig(2, 1, 1)).draft_cache
+    sequence = ids[:, :prefix + 1]
+    draft_ms = {}
+    for levels in sorted({1, 2, 4, max_depth}):
+        config = TreeConfig(num_nodes=2, max_depth=levels, top_k=top_k)
+        draft_ms[levels] = clock(lambda: build_draft_tree(head, features[:, prefix - 5:], sequence, config, seen))
+
+    prompt = ids[:, :32]
+    result = speculative_generate(target, head, prompt, max_new_tokens=24, tree=TreeConfig(8, 4, 2))
+    cycles = max(len(result.accepted_lengths), 1)
+    accept_ms = 1000 * result.timings["accept"] / cycles
+    return CostModel(verify_ms, draft_ms, accept_ms, top_k, machine_description(device))
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
