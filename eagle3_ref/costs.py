@@ -118,7 +118,7 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
     tokens after a ``prefix``-token cache; drafting 1, 2, 4 and ``max_depth`` levels of
     ``top_k``; and the accept part of a few real cycles."""
     from .bench import machine_description
-    from .fusion import select_features
+    from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
     from .generate import compact_cache, speculative_generate, tree_attention_mask
     from .targets import new_target_cache
     from .tree import TreeConfig, build_draft_tree
@@ -156,7 +156,8 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
         verify_ms[n] = clock(verify)
 
     # drafting: the head has seen the prefix but its last 4 slots (about what a cycle accepts)
-    features = select_features(out.hidden_states, head.config.aux_layer_ids).to(head.fc.weight.dtype)
+    layer_ids = head.config.aux_layer_ids or default_aux_layer_ids(num_decoder_layers(target))
+    features = select_features(out.hidden_states, layer_ids).to(head.fc.weight.dtype)
     seen = build_draft_tree(head, features[:, :prefix - 5], ids[:, :prefix - 4], TreeConfig(2, 1, 1)).draft_cache
     sequence = ids[:, :prefix + 1]
     draft_ms = {}

@@ -99,7 +99,7 @@ class TreeConfig:
     def auto(cls, costs, calibration, *, max_nodes: int | None = None, max_depth: int = 8) -> "TreeConfig":
         """A cost-aware tree (:mod:`eagle3_ref.auto_tree`): each cycle chooses its depth (up to
         ``max_depth``) and how many nodes to verify (up to ``max_nodes``, default: the largest
-        tree ``costs`` measured) from the draft's calibrated scores and the measured ``costs``.
+        tree ``costs`` measured; never more than the candidate pool holds) from the draft's calibrated scores and the measured ``costs``.
         ``top_k`` is the calibration's."""
         from .auto_tree import AutoTreeConfig, Calibration
         from .costs import CostModel
@@ -111,7 +111,7 @@ class TreeConfig:
                              f"top_k={costs.top_k}: measure both with the same top_k")
         k = calibration.top_k
         pool = k + (max_depth - 1) * k * k if isinstance(max_depth, int) else 0
-        limit = max_nodes if max_nodes is not None else min(max(costs.verify_ms), pool + 1)
+        limit = min(max_nodes if max_nodes is not None else max(2, *costs.verify_ms), pool + 1)  # a limit, not a goal
         return AutoTreeConfig(num_nodes=limit, max_depth=max_depth, top_k=k, costs=costs, calibration=calibration)
 
     def grow(self, root_token: int, root_logprobs: Tensor, propose: "Propose", d2t: Tensor | None = None

@@ -1,0 +1,203 @@
+"""The cost-aware tree (auto_tree.py) and its cost model (costs.py).
+
+Proofs:
+* the tree it builds in a cycle *is* EAGLE-2's tree for the shape it chose
+  (``TreeConfig(num_nodes=n, max_depth=depth, top_k)``) on the same head and features, so
+  every losslessness proof of fixed trees covers it;
+* end to end, greedy decoding with an auto tree equals transformers' ``generate`` (random
+  targets, heads, cost models and calibrations), and sampling with one follows the target's
+  law (chi-square over pairs of tokens);
+* the decisions are the ones the module docstring states: the budget maximises calibrated
+  tokens per ms (against brute force); free verification and free drafting grow the tree to
+  its limits; a head dearer than anything it could win stops at one level;
+* calibration rates never rise as scores fall; cost models and calibrations survive a round
+  trip through JSON.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers import LlamaConfig
+
+from eagle3_ref import Eagle3Config, TreeConfig, build_draft_tree, speculative_generate
+from eagle3_ref.auto_tree import EDGES, AutoTreeConfig, Calibration, _monotone, calibrate, speedup_bound
+from eagle3_ref.costs import CostModel, measure_costs
+from eagle3_ref.testing.conformance.test_generate import assert_same_tokens, hf_greedy
+from eagle3_ref.testing.conformance.test_verify import chi_square_p_value, tempered_pair
+from eagle3_ref.testing.adapter import ReferenceAdapter
+from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
+from eagle3_ref.tree import grow_tree
+
+pytestmark = pytest.mark.generate
+
+
+@st.composite
+def cost_models(draw, top_k: int):
+    """Any machine: verification from flat (GPU-like) to steep (CPU-like), any head price."""
+    one = draw(st.floats(1.0, 20.0))
+    slope = draw(st.floats(0.0, 2.0))
+    level = draw(st.floats(0.0, 5.0))
+    return CostModel({1: one, 64: one + 63 * slope}, {1: level + 0.1, 8: 8 * level + 0.1},
+                     draw(st.floats(0.0, 2.0)), top_k)
+
+
+@st.composite
+def calibrations(draw, top_k: int, temperature: float = 0.0):
+    rates = sorted((draw(st.floats(0.0, 1.0)) for _ in EDGES), reverse=True)
+    return Calibration(temperature, tuple(rates), draw(st.floats(0.0, 1.0)), top_k)
+
+
+@st.composite
+def auto_trees(draw, draft_vocab: int, temperature: float = 0.0):
+    k = draw(st.integers(1, min(3, draft_vocab)))
+    return TreeConfig.auto(draw(cost_models(k)), draw(calibrations(k, temperature)),
+                           max_depth=draw(st.integers(1, 4)), max_nodes=draw(st.integers(2, 16)))
+
+
+def _pair(tc, seed, data):
+    target = build_target(tc, seed)
+    config = data.draw(head_configs(tc))
+    embed = None if config.owns_embedding else target.get_input_embeddings().weight
+    return target, build_draft_head(config, seed, embed)
+
+
+@given(tc=target_configs(min_layers=2, max_layers=4), seed=seeds, data=st.data())
+def test_an_auto_tree_is_eagle2s_tree_for_the_shape_it_chose(tc, seed, data):
+    target, head = _pair(tc, seed, data)
+    tree = data.draw(auto_trees(head.config.draft_vocab_size))
+    T = data.draw(st.integers(1, 6))
+    ids = torch.randint(0, tc.vocab_size, (1, T + 1), generator=torch.Generator().manual_seed(seed))
+    features = torch.randn(1, T, head.fc.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    auto = build_draft_tree(head, features, ids, tree)
+    depth, n = int(auto.tree_position_ids.max()), auto.num_nodes
+    assert 1 <= depth <= tree.max_depth and 2 <= n <= tree.num_nodes, f"shape {n}/{depth} outside {tree.describe()}"
+    fixed = build_draft_tree(head, features, ids, TreeConfig(num_nodes=n, max_depth=depth, top_k=tree.top_k))
+    for name in ("tokens", "parents", "scores", "tree_mask", "tree_position_ids", "retrieve_indices"):
+        assert torch.equal(getattr(auto, name), getattr(fixed, name)), f"{name} differs from TreeConfig({n}, {depth})"
+
+
+@given(tc=target_configs(min_layers=2, max_layers=5), seed=seeds, data=st.data())
+def test_greedy_with_an_auto_tree_equals_transformers_generate(tc, seed, data):
+    target, head = _pair(tc, seed, data)
+    tree = data.draw(auto_trees(head.config.draft_vocab_size))
+    prompt = torch.tensor([data.draw(st.lists(st.integers(0, tc.vocab_size - 1), min_size=1, max_size=6))])
+    max_new = data.draw(st.integers(2, 20))
+    eos = data.draw(st.one_of(st.none(), st.integers(0, tc.vocab_size - 1)))
+    got = speculative_generate(target, head, prompt, max_new_tokens=max_new, tree=tree, eos_token_id=eos)
+    assert_same_tokens(got.sequences, hf_greedy(target, prompt, max_new, eos), prompt.shape[1],
+                       f"{tree.describe()}, eos {eos}")
+
+
+def test_sampling_with_an_auto_tree_follows_the_targets_law():
+    V, runs, alpha = 6, 600, 1e-3
+    target, head = tempered_pair(ReferenceAdapter(), V, 7)
+    prompt = torch.tensor([[1, 4, 2]])
+    with torch.no_grad():
+        p1 = torch.softmax(target(prompt).logits[0, -1], -1)
+        law = torch.stack([p1[a] * torch.softmax(target(torch.cat([prompt, torch.tensor([[a]])], 1)).logits[0, -1], -1)
+                           for a in range(V)]).flatten()
+    # costs and rates under which the tree changes shape from cycle to cycle
+    tree = TreeConfig.auto(CostModel({1: 10.0, 64: 20.0}, {1: 1.0, 8: 8.0}, 0.5, 2),
+                           Calibration(1.0, tuple(0.9 - 0.06 * i for i in range(len(EDGES))), 0.6, 2),
+                           max_depth=3, max_nodes=7)
+    counts = torch.zeros(V * V, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1234)
+    for _ in range(runs):
+        out = speculative_generate(target, head, prompt, max_new_tokens=3, tree=tree, temperature=1.0, generator=gen)
+        counts[int(out.sequences[0, 3]) * V + int(out.sequences[0, 4])] += 1
+    p_value = chi_square_p_value(counts, law * runs)
+    assert p_value > alpha, f"sampled pairs do not follow the target's law: chi-square p = {p_value:.2g}"
+
+
+@given(data=st.data())
+def test_the_budget_maximises_calibrated_tokens_per_ms(data):
+    k = data.draw(st.integers(1, 4))
+    tree = TreeConfig.auto(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=4,
+                           max_nodes=data.draw(st.integers(2, 30)))
+    p = torch.tensor(data.draw(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40)), dtype=torch.float64)
+    levels = data.draw(st.integers(1, 4))
+    n, rate = tree.best_budget(p, levels)
+    ranked = sorted(p.tolist(), reverse=True)
+    brute = max(((1 + sum(ranked[:m - 1])) / tree.costs.cycle(levels, m), m)
+                for m in range(2, min(len(ranked) + 1, tree.num_nodes) + 1))
+    assert math.isclose(rate, brute[0], rel_tol=1e-9), f"budget {n} at {rate} tokens/ms; brute force: {brute}"
+
+
+def _decide(costs, rates, child_rate=0.9, max_depth=6, top_k=2):
+    tree = TreeConfig.auto(costs, Calibration(0.0, rates, child_rate, top_k), max_depth=max_depth, max_nodes=60)
+    torch.manual_seed(0)
+    logprobs = torch.log_softmax(torch.tensor([4.0, 3.0, 0.0, -1.0], dtype=torch.float64), -1)
+    return tree.grow(0, logprobs, lambda frontier, pool: logprobs.expand(len(frontier), -1), None)
+
+
+def test_free_verification_and_drafting_grow_the_tree_to_its_limits():
+    built = _decide(CostModel({1: 10.0, 64: 10.0}, {1: 0.0, 8: 0.0}, 0.0, 2), tuple([0.5] * len(EDGES)))
+    assert int(built.tree_position_ids.max()) == 6 and built.num_nodes == 1 + 2 + 5 * 4  # the whole pool
+
+
+def test_a_head_dearer_than_anything_it_could_win_stops_at_one_level():
+    built = _decide(CostModel({1: 10.0, 64: 10.0}, {1: 1.0, 8: 1000.0}, 0.0, 2), tuple([0.5] * len(EDGES)))
+    assert int(built.tree_position_ids.max()) == 1
+
+
+def test_looking_one_level_ahead_only_is_not_enough():
+    # one more level costs more than its own gain, two more levels pay: a one-step
+    # lookahead (the first version) stopped at level 1 here
+    costs = CostModel({1: 10.0, 64: 10.0}, {1: 1.0, 2: 12.0, 3: 12.5, 8: 15.0}, 0.0, 2)
+    built = _decide(costs, tuple([0.95] * len(EDGES)), child_rate=1.0, max_depth=3)
+    assert int(built.tree_position_ids.max()) == 3
+
+
+def test_calibration_rates_never_rise_as_scores_fall():
+    assert _monotone([0.9, 0.5, 0.7, 0.1], [10, 10, 10, 10]) == pytest.approx([0.9, 0.6, 0.6, 0.1])
+    with pytest.raises(ValueError, match="must not increase"):
+        Calibration(0.0, tuple([0.1] + [0.5] * (len(EDGES) - 1)), 0.5, 2)
+
+
+def test_calibrating_a_tiny_pair_and_the_bound():
+    tc = LlamaConfig(vocab_size=12, hidden_size=8, intermediate_size=16, num_hidden_layers=7, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=128)
+    target = build_target(tc, 0)
+    head = build_draft_head(Eagle3Config.for_target(tc), 0, target.get_input_embeddings().weight)
+    prompts = [torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]])]
+    cal = calibrate(target, head, prompts, top_k=2, max_depth=3, max_new_tokens=12)
+    assert sum(cal.counts) > 0 and all(a >= b for a, b in zip(cal.accept, cal.accept[1:]))
+    assert len(cal.pool_tau) == 3 and 1.0 <= cal.pool_tau[0] <= cal.pool_tau[1] <= cal.pool_tau[2] <= 4.0
+    costs = measure_costs(target, head, top_k=2, max_depth=3, sizes=(1, 4, 8), prefix=8, repeats=2)
+    bound, depth = speedup_bound(costs, cal)
+    assert bound == max(tau * costs.plain_ms / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
+    out = speculative_generate(target, head, prompts[0], max_new_tokens=8, tree=TreeConfig.auto(costs, cal))
+    assert out.sequences.shape[1] == 3 + 8
+
+
+def test_cost_models_and_calibrations_round_trip(tmp_path):
+    costs = CostModel({1: 8.0, 16: 10.0}, {1: 1.0, 8: 8.5}, 0.6, 10, "here")
+    costs.save(tmp_path / "costs.json")
+    assert CostModel.load(tmp_path / "costs.json") == costs
+    assert costs.verify(8) == pytest.approx(8.0 + 2.0 * 7 / 15) and costs.draft(4) == pytest.approx(1.0 + 7.5 * 3 / 7)
+    cal = Calibration(1.0, tuple(1.0 - i / 20 for i in range(len(EDGES))), 0.5, 10, pool_tau=(1.2, 1.3))
+    cal.save(tmp_path / "cal.json")
+    assert Calibration.load(tmp_path / "cal.json") == cal
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a saved CostModel"):
+        CostModel.load(tmp_path / "bad.json")
+
+
+def test_an_auto_tree_refuses_another_temperature_and_batches():
+    tc = LlamaConfig(vocab_size=12, hidden_size=8, intermediate_size=16, num_hidden_layers=7, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=64)
+    target = build_target(tc, 0)
+    head = build_draft_head(Eagle3Config.for_target(tc), 0, target.get_input_embeddings().weight)
+    tree = TreeConfig.auto(CostModel({1: 1.0}, {1: 1.0}, 0.0, 2), Calibration(0.0, tuple([0.5] * len(EDGES)), 0.5, 2))
+    with pytest.raises(ValueError, match="tree was calibrated at temperature 0, this decoding runs at 1"):
+        speculative_generate(target, head, torch.tensor([[1, 2]]), max_new_tokens=4, tree=tree, temperature=1.0)
+    with pytest.raises(ValueError, match="batches take a fixed TreeConfig"):
+        speculative_generate(target, head, torch.tensor([[1, 2], [3, 4]]), max_new_tokens=4, tree=tree)
+    with pytest.raises(ValueError, match="measure both with the same top_k"):
+        TreeConfig.auto(CostModel({1: 1.0}, {1: 1.0}, 0.0, 3), tree.calibration)
+    with pytest.raises(TypeError, match="costs must be a CostModel"):
+        TreeConfig.auto({1: 1.0}, tree.calibration)
+    assert isinstance(tree, AutoTreeConfig) and grow_tree  # the fixed builder stays the one the tree replays
