@@ -8,6 +8,8 @@ dynamic draft tree (arXiv 2406.16858). One concept per module:
 * :mod:`eagle3_ref.vocab`       the reduced draft vocabulary (``d2t`` / ``t2d``)
 * :mod:`eagle3_ref.checkpoint`  the official checkpoint format, engine exports
 * :mod:`eagle3_ref.tree`        the dynamic draft tree (EAGLE-2)
+* :mod:`eagle3_ref.costs`       what a cycle costs on this machine (the cost model)
+* :mod:`eagle3_ref.auto_tree`   the cost-aware tree: depth and size chosen every cycle
 * :mod:`eagle3_ref.verify`      lossless verification, greedy and sampling
 * :mod:`eagle3_ref.generate`    the speculative decoding loop and the plain baseline
 * :mod:`eagle3_ref.batch`       the same for a batch: ragged acceptance, right-aligned caches
@@ -70,4 +72,10 @@ from .batch import BatchGenerationOutput, build_draft_trees  # noqa: E402
 from .tree import build_draft_tree_naive  # noqa: E402
 
 __all__ += ["BatchGenerationOutput", "build_draft_trees", "build_draft_tree_naive"]
+# --- end not in the skeleton
+# --- not in the skeleton: the cost-aware tree (TreeConfig.auto) is not a course task
+from .auto_tree import Calibration, calibrate  # noqa: E402
+from .costs import CostModel, measure_costs  # noqa: E402
+
+__all__ += ["CostModel", "measure_costs", "Calibration", "calibrate"]
 # --- end not in the skeleton

@@ -37,7 +37,7 @@ from .draft_head import Eagle3DraftHead
 from .generate import autoregressive_generate, speculative_generate
 from .tree import TreeConfig
 
-__all__ = ["Method", "default_methods", "run_bench", "profile_cycles", "forward_costs", "markdown_table",
+__all__ = ["Method", "default_methods", "AUTO", "auto_trees", "bound_lines", "run_bench", "profile_cycles", "forward_costs", "markdown_table",
            "profile_table", "costs_table", "machine_description", "plot", "SMALL_TREE", "BatchMeasurement",
            "run_batch_bench", "batch_table", "crossover_line", "plot_batches"]
 
@@ -51,15 +51,19 @@ class Method:
     tree: TreeConfig | None = None
 
 
-def default_methods(with_sps: bool = True) -> list[Method]:
+AUTO = "EAGLE-3 auto (cost-aware tree)"
+
+
+def default_methods(with_sps: bool = True, with_auto: bool = True) -> list[Method]:
     methods = [Method("plain (transformers generate)", "hf"), Method("plain (eagle3-ref loop)", "loop")]
     if with_sps:
         methods.append(Method("SpS (transformers assisted, 2-layer draft LM)", "sps"))
-    return methods + [
+    methods += [
         Method("EAGLE-3 chain (top_k=1, 7 deep)", "eagle3", TreeConfig.chain(7)),
         Method(f"EAGLE-3 tree {SMALL_TREE.num_nodes}/{SMALL_TREE.max_depth}/{SMALL_TREE.top_k}", "eagle3", SMALL_TREE),
         Method("EAGLE-3 tree 60/8/10 (default)", "eagle3", TreeConfig()),
     ]
+    return methods + ([Method(AUTO, "auto")] if with_auto else [])  # its tree: one per temperature (run_bench)
 
 
 @dataclass
@@ -106,8 +110,9 @@ def _sync(device) -> None:
 
 
 def _generate_once(method: Method, target, head, assistant, prompt: Tensor, max_new_tokens: int, temperature: float,
-                   eos: int | None, seed: int) -> tuple[int, float, list[int], int]:
-    """One generation: (new tokens, seconds, per-cycle lengths, target forwards)."""
+                   eos: int | None, seed: int, tree: TreeConfig | None = None) -> tuple[int, float, list[int], int]:
+    """One generation: (new tokens, seconds, per-cycle lengths, target forwards). ``tree``:
+    the tree of this method at this temperature (the method's own by default)."""
     generator = torch.Generator(device=prompt.device).manual_seed(seed)
     torch.manual_seed(seed)  # transformers' sampling uses the global generator
     counter = _ForwardCounter(target) if method.kind in ("hf", "sps") else None
@@ -121,7 +126,7 @@ def _generate_once(method: Method, target, head, assistant, prompt: Tensor, max_
                                       eos_token_id=eos, generator=generator)
         sequence, lengths = out.sequences, []
     else:
-        out = speculative_generate(target, head, prompt, max_new_tokens=max_new_tokens, tree=method.tree,
+        out = speculative_generate(target, head, prompt, max_new_tokens=max_new_tokens, tree=tree or method.tree,
                                    temperature=temperature, eos_token_id=eos, generator=generator)
         sequence, lengths = out.sequences, out.accepted_lengths
     _sync(prompt.device)
@@ -136,25 +141,32 @@ def _generate_once(method: Method, target, head, assistant, prompt: Tensor, max_
 def run_bench(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], *, methods: list[Method],
               temperatures: tuple[float, ...] = (0.0, 1.0), runs: int = 3, max_new_tokens: int = 128,
               eos_token_id: int | None = None, assistant: nn.Module | None = None, seed: int = 0,
-              progress=None) -> list[Measurement]:
-    """Every method at every temperature, ``runs`` times over all ``prompts`` (each ``(1, T)``)."""
+              auto_trees: dict[float, TreeConfig] | None = None, progress=None) -> list[Measurement]:
+    """Every method at every temperature, ``runs`` times over all ``prompts`` (each ``(1, T)``).
+    ``auto_trees``: the cost-aware tree of each temperature (:func:`auto_trees`), for an
+    ``"auto"`` method."""
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
     if not prompts:
         raise ValueError("no prompts to benchmark")
     if any(m.kind == "sps" for m in methods) and assistant is None:
         raise ValueError("the SpS method needs an assistant (draft LM)")
+    if any(m.kind == "auto" for m in methods) and set(temperatures) - set(auto_trees or {}):
+        raise ValueError(f"auto_trees needs a calibrated tree for each temperature {list(temperatures)}")
     results = []
     for temperature in temperatures:
         rows = {m.name: Measurement(m.name, temperature) for m in methods}
+        tree_of = {m.name: (auto_trees or {}).get(temperature) if m.kind == "auto" else m.tree for m in methods}
         for m in methods:  # warm-up, not timed
-            _generate_once(m, target, head, assistant, prompts[0], min(16, max_new_tokens), temperature, eos_token_id, seed)
+            _generate_once(m, target, head, assistant, prompts[0], min(16, max_new_tokens), temperature, eos_token_id,
+                           seed, tree_of[m.name])
         for run in range(runs):
             for m in methods:
                 tokens = seconds = 0.0
                 for i, prompt in enumerate(prompts):
                     n, s, lengths, forwards = _generate_once(m, target, head, assistant, prompt, max_new_tokens,
-                                                             temperature, eos_token_id, seed + 1000 * run + i)
+                                                             temperature, eos_token_id, seed + 1000 * run + i,
+                                                             tree_of[m.name])
                     tokens += n
                     seconds += s
                     row = rows[m.name]
@@ -337,6 +349,40 @@ def plot(results: list[Measurement], baseline: str, path: str | os.PathLike) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
+
+
+@torch.no_grad()
+def auto_trees(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], temperatures: tuple[float, ...],
+               costs=None, max_new_tokens: int = 64, progress=None) -> tuple[dict[float, TreeConfig], object]:
+    """A cost-aware tree for each temperature: the machine's :class:`~eagle3_ref.costs.CostModel`
+    (measured here unless given), and a calibration at each temperature on ``prompts`` (keep
+    them apart from the prompts measured). Returns ``({temperature: tree}, costs)``."""
+    from .auto_tree import calibrate
+    from .costs import measure_costs
+
+    costs = costs or measure_costs(target, head)
+    trees = {}
+    for t in temperatures:
+        start = time.perf_counter()
+        calibration = calibrate(target, head, prompts, temperature=t, top_k=costs.top_k, max_new_tokens=max_new_tokens)
+        trees[t] = TreeConfig.auto(costs, calibration)
+        if progress:
+            progress(f"T={t} calibrated the auto tree on {len(prompts)} prompts in {time.perf_counter() - start:.0f} s")
+    return trees, costs
+
+
+def bound_lines(trees: dict[float, TreeConfig], results: list[Measurement], baseline: str) -> list[str]:
+    """Per temperature, the oracle bound of :func:`eagle3_ref.auto_tree.speedup_bound` beside
+    the best measured EAGLE-3 row."""
+    from .auto_tree import speedup_bound
+
+    out = []
+    for t, tree in sorted(trees.items()):
+        bound, depth = speedup_bound(tree.costs, tree.calibration)
+        out.append(f"temperature {t:g}: no tree from the top-{tree.top_k} candidate pool can beat {bound:.2f}x "
+                   f"one-token forwards on this machine (the whole pool's tau to depth {depth}, "
+                   f"{tree.calibration.pool_tau[depth - 1]:.2f}, at the cost of a chain that deep)")
+    return out
 
 
 def summary_lines(results: list[Measurement], baseline: str) -> list[str]:

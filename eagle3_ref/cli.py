@@ -93,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             draft_vocab_size=args.draft_vocab_size, head=args.head,
             aux_layer_ids=_layer_ids(args.aux_layer_ids),
             regenerate_prompt_tokens=args.regenerate_prompt_tokens, max_sequences=args.max_sequences, seed=args.seed,
+            regenerate_temperature=args.regenerate_temperature,
             save_every=args.save_every, eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite,
             cache_dir=args.cache_dir,
         )
@@ -200,6 +201,8 @@ def _check_max_new_tokens(n: int) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
     import torch
 
     from eagle3_ref.demo import DemoError, default_prompt, encode_prompt, load_pair, report, run_demo
@@ -210,6 +213,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tree = _tree_config(args)
         _check_max_new_tokens(args.max_new_tokens)
         check_sampling(args.temperature, args.top_p, args.top_k)
+        if args.tree == "auto" and args.chain is not None:
+            raise DemoError("give --tree auto or --chain, not both")
         if args.runs < 1:
             raise DemoError(f"--runs must be at least 1, got {args.runs}")
         if args.prompt is not None and args.prompt_file is not None:
@@ -224,6 +229,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device, dtype = _device_dtype(args)
         target, tokenizer, head = load_pair(args.target, args.draft, device, dtype)
         input_ids = encode_prompt(tokenizer, prompt, args.chat, device)
+        if args.tree == "auto":
+            from eagle3_ref.bench import auto_trees
+
+            start = time.perf_counter()
+            trees, _ = auto_trees(target, head, _calibration_prompts(tokenizer, args, device)[:4],
+                                  (args.temperature,), max_new_tokens=48)
+            tree = trees[args.temperature]
+            print(f"cost-aware tree: costs measured and calibrated at temperature {args.temperature:g} in "
+                  f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
         with torch.no_grad():  # not set_grad_enabled(False): main() may run inside a larger program
             result = run_demo(target, tokenizer, head, input_ids, max_new_tokens=args.max_new_tokens, tree=tree,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
@@ -255,6 +269,18 @@ def _read_prompts(path: str) -> list[str]:
         return [json.loads(line)["prompt"] for line in lines]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise DemoError(f"--prompts-file {path}: every JSON line needs a \"prompt\" field") from None
+
+
+def _calibration_prompts(tokenizer, args, device, count: int = 8) -> list:
+    """The last ``count`` held-out prompts of the toy world (the bench measures the first
+    ones), in the target's tokenizer: what the cost-aware tree calibrates on."""
+    from eagle3_ref.demo import encode_prompt
+    from eagle3_ref.toy import held_out_prompts
+
+    prompts = [ids[None].to(device) for ids in held_out_prompts(tokenizer, count=40)[-count:]]
+    if args.target:
+        prompts = [encode_prompt(tokenizer, tokenizer.decode(ids[0]), False, device) for ids in prompts]
+    return prompts
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -321,6 +347,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise DemoError(f"--runs must be at least 1, got {args.runs}")
         if args.prompts < 1:
             raise DemoError(f"--prompts must be at least 1, got {args.prompts}")
+        if not 1 <= args.calibration_prompts <= 16:
+            raise DemoError(f"--calibration-prompts must be in [1, 16] (the last held-out prompts), got "
+                            f"{args.calibration_prompts}")
         _check_max_new_tokens(args.max_new_tokens)
         try:
             temperatures = tuple(float(t) for t in args.temperatures.split(","))
@@ -360,12 +389,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
         if sizes is not None:
             return _bench_batches(args, sizes, bench, target, head, prompts, tokenizer, device, log)
-        methods = bench.default_methods(with_sps=assistant is not None)
+        trees = cost_model = None
+        if not args.no_auto:  # calibrated on held-out prompts the bench does not measure
+            trees, cost_model = bench.auto_trees(
+                target, head, _calibration_prompts(tokenizer, args, device, args.calibration_prompts), temperatures,
+                max_new_tokens=min(64, args.max_new_tokens), progress=log)
+        methods = bench.default_methods(with_sps=assistant is not None, with_auto=trees is not None)
         with torch.no_grad():
             results = bench.run_bench(target, head, prompts, methods=methods, temperatures=temperatures,
                                       runs=args.runs, max_new_tokens=args.max_new_tokens,
                                       eos_token_id=tokenizer.eos_token_id, assistant=assistant, seed=args.seed,
-                                      progress=log)
+                                      auto_trees=trees, progress=log)
             profile = costs = None
             if not args.no_profile:
                 profile = bench.profile_cycles(target, head, prompts, max_new_tokens=args.max_new_tokens,
@@ -381,6 +415,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         lines += ["", "Where a greedy cycle of the default tree (60/8/10) goes:", "", bench.profile_table(profile),
                   "", "What one forward costs (after a 128-token prefix):", "", bench.costs_table(costs)]
     lines += [""] + bench.summary_lines(results, baseline)
+    if trees:
+        lines += [""] + bench.bound_lines(trees, results, baseline)
     text = "\n".join(lines)
     print(text)
     if args.out:
@@ -389,9 +425,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         meta = {"machine": machine, "device": str(device), "dtype": args.dtype, "prompts": len(prompts),
                 "max_new_tokens": args.max_new_tokens, "runs": args.runs, "temperatures": list(temperatures),
                 "target": args.target or "toy", "draft": args.draft or "toy", "baseline": baseline,
-                "methods": [{"name": m.name, "kind": m.kind, "tree": m.tree and m.tree.__dict__} for m in methods]}
+                "methods": [{"name": m.name, "kind": m.kind, "tree": m.tree and m.tree.describe()} for m in methods]}
+        if trees:
+            meta["auto"] = {f"{t:g}": tree.describe() for t, tree in trees.items()}
         (out / "bench.json").write_text(json.dumps(bench.to_json(results, profile, meta, costs), indent=1))
         (out / "bench.md").write_text(text + "\n")
+        if trees:  # what the auto rows decided from: reusable with TreeConfig.auto(CostModel.load, Calibration.load)
+            cost_model.save(out / "costs.json")
+            for t, tree in trees.items():
+                tree.calibration.save(out / f"calibration_T{t:g}.json")
         plotted = bench.plot(results, baseline, out / "bench.png")
         print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.json'}"
               + (f", {out / 'bench.png'}" if plotted else " (no plot: pip install matplotlib)"))
@@ -566,6 +608,9 @@ def _add_tree_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree-depth", type=int, default=8, help="deepest level, root = 0 (EAGLE depth + 1)")
     p.add_argument("--tree-top-k", type=int, default=10, help="branching and frontier size")
     p.add_argument("--chain", type=int, metavar="N", help="draft a chain of N tokens instead of a tree (top_k = 1)")
+    p.add_argument("--tree", choices=["auto"], help="auto: the cost-aware tree, its depth and size chosen every "
+                                                    "cycle from this machine's measured costs and the draft's "
+                                                    "calibrated scores (about 10-30 s to measure on a CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -597,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--aux-layer-ids", help="tapped layers as hidden_states indices, e.g. 2,16,29 (default EAGLE-3's)")
     train.add_argument("--regenerate-prompt-tokens", type=int, default=0,
                        help="self-distillation: the target rewrites each sequence after this many tokens")
+    train.add_argument("--regenerate-temperature", type=float, default=0.0,
+                       help="with --regenerate-prompt-tokens: the target samples its rewrite at this temperature "
+                            "(default 0: greedy), so the head sees the text it will draft for when sampling")
     train.add_argument("--max-sequences", type=int,
                        help="train on a seeded sample of this many corpus sequences (default: all)")
     train.add_argument("--cache-dir", help="cache the target's features and logits here (safetensors shards)")
@@ -647,6 +695,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", help="e.g. 1,2,4,8: greedy total tokens/s of batched plain decoding and "
                                              "EAGLE-3 at each batch size instead (each must divide --prompts)")
     bench.add_argument("--no-profile", action="store_true", help="skip the per-phase cycle profile")
+    bench.add_argument("--no-auto", action="store_true",
+                       help="skip the cost-aware tree (its cost model and per-temperature calibration take ~1 min "
+                            "on a CPU)")
+    bench.add_argument("--calibration-prompts", type=int, default=8,
+                       help="held-out prompts the cost-aware tree calibrates on, taken from the end of the held-out "
+                            "list (default 8; with --prompts above 40 minus this, they overlap the measured ones)")
     bench.add_argument("--quiet", action="store_true", help="no progress lines")
     bench.set_defaults(func=cmd_bench)
 

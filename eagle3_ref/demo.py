@@ -251,6 +251,9 @@ def report(result: DemoResult, tokenizer, prompt_text: str, tree, temperature: f
     n_new = out.new_tokens.numel()
     shape = f"chain of {tree.max_depth}" if tree.top_k == 1 else \
         f"tree of {tree.num_nodes} nodes, depth {tree.max_depth}, top-k {tree.top_k}"
+    if getattr(tree, "calibration", None) is not None:  # TreeConfig.auto
+        shape = (f"cost-aware tree (depth and nodes chosen every cycle, up to {tree.num_nodes} nodes, depth "
+                 f"{tree.max_depth}, top-k {tree.top_k})")
     mode = "greedy" if temperature == 0 else f"sampling at temperature {temperature}"
     print(f"--- prompt ({out.prompt_length} tokens) ---", file=file)
     print((_DIM if colour else "") + prompt_text + (_RESET if colour else ""), file=file)

@@ -81,6 +81,7 @@ class TrainConfig:
     draft_vocab_size: int | None = None  # None: the target's vocabulary
     aux_layer_ids: tuple[int, ...] | None = None  # None: EAGLE-3's default (2, N//2, N-3)
     regenerate_prompt_tokens: int = 0  # > 0: self-distillation with prompts of this many tokens
+    regenerate_temperature: float = 0.0  # the target writes greedily (0) or samples at this temperature
     max_sequences: int | None = None  # keep this many corpus sequences (a seeded sample); None: all
     seed: int = 0
     save_every: int = 100
@@ -110,7 +111,8 @@ class TrainConfig:
         whole("seq_len", 2)
         whole("draft_vocab_size", 1, none_ok=True)
         whole("max_sequences", 1, none_ok=True)
-        for name, positive in (("lr", True), ("grad_clip", True), ("weight_decay", False)):
+        for name, positive in (("lr", True), ("grad_clip", True), ("weight_decay", False),
+                               ("regenerate_temperature", False)):
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
                 (value > 0 if positive else value >= 0)
@@ -156,19 +158,24 @@ def tokenize_corpus(text: str, tokenizer, seq_len: int) -> Tensor:
 
 @torch.no_grad()
 def regenerate(target: nn.Module, sequences: Tensor, prompt_tokens: int, batch_size: int = 64,
-               progress: bool = False) -> tuple[Tensor, Tensor]:
+               progress: bool = False, temperature: float = 0.0, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Self-distillation: keep each sequence's first ``prompt_tokens`` tokens and let the
-    target write the rest greedily (``batch_size`` sequences per ``generate`` call).
-    Returns (input_ids, loss_mask on the written part)."""
+    target write the rest (``batch_size`` sequences per ``generate`` call): greedily, or
+    sampled at ``temperature`` (pure sampling, seeded with ``seed``), so the head also sees
+    the text the target writes when it samples. Returns (input_ids, loss_mask on the
+    written part)."""
     N, T = sequences.shape
     if not 0 < prompt_tokens < T:
         raise TrainingError(f"regenerate prompt length must be in [1, {T - 1}], got {prompt_tokens}")
     rows = []
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
+        dict(do_sample=False)
+    if temperature > 0:
+        torch.manual_seed(seed)  # transformers samples from the global generator
     for start in tqdm(range(0, N, batch_size), disable=not progress, desc="regenerate"):
         prompts = sequences[start:start + batch_size, :prompt_tokens].to(target.device)
-        rows.append(target.generate(prompts, do_sample=False, max_new_tokens=T - prompt_tokens,
-                                    min_new_tokens=T - prompt_tokens, pad_token_id=0,
-                                    attention_mask=torch.ones_like(prompts)).cpu())
+        rows.append(target.generate(prompts, max_new_tokens=T - prompt_tokens, min_new_tokens=T - prompt_tokens,
+                                    pad_token_id=0, attention_mask=torch.ones_like(prompts), **sampling).cpu())
     mask = torch.zeros(N, T, dtype=torch.long)
     mask[:, prompt_tokens:] = 1
     return torch.cat(rows), mask
@@ -231,7 +238,8 @@ def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, l
             keep = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(config.seed))
             ids = ids[keep[: config.max_sequences].sort().values]
         if config.regenerate_prompt_tokens:
-            ids, mask = regenerate(target, ids, config.regenerate_prompt_tokens, progress=progress)
+            ids, mask = regenerate(target, ids, config.regenerate_prompt_tokens, progress=progress,
+                                   temperature=config.regenerate_temperature, seed=config.seed)
         else:
             mask = torch.ones_like(ids)
         if prompts:
@@ -243,6 +251,7 @@ def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, l
     cache = Path(config.cache_dir)
     stamp = {"layer_ids": list(layer_ids), "n": ids.shape[0], "seq_len": config.seq_len,
              "ids_sum": int(ids.sum()), "regenerate": config.regenerate_prompt_tokens,
+             "regenerate_temperature": config.regenerate_temperature,
              "max_sequences": config.max_sequences}
     if (cache / "manifest.json").exists() and json.loads((cache / "manifest.json").read_text()) == stamp:
         shards = [load_file(p) for p in sorted(cache.glob("shard_*.safetensors"))]

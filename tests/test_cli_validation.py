@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--draft-vocab-size": ["0", "-1", "100000", "x"],
         "--aux-layer-ids": ["a,b", "1,2,99", "-1,2,3"],
         "--regenerate-prompt-tokens": NON_NEGATIVE + ["256"],  # not below --seq-len
+        "--regenerate-temperature": ["-1", "nan", "inf", "warm"],
         "--max-sequences": COUNTS,
         "--cache-dir": [FILE],
         "--save-every": COUNTS,
@@ -71,6 +72,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--tree-depth": COUNTS,
         "--tree-top-k": COUNTS,
         "--chain": COUNTS,
+        "--tree": ["big", "AUTO"],
         "--runs": COUNTS,
         "--color": ["sometimes"],
     }),
@@ -88,6 +90,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--temperatures": ["0,hot", "-1", "nan", ""],
         "--out": [FILE],
         "--batch-sizes": ["0", "1,x", "-2", ""],
+        "--calibration-prompts": COUNTS + ["17"],
     }),
     "check-head": ([], {
         "dir": [MISSING, FILE],

@@ -87,6 +87,16 @@ def test_the_default_prompt_does_not_show_a_loop(toy_tokenizer):
     assert 1 - len(set(grams)) / len(grams) < 0.5
 
 
+def test_demo_with_the_cost_aware_tree(capsys):
+    assert main(["demo", "--tree", "auto", "--max-new-tokens", "24", "--runs", "1", "--color", "never"]) == 0
+    captured = capsys.readouterr()
+    assert "cost-aware tree (depth and nodes chosen every cycle" in captured.out
+    assert "output equals plain greedy decoding: yes" in captured.out
+    assert "calibrated at temperature 0" in captured.err
+    assert main(["demo", "--tree", "auto", "--chain", "3"]) == 2
+    assert "give --tree auto or --chain, not both" in capsys.readouterr().err
+
+
 def test_demo_colour_chain_and_sampling(capsys):
     assert main(["demo", "--max-new-tokens", "16", "--color", "always", "--chain", "4"]) == 0
     out = capsys.readouterr().out
@@ -125,13 +135,19 @@ def test_demo_refuses_a_head_of_another_target(tmp_path, capsys):
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert main(["bench", "--prompts", "2", "--max-new-tokens", "12", "--runs", "2", "--out", str(tmp_path),
-                 "--quiet"]) == 0
+                 "--calibration-prompts", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     data = json.loads((tmp_path / "bench.json").read_text())
     rows = {(r["method"], r["temperature"]): r for r in data["results"]}
     names = {m["name"] for m in data["meta"]["methods"]}
     assert {"plain (transformers generate)", "SpS (transformers assisted, 2-layer draft LM)",
-            "EAGLE-3 tree 60/8/10 (default)"} <= names
+            "EAGLE-3 tree 60/8/10 (default)", "EAGLE-3 auto (cost-aware tree)"} <= names
+    # the auto rows' cost model and calibrations are saved, readable, and the bound is stated
+    from eagle3_ref import Calibration, CostModel
+
+    assert CostModel.load(tmp_path / "costs.json").verify(1) > 0
+    assert [Calibration.load(tmp_path / f"calibration_T{t}.json").temperature for t in (0, 1)] == [0.0, 1.0]
+    assert set(data["meta"]["auto"]) == {"0", "1"} and out.count("no tree from the top-10 candidate pool") == 2
     assert set(rows) == {(n, t) for n in names for t in (0.0, 1.0)}
     for (name, _), r in rows.items():
         assert len(r["tokens_per_second"]) == 2 and all(v > 0 for v in r["tokens_per_second"])
@@ -178,7 +194,7 @@ def test_the_commands_leave_autograd_as_they_found_it(capsys):
     assert torch.is_grad_enabled()
     assert main(["demo", "--max-new-tokens", "4", "--no-plain"]) == 0
     assert main(["bench", "--prompts", "1", "--max-new-tokens", "4", "--runs", "1", "--temperatures", "0",
-                 "--no-profile", "--quiet"]) == 0
+                 "--no-profile", "--no-auto", "--quiet"]) == 0
     assert torch.is_grad_enabled()
 
 

@@ -220,6 +220,20 @@ def test_self_distillation_regenerates_continuations(tiny, tmp_path):
     assert sequences.shape[0] % 3 and torch.equal(batched, data.input_ids)
 
 
+def test_sampled_self_distillation_is_the_targets_sampled_text_and_seeded(tiny):
+    _, target, tokenizer = tiny
+    sequences = tokenize_corpus(TRAIN_TEXT[:3000], tokenizer, 16)
+    greedy, _ = regenerate(target, sequences, 8)
+    sampled, mask = regenerate(target, sequences, 8, temperature=1.0, seed=3)
+    assert torch.equal(sampled[:, :8], sequences[:, :8]) and bool(mask[:, 8:].all())
+    assert not torch.equal(sampled, greedy)  # a greedy rewrite under a new name would pass everything else
+    assert torch.equal(regenerate(target, sequences, 8, temperature=1.0, seed=3)[0], sampled)
+    # every sampled token has visible mass under the target (pure sampling: no top-k or top-p cut)
+    with torch.no_grad():
+        logp = torch.log_softmax(target(sampled).logits[:, 7:-1].double(), -1)
+    assert bool((logp.gather(-1, sampled[:, 8:, None]) > -30).all())
+
+
 def test_max_sequences_is_a_seeded_sample_of_the_corpus(tiny, tmp_path):
     _, target, tokenizer = tiny
     every = tokenize_corpus(TRAIN_TEXT, tokenizer, 32).tolist()
