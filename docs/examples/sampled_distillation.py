@@ -45,7 +45,7 @@ def train(out: Path, kind: str, sequences: int, steps: int) -> Path:
 @torch.no_grad()
 def measure(head_dir: Path, prompts: int, new_tokens: int) -> dict[str, float]:
     target, tokenizer, _ = load_toy()
-    head = load_draft_head(head_dir)
+    head = load_draft_head(head_dir, target)
     result = {}
     for temperature in (0.0, 1.0):
         lengths = []
