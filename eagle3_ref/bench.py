@@ -37,7 +37,8 @@ from .draft_head import Eagle3DraftHead
 from .generate import autoregressive_generate, speculative_generate
 from .tree import TreeConfig
 
-__all__ = ["Method", "default_methods", "AUTO", "auto_trees", "bound_lines", "run_bench", "profile_cycles", "forward_costs", "markdown_table",
+__all__ = ["Method", "default_methods", "AUTO", "auto_trees", "bound_lines", "run_bench", "profile_cycles",
+           "forward_costs", "markdown_table",
            "profile_table", "costs_table", "machine_description", "plot", "SMALL_TREE", "BatchMeasurement",
            "run_batch_bench", "batch_table", "crossover_line", "plot_batches"]
 
@@ -371,9 +372,9 @@ def auto_trees(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], 
     return trees, costs
 
 
-def bound_lines(trees: dict[float, TreeConfig], results: list[Measurement], baseline: str) -> list[str]:
-    """Per temperature, the oracle bound of :func:`eagle3_ref.auto_tree.speedup_bound` beside
-    the best measured EAGLE-3 row."""
+def bound_lines(trees: dict[float, TreeConfig]) -> list[str]:
+    """Per temperature, the oracle bound of :func:`eagle3_ref.auto_tree.speedup_bound`: no tree
+    from the calibration's candidate pool is faster on this machine."""
     from .auto_tree import speedup_bound
 
     out = []

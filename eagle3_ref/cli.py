@@ -416,7 +416,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   "", "What one forward costs (after a 128-token prefix):", "", bench.costs_table(costs)]
     lines += [""] + bench.summary_lines(results, baseline)
     if trees:
-        lines += [""] + bench.bound_lines(trees, results, baseline)
+        lines += [""] + bench.bound_lines(trees)
     text = "\n".join(lines)
     print(text)
     if args.out:

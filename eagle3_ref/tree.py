@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_float_tensor, check_instance, check_token_ids
+from ._checks import check_float_tensor, check_instance, check_int, check_token_ids
 from .draft_head import Eagle3DraftHead, KVCache
 
 __all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "build_draft_tree", "tree_buffers", "HeadDrafter"]
@@ -99,8 +99,8 @@ class TreeConfig:
     def auto(cls, costs, calibration, *, max_nodes: int | None = None, max_depth: int = 8) -> "TreeConfig":
         """A cost-aware tree (:mod:`eagle3_ref.auto_tree`): each cycle chooses its depth (up to
         ``max_depth``) and how many nodes to verify (up to ``max_nodes``, default: the largest
-        tree ``costs`` measured; never more than the candidate pool holds) from the draft's calibrated scores and the measured ``costs``.
-        ``top_k`` is the calibration's."""
+        tree ``costs`` measured; never more than the candidate pool holds) from the draft's
+        calibrated scores and the measured ``costs``. ``top_k`` is the calibration's."""
         from .auto_tree import AutoTreeConfig, Calibration
         from .costs import CostModel
 
@@ -109,8 +109,11 @@ class TreeConfig:
         if costs.top_k != calibration.top_k:
             raise ValueError(f"calibration was measured with top_k={calibration.top_k}, costs with "
                              f"top_k={costs.top_k}: measure both with the same top_k")
+        check_int("max_depth", max_depth, 1)
+        if max_nodes is not None:
+            check_int("max_nodes", max_nodes, 2)
         k = calibration.top_k
-        pool = k + (max_depth - 1) * k * k if isinstance(max_depth, int) else 0
+        pool = k + (max_depth - 1) * k * k
         limit = min(max_nodes if max_nodes is not None else max(2, *costs.verify_ms), pool + 1)  # a limit, not a goal
         return AutoTreeConfig(num_nodes=limit, max_depth=max_depth, top_k=k, costs=costs, calibration=calibration)
 

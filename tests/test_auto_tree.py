@@ -200,4 +200,8 @@ def test_an_auto_tree_refuses_another_temperature_and_batches():
         TreeConfig.auto(CostModel({1: 1.0}, {1: 1.0}, 0.0, 3), tree.calibration)
     with pytest.raises(TypeError, match="costs must be a CostModel"):
         TreeConfig.auto({1: 1.0}, tree.calibration)
+    with pytest.raises(TypeError, match="max_nodes must be an int"):
+        TreeConfig.auto(tree.costs, tree.calibration, max_nodes="many")
+    with pytest.raises(ValueError, match="max_depth must be >= 1"):
+        TreeConfig.auto(tree.costs, tree.calibration, max_depth=0)
     assert isinstance(tree, AutoTreeConfig) and grow_tree  # the fixed builder stays the one the tree replays
