@@ -216,18 +216,18 @@ def grow_tree_auto(root_token: int, root_logprobs: Tensor, propose: Propose, con
 
 
 class _Recorder:
-    """A drafter that drafts the whole candidate pool and remembers each tree."""
+    """A drafter that drafts the whole candidate pool and remembers the last tree."""
 
     def __init__(self, head, top_k: int, max_depth: int) -> None:
         from .tree import HeadDrafter
 
         self.inner = HeadDrafter(head)
         self.config = TreeConfig(num_nodes=1 + top_k + (max_depth - 1) * top_k**2, max_depth=max_depth, top_k=top_k)
-        self.trees: list[DraftTree] = []
+        self.last: DraftTree | None = None  # only the last: a pool tree's mask is (n, n), n in the hundreds
 
     def draft(self, features, input_ids, config, state):
         tree, state = self.inner.draft(features, input_ids, self.config, state)
-        self.trees.append(tree)
+        self.last = tree
         return tree, state
 
 
@@ -274,7 +274,7 @@ def calibrate(target: nn.Module, head, prompts: list[Tensor], *, temperature: fl
             produced += len(tokens)
             if produced >= max_new_tokens:
                 break  # the last cycle may be cut by the length limit: not a fair sample
-            tree = recorder.trees[-1]
+            tree = recorder.last
             path = _accepted_nodes(tree, tokens)
             accepted, cycles = set(path), cycles + 1
             for d in range(1, max_depth + 1):

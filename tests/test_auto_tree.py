@@ -166,6 +166,12 @@ def test_calibrating_a_tiny_pair_and_the_bound():
     cal = calibrate(target, head, prompts, top_k=2, max_depth=3, max_new_tokens=12)
     assert sum(cal.counts) > 0 and all(a >= b for a, b in zip(cal.accept, cal.accept[1:]))
     assert len(cal.pool_tau) == 3 and 1.0 <= cal.pool_tau[0] <= cal.pool_tau[1] <= cal.pool_tau[2] <= 4.0
+    # the bins count every pool node of every cycle (2 + 2 * 4 = 10 a cycle), and their accepted
+    # nodes add up to the pool's accepted drafts: pool_tau - 1 a cycle (monotone smoothing keeps
+    # the count-weighted sum)
+    cycles = sum(cal.counts) / 10
+    accepted = sum(a * c for a, c in zip(cal.accept, cal.counts))
+    assert cycles == int(cycles) and accepted == pytest.approx((cal.pool_tau[2] - 1) * cycles, rel=1e-6)
     costs = measure_costs(target, head, top_k=2, max_depth=3, sizes=(1, 4, 8), prefix=8, repeats=2)
     bound, depth = speedup_bound(costs, cal)
     assert bound == max(tau * costs.plain_ms / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
