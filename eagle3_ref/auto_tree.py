@@ -5,15 +5,20 @@ EAGLE-2 observed that a node's path score (the sum of the draft's log-probabilit
 its path) tracks the chance the target accepts it. A fixed tree ignores what that chance
 and the machine say about the cycle at hand. Here, two decisions are made in each cycle:
 
-    calibrate  a node of path score s is accepted with probability c(s), measured per
-               temperature on real cycles (:class:`Calibration`, monotone in s)
+    calibrate  a node of depth d and path score s is accepted with probability c_d(s),
+               measured per temperature on real cycles (:class:`Calibration`, monotone in s)
     depth      after each level, draft another only if the best expected tokens per
-               millisecond with it beats the best without it; the next level's expected
-               acceptance is estimated as alpha * sum of c over the frontier (alpha: the
-               measured chance that an accepted frontier node has an accepted child among
-               its top_k)
+               millisecond with more levels beats the best without them; level +i is
+               estimated as one node per frontier node, alpha^i times its acceptance (alpha:
+               the measured chance that an accepted frontier node has an accepted child
+               among its top_k), scored as the frontier plus i typical steps
     budget     verify the n nodes of highest score (ancestor-closed, as EAGLE-2's rerank),
                with n maximising  (1 + sum of their c) / cycle_ms(depth, n)
+
+Why the depth: a head can be right and unsure. The toy's head puts 0.6 on a token the
+target then picks 9 times in 10, so four such steps score -2.0, where a depth-1 node of
+score -2.0 (probability 0.14) is rarely right. One curve for all depths rates deep nodes far
+below what they earn and stops the tree too early.
 
 Expected tokens of a tree are exact by linearity: a cycle appends 1 + the number of
 accepted nodes, so E = 1 + sum over nodes of P(node accepted). And P(node accepted) does
@@ -23,9 +28,12 @@ turn and accepts sibling x with probability p(x) whatever was tried before it (a
 sibling's mass is removed and the rest renormalised). So one calibration serves every
 pruned tree.
 
+The decisions run on a few dozen numbers per level, in numpy: a handful of torch calls per
+level would cost more than a head forward saves on a CPU.
+
 Still lossless: the tree this builds is exactly EAGLE-2's tree for ``TreeConfig(num_nodes=n,
-max_depth=depth, top_k)`` on the same log-probs (it is built by :func:`grow_tree` itself, on
-the recorded proposals), and the proofs hold for any tree.
+max_depth=depth, top_k)`` on the same log-probs (the expansion is EAGLE-2's, and the tree is
+:func:`eagle3_ref.tree.rerank`'s), and the proofs hold for any tree.
 """
 
 from __future__ import annotations
@@ -36,69 +44,113 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_int, check_number
 from .costs import CostModel
-from .tree import DraftTree, Pool, Propose, TreeConfig, _best, grow_tree
+from .tree import DraftTree, Pool, Propose, TreeConfig, _best, rerank
 
 __all__ = ["Calibration", "AutoTreeConfig", "grow_tree_auto", "calibrate", "speedup_bound"]
 
 # score bins (cumulative log-prob of the draft), best first
 EDGES = (0.0, -0.05, -0.1, -0.2, -0.35, -0.5, -0.75, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0, -9.0)
+# level-rank buckets: where a node's score ranks among the nodes of its depth (0: the best), bucket starts
+RANKS = (0, 1, 2, 4, 10, 30)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """P(node accepted) as a function of its path score, at one temperature.
+    """P(node accepted) as a function of its depth, its rank in its level and its path score,
+    at one temperature.
 
-    ``pool_tau[d - 1]`` is the acceptance length of the whole candidate pool cut at depth
-    ``d``: no tree of that depth drawn from the pool accepts more on average (see
+    ``accept[d - 1][r][i]`` is the measured acceptance rate of depth-``d`` nodes whose score
+    ranks in bucket ``r`` of their level (bucket starts :data:`RANKS`: the level's best, its
+    second, ...) and falls in ``(edges[i + 1], edges[i]]`` (the last bin: below ``edges[-1]``).
+    Each row is non-increasing in the score (pool-adjacent violators). Depths and ranks past
+    the table use its last entries, so a flat tuple of rates serves every depth and rank.
+    ``counts`` and ``hits`` hold the raw numbers of nodes and accepted nodes per cell.
+    ``child_rate``: P(an accepted frontier node has an accepted child among its ``top_k``
+    best). ``pool_tau[d - 1]`` is the acceptance length of the whole candidate pool cut at
+    depth ``d``: no tree of that depth drawn from the pool accepts more on average (see
     :func:`speedup_bound`).
 
-    ``accept[i]`` is the measured acceptance rate of nodes with score in
-    ``(edges[i + 1], edges[i]]`` (the last bin: below ``edges[-1]``), made non-increasing
-    (pool-adjacent violators), so a child, whose score is never above its parent's, is never
-    calibrated above it. ``child_rate``: P(an accepted frontier node has an accepted child
-    among its ``top_k`` best).
+    Why the rank: the score alone is not enough. A level whose best node leads by far is a
+    cycle where the draft is on the target's path, and its nodes are accepted more often than
+    nodes of the same score in a crowded level. Rating by score only, the toy's calibration
+    underestimated the deep trees it should pick (3.36 tokens for the top 24 nodes 6 deep,
+    which accept 3.56; with the rank: 3.53).
     """
 
     temperature: float
-    accept: tuple[float, ...]
+    accept: tuple
     child_rate: float
     top_k: int
-    counts: tuple[int, ...] = ()
+    counts: tuple = ()
+    hits: tuple = ()
     pool_tau: tuple[float, ...] = ()  # [d - 1]: mean tokens per cycle of the whole pool cut at depth d
     edges: tuple[float, ...] = EDGES
+    ranks: tuple[int, ...] = RANKS
 
     def __post_init__(self) -> None:
         check_number("Calibration.temperature", self.temperature, 0)
         check_number("Calibration.child_rate", self.child_rate, 0, 1)
         check_int("Calibration.top_k", self.top_k, 1)
-        if len(self.accept) != len(self.edges):
-            raise ValueError(f"Calibration.accept needs one rate per bin ({len(self.edges)}), got {len(self.accept)}")
-        for i, rate in enumerate(self.accept):
-            check_number(f"Calibration.accept[{i}]", rate, 0, 1)
-        if any(b > a for a, b in zip(self.accept, self.accept[1:])):
-            raise ValueError(f"Calibration.accept must not increase as scores fall, got {self.accept}")
+        table = np.asarray(self.accept, dtype=np.float64)
+        if table.ndim == 1:  # one row for every depth and rank
+            table = table[None, None]
+        if table.ndim != 3 or table.shape[-1] != len(self.edges) or not table.size:
+            raise ValueError(f"Calibration.accept must be rates [depth][rank bucket][score bin] with one rate per "
+                             f"bin ({len(self.edges)}), or one flat row of them; got shape {table.shape}")
+        if not ((table >= 0) & (table <= 1)).all():
+            raise ValueError(f"Calibration.accept must hold rates in [0, 1], got {self.accept}")
+        rising = np.argwhere(np.diff(table, axis=-1) > 0)
+        if len(rising):
+            d, r, _ = rising[0]
+            raise ValueError(f"Calibration.accept[{d}][{r}] (depth {d + 1}, rank bucket {r}) must not increase as "
+                             f"scores fall, got {tuple(table[d, r])}")
+        object.__setattr__(self, "accept", _tuples(table.tolist()))
+        object.__setattr__(self, "counts", _tuples(self.counts))
+        object.__setattr__(self, "hits", _tuples(self.hits))
 
-    def p(self, scores: Tensor) -> Tensor:
-        """Calibrated acceptance probability of nodes with these path scores."""
-        edges = torch.tensor(self.edges[1:], dtype=torch.float64)
-        bins = (scores.double().cpu()[..., None] <= edges).sum(-1)
-        return torch.tensor(self.accept, dtype=torch.float64)[bins]
+    @cached_property
+    def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.asarray(self.edges[1:], dtype=np.float64), np.asarray(self.accept, dtype=np.float64),
+                np.asarray(self.ranks[1:]))
+
+    def p(self, scores, depth: int, level_ranks) -> np.ndarray:
+        """Calibrated acceptance probability of depth-``depth`` nodes with these path scores and
+        ranks within their level (0: the level's best score)."""
+        edges, table, ranks = self._tables
+        scores = scores.double().cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores, np.float64)
+        bins = (scores[..., None] <= edges).sum(-1)
+        buckets = np.minimum(np.searchsorted(ranks, np.asarray(level_ranks), side="right"), table.shape[1] - 1)
+        return table[min(depth, len(table)) - 1][buckets, bins]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+        Path(path).write_text(json.dumps(asdict(self)) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         try:
             data = json.loads(Path(path).read_text())
-            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+            return cls(**{k: _tuples(v) for k, v in data.items()})
         except (OSError, json.JSONDecodeError, TypeError) as err:
             raise ValueError(f"{path}: not a saved Calibration ({err})") from None
+
+
+def level_ranks(scores: np.ndarray) -> np.ndarray:
+    """Each node's rank by path score among the nodes of its level (0: the best; ties to the
+    earlier node, as EAGLE-2's top-k keeps them). Calibration and decisions both use it."""
+    ranks = np.empty(len(scores), dtype=np.int64)
+    ranks[np.argsort(-np.asarray(scores), kind="stable")] = np.arange(len(scores))
+    return ranks
+
+
+def _tuples(value):
+    """Nested lists (JSON, numpy's tolist) as nested tuples, so a calibration is immutable."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _monotone(rates: list[float], weights: list[int]) -> list[float]:
@@ -132,9 +184,13 @@ class AutoTreeConfig(TreeConfig):
                             f"got {type(self.calibration).__name__}")
 
     @cached_property
-    def _verify_ms(self) -> Tensor:
-        """``costs.verify(n)`` for n = 1 .. num_nodes, computed once (decisions run every level)."""
-        return torch.tensor([self.costs.verify(n) for n in range(1, self.num_nodes + 1)], dtype=torch.float64)
+    def _ms(self) -> tuple[np.ndarray, np.ndarray]:
+        """``costs.verify(n)`` for n = 1 .. num_nodes and ``draft(levels) + accept_ms`` for
+        levels = 0 .. max_depth, computed once (decisions run every level)."""
+        verify = np.array([self.costs.verify(n) for n in range(1, self.num_nodes + 1)])
+        rest = np.array([self.costs.draft(levels) + self.costs.accept_ms if levels else 0.0
+                         for levels in range(self.max_depth + 1)])
+        return verify, rest
 
     @property
     def temperature(self) -> float:
@@ -149,65 +205,94 @@ class AutoTreeConfig(TreeConfig):
 
     # -- the two decisions -------------------------------------------------------------
 
-    def best_budget(self, p: Tensor, levels: int) -> tuple[int, float]:
+    def best_budget(self, p, levels: int) -> tuple[int, float]:
         """(n, expected tokens per ms) for the best verify budget ``n`` (root included), given
-        the calibrated acceptance ``p`` of the candidates (any order) and ``levels`` drafted."""
-        ranked = torch.sort(p, descending=True).values[: self.num_nodes - 1]
-        tokens = 1 + torch.cat([p.new_zeros(1), ranked.cumsum(0)])  # n = 1 .. len + 1
-        ms = self._verify_ms[: len(tokens)] + (self.costs.draft(levels) + self.costs.accept_ms)
-        rate = tokens / ms.clamp_min(1e-9)
+        the calibrated acceptance ``p`` of the candidates in the order the tree keeps them
+        (best path score first) and ``levels`` drafted."""
+        verify, rest = self._ms
+        p = np.asarray(p, dtype=np.float64)[: self.num_nodes - 1]
+        tokens = 1 + np.concatenate([[0.0], np.cumsum(p)])  # n = 1 .. len + 1
+        rate = tokens / np.maximum(verify[: len(tokens)] + rest[levels], 1e-9)
         rate[0] = -math.inf  # at least one draft: a cycle verifying the root alone is plain decoding, dearer
         best = int(rate.argmax())
         return best + 1, float(rate[best])
 
-    def keep_drafting(self, p: Tensor, frontier_p: Tensor, levels: int) -> bool:
-        """Draft level ``levels + 1``? Only if going ``j`` levels deeper, for some ``j`` up to
-        ``max_depth``, raises the best rate. Level ``levels + i`` is estimated as one node per
-        frontier node, with ``child_rate ** i`` times its acceptance (an accepted node's best
-        child is accepted with probability about ``child_rate``). Looking one level ahead only
-        stops too early: a level that does not pay alone can pay with the ones after it."""
-        _, now = self.best_budget(p, levels)
-        alpha, virtual = self.calibration.child_rate, [p]
-        for i in range(1, self.max_depth - levels + 1):
-            virtual.append(alpha**i * frontier_p)
-            if self.best_budget(torch.cat(virtual), levels + i)[1] > now:
-                return True
-        return False
+    def keep_drafting(self, scores: np.ndarray, p: np.ndarray, frontier_scores: np.ndarray, frontier_p: np.ndarray,
+                      step: float, levels: int) -> bool:
+        """Draft level ``levels + 1``? ``scores``/``p``: the candidates so far, best score
+        first. Only if going ``j`` levels deeper, for some ``j`` up to ``max_depth``, raises
+        the best rate. Level ``levels + i`` is estimated as one node per frontier node, with
+        ``child_rate ** i`` times its acceptance (an accepted node's best child is accepted with
+        probability about ``child_rate``) and its score plus ``i`` times ``step`` (the log-prob
+        of a best child, on average), which places it among the candidates. Looking one
+        level ahead only stops too early: a level that does not pay alone can pay with the
+        ones after it."""
+        more = self.max_depth - levels
+        if more <= 0:
+            return False
+        verify, rest = self._ms
+        ahead = np.arange(1, more + 1)[:, None]  # (more, 1): levels ahead
+        virtual_scores = (frontier_scores[None, :] + ahead * step).ravel()
+        virtual_p = (self.calibration.child_rate**ahead * frontier_p[None, :]).ravel()
+        order = np.argsort(-np.concatenate([scores, virtual_scores]), kind="stable")
+        p_all = np.concatenate([p, virtual_p])[order]
+        level_of = np.concatenate([np.zeros(len(scores), dtype=np.int64), np.repeat(ahead.ravel(), len(frontier_p))])[order]
+        # row j: the candidates there would be with j more levels, in the order the tree keeps them;
+        # each one a budget: n - 1 = how many candidates up to it, tokens = 1 + their p
+        seen = level_of[None, :] <= np.arange(more + 1)[:, None]  # (more + 1, M)
+        count = np.cumsum(seen, axis=1)
+        tokens = 1 + np.cumsum(np.where(seen, p_all, 0.0), axis=1)
+        usable = seen & (count <= self.num_nodes - 1)
+        ms = verify[np.minimum(count, self.num_nodes - 1)] + rest[levels + np.arange(more + 1)][:, None]
+        best = np.where(usable, tokens / np.maximum(ms, 1e-9), -math.inf).max(axis=1)
+        return bool((best[1:] > best[0]).any())
 
 
 def grow_tree_auto(root_token: int, root_logprobs: Tensor, propose: Propose, config: AutoTreeConfig,
                    d2t: Tensor | None = None) -> DraftTree:
-    """EAGLE-2's expansion level by level, deciding after each whether to go on; then the
-    verify budget. The tree itself is :func:`grow_tree`'s for the chosen shape, replayed on the
-    recorded proposals, so nothing of EAGLE-2's rerank is re-implemented here."""
-    k = config.top_k
+    """EAGLE-2's expansion level by level (as :func:`eagle3_ref.tree.grow_tree`), deciding after
+    each whether to go on; then the verify budget, and EAGLE-2's own :func:`eagle3_ref.tree.rerank`
+    of the pool for it. So the tree is ``grow_tree``'s for the chosen shape (a test checks it
+    node by node)."""
+    k, keep = config.top_k, config.num_nodes - 1
     if k > root_logprobs.shape[-1]:
         raise ValueError(f"TreeConfig.top_k={k} exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
     calibrated = config.calibration.p
     pool = Pool([root_token], [-1], [0])
     first = _best(root_logprobs, k)
-    scores = [root_logprobs[first]]  # candidates' path scores, level by level
+    frontier_scores = root_logprobs[first]
+    score_chunks = [root_logprobs.new_zeros(1), frontier_scores]  # the pool's scores, level by level
     pool.tokens.extend(first.tolist()), pool.parents.extend([0] * k), pool.depths.extend([1] * k)
-    frontier, frontier_scores = list(range(1, k + 1)), scores[-1]
-    proposals = []
+    frontier = list(range(1, k + 1))
+    # the candidates that could still be verified: the best `keep` by score, best first (a
+    # candidate outside them now stays outside: later ones only add competition)
+    scores = frontier_scores.double().cpu().numpy()
+    p = calibrated(scores, 1, level_ranks(scores))
+    front_s, front_p, step = scores, p, float(scores.max())  # step: a best child's log-prob
     levels = 1
-    while config.keep_drafting(calibrated(torch.cat(scores)), calibrated(frontier_scores), levels):
+    while config.keep_drafting(scores, p, front_s, front_p, step, levels):
         levels += 1
         logprobs = propose(frontier, pool)  # (k, V_d)
-        proposals.append(logprobs)
         top = _best(logprobs, k)
-        cumulative = (frontier_scores[:, None] + logprobs.gather(1, top)).flatten()
+        steps = logprobs.gather(1, top)
+        cumulative = (frontier_scores[:, None] + steps).flatten()
         first_child = len(pool.tokens)
         pool.tokens.extend(top.flatten().tolist())
         pool.parents.extend([f for f in frontier for _ in range(k)])
         pool.depths.extend([levels] * (k * k))
-        scores.append(cumulative)
+        score_chunks.append(cumulative)
         best = _best(cumulative, k)
         frontier, frontier_scores = (first_child + best).tolist(), cumulative[best]
-    n, _ = config.best_budget(calibrated(torch.cat(scores)), levels)
-    replay = iter(proposals)
-    return grow_tree(root_token, root_logprobs, lambda _frontier, _pool: next(replay),
-                     TreeConfig(num_nodes=n, max_depth=levels, top_k=k), d2t)
+        level_scores = cumulative.double().cpu().numpy()
+        level_p = calibrated(level_scores, levels, level_ranks(level_scores))
+        chosen = best.cpu().numpy()
+        front_s, front_p = level_scores[chosen], level_p[chosen]
+        step = float(steps[:, 0].double().mean())  # the frontier's best children, on average
+        merged = np.concatenate([scores, level_scores])
+        order = np.argsort(-merged, kind="stable")[:keep]
+        scores, p = merged[order], np.concatenate([p, level_p])[order]
+    n, _ = config.best_budget(p, levels)
+    return rerank(pool, torch.cat(score_chunks), n, d2t)
 
 
 # ----------------------------------------------------------------------------------------
@@ -249,22 +334,24 @@ def calibrate(target: nn.Module, head, prompts: list[Tensor], *, temperature: fl
               top_k_sampling: int = 0, top_k: int = 10, max_depth: int = 8, max_new_tokens: int = 64,
               seed: int = 0) -> Calibration:
     """Measure a :class:`Calibration`: decode ``prompts`` verifying the whole candidate pool
-    (``top_k`` wide, ``max_depth`` deep) at ``temperature``, and count, per score bin, how
-    many nodes the target accepted; and how often an accepted frontier node had an accepted
-    child. The target's warped distribution (temperature, ``top_p``, ``top_k_sampling``) is
+    (``top_k`` wide, ``max_depth`` deep) at ``temperature``, and count, per depth, rank in the
+    level and score bin, how many nodes the target accepted; and how often an accepted
+    frontier node had an accepted child. The target's warped distribution (temperature, ``top_p``, ``top_k_sampling``) is
     the one verification uses, so the rates are the warped ones."""
     from .fusion import default_aux_layer_ids, num_decoder_layers
     from .generate import _Picker, decode_cycle, prefill
 
     check_number("temperature", temperature, 0)
-    hits, totals = [0] * len(EDGES), [0] * len(EDGES)
+    check_int("max_depth", max_depth, 1)
+    hits = np.zeros((max_depth, len(RANKS), len(EDGES)), dtype=np.int64)  # [depth - 1][rank bucket][bin]
+    totals = np.zeros_like(hits)
     expanded = expanded_hits = 0
     pool_tokens, cycles = [0] * max_depth, 0
     recorder = _Recorder(head, top_k, max_depth)
     layer_ids = getattr(head.config, "aux_layer_ids", None) or default_aux_layer_ids(num_decoder_layers(target))
     generator = torch.Generator(device=prompts[0].device).manual_seed(seed)
     pick = _Picker(temperature, top_k_sampling, top_p, generator)
-    edges = torch.tensor(EDGES[1:], dtype=torch.float64)
+    edges, rank_starts = np.asarray(EDGES[1:]), np.asarray(RANKS[1:])
     for prompt in prompts:
         state = prefill(target, prompt, layer_ids, pick, set(), max_new_tokens)
         produced = 1
@@ -279,21 +366,34 @@ def calibrate(target: nn.Module, head, prompts: list[Tensor], *, temperature: fl
             accepted, cycles = set(path), cycles + 1
             for d in range(1, max_depth + 1):
                 pool_tokens[d - 1] += 1 + min(len(path), d)
-            bins = (tree.scores[1:].double()[:, None] <= edges).sum(-1)
-            for node, b in enumerate(bins.tolist(), start=1):
-                totals[b] += 1
-                hits[b] += node in accepted
+            scores, depths = tree.scores[1:].double().numpy(), tree.tree_position_ids[1:].numpy()
+            ranks = np.empty_like(depths)  # the pool tree keeps pool order, so a level's ties too
+            for d in range(1, max_depth + 1):
+                level = np.nonzero(depths == d)[0]
+                ranks[level] = level_ranks(scores[level])
+            cell = (depths - 1, np.searchsorted(rank_starts, ranks, side="right"), (scores[:, None] <= edges).sum(-1))
+            np.add.at(totals, cell, 1)
+            np.add.at(hits, cell, np.isin(np.arange(1, tree.num_nodes), list(accepted)))
             for node in accepted:
                 if tree.children(node):  # a frontier node: expanded with its top_k children
                     expanded += 1
                     expanded_hits += any(c in accepted for c in tree.children(node))
-    rates = [h / t if t else 0.0 for h, t in zip(hits, totals)]
-    for i in range(len(rates)):  # an empty bin takes its better neighbour's rate (then monotone)
-        if not totals[i]:
-            rates[i] = rates[i - 1] if i else 1.0
-    return Calibration(float(temperature), tuple(_monotone(rates, totals)),
-                       expanded_hits / expanded if expanded else 0.0, top_k, tuple(totals),
-                       tuple(t / cycles if cycles else 1.0 for t in pool_tokens))
+    return Calibration(float(temperature), _rates(hits, totals), expanded_hits / expanded if expanded else 0.0, top_k,
+                       totals.tolist(), hits.tolist(), tuple(t / cycles if cycles else 1.0 for t in pool_tokens))
+
+
+def _rates(hits: np.ndarray, totals: np.ndarray, prior: float = 2.0) -> np.ndarray:
+    """Acceptance rates [depth][rank bucket][score bin], each row monotone in the score. A cell
+    with few nodes leans on its depth's rate for the bin over all ranks, and that on the bin's
+    rate over everything (``prior`` pseudo-nodes each); a bin empty everywhere takes its better
+    neighbour's rate."""
+    pooled = []
+    for h, t in zip(hits.sum((0, 1)), totals.sum((0, 1))):
+        pooled.append(h / t if t else (pooled[-1] if pooled else 1.0))
+    by_depth = (hits.sum(1) + prior * np.asarray(pooled)) / (totals.sum(1) + prior)  # [depth][bin]
+    rates = (hits + prior * by_depth[:, None, :]) / (totals + prior)
+    return np.array([[_monotone(list(row), list(weights + prior)) for row, weights in zip(depth, depth_totals)]
+                     for depth, depth_totals in zip(rates, totals)])
 
 
 def speedup_bound(costs: CostModel, calibration: Calibration) -> tuple[float, int]:

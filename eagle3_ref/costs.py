@@ -112,11 +112,12 @@ class CostModel:
 @torch.no_grad()
 def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 8,
                   sizes: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64), prefix: int = 128,
-                  repeats: int = 10) -> CostModel:
+                  repeats: int = 15) -> CostModel:
     """Measure a :class:`CostModel` for ``target`` and ``head`` on their device (median of
-    ``repeats`` timings each, after a warm-up): target forwards over each of ``sizes`` tree
-    tokens after a ``prefix``-token cache; drafting 1, 2, 4 and ``max_depth`` levels of
-    ``top_k``; and the accept part of a few real cycles."""
+    ``repeats`` timings each, taken round-robin after a warm-up, then made non-decreasing):
+    target forwards over each of ``sizes`` tree tokens after a ``prefix``-token cache;
+    drafting 1, 2, 4 and ``max_depth`` levels of ``top_k``; and the accept part of a few real
+    cycles."""
     from .bench import machine_description
     from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
     from .generate import compact_cache, speculative_generate, tree_attention_mask
@@ -130,46 +131,67 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
     vocab = target.config.vocab_size
     ids = torch.randint(0, vocab, (1, prefix + max(sizes)), generator=torch.Generator().manual_seed(0)).to(device)
 
-    def clock(fn) -> float:
-        fn()
-        times = []
+    def clock(fns: dict) -> dict:
+        """Median ms of each function; the repeats go round-robin, so a machine that speeds up
+        or slows down while this runs shifts every size alike instead of bending the curve."""
+        times = {key: [] for key in fns}
+        for fn in fns.values():
+            fn()  # warm-up
         for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(1000 * (time.perf_counter() - start))
-        return sorted(times)[len(times) // 2]
+            for key, fn in fns.items():
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[key].append(1000 * (time.perf_counter() - start))
+        return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
 
     cache = new_target_cache(target)
     out = target(input_ids=ids[:, :prefix], past_key_values=cache, use_cache=True, output_hidden_states=True)
-    verify_ms = {}
-    for n in sizes:
+
+    def verify(n: int):
         mask = tree_attention_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril(), prefix, dtype)
         position_ids = torch.arange(prefix, prefix + n, device=device)[None]
 
-        def verify():
+        def run():
             target(input_ids=ids[:, prefix:prefix + n], past_key_values=cache, use_cache=True, attention_mask=mask,
                    position_ids=position_ids, output_hidden_states=True)
             compact_cache(cache, prefix, [])
 
-        verify_ms[n] = clock(verify)
+        return run
 
     # drafting: the head has seen the prefix but its last 4 slots (about what a cycle accepts)
     layer_ids = head.config.aux_layer_ids or default_aux_layer_ids(num_decoder_layers(target))
     features = select_features(out.hidden_states, layer_ids).to(head.fc.weight.dtype)
     seen = build_draft_tree(head, features[:, :prefix - 5], ids[:, :prefix - 4], TreeConfig(2, 1, 1)).draft_cache
     sequence = ids[:, :prefix + 1]
-    draft_ms = {}
-    for levels in sorted({1, 2, 4, max_depth}):
+
+    def draft(levels: int):
         config = TreeConfig(num_nodes=2, max_depth=levels, top_k=top_k)
-        draft_ms[levels] = clock(lambda: build_draft_tree(head, features[:, prefix - 5:], sequence, config, seen))
+        return lambda: build_draft_tree(head, features[:, prefix - 5:], sequence, config, seen)
+
+    # one round-robin for both: a verify and a draft measured minutes apart on a shared machine
+    # can be 1.5x apart in speed, and the decisions weigh one against the other
+    ms = clock({**{("verify", n): verify(n) for n in sizes},
+                **{("draft", levels): draft(levels) for levels in sorted({1, 2, 4, max_depth})}})
+    verify_ms = _nondecreasing({n: v for (kind, n), v in ms.items() if kind == "verify"})
+    draft_ms = _nondecreasing({levels: v for (kind, levels), v in ms.items() if kind == "draft"})
 
     prompt = ids[:, :32]
     result = speculative_generate(target, head, prompt, max_new_tokens=24, tree=TreeConfig(8, 4, 2))
     cycles = max(len(result.accepted_lengths), 1)
     accept_ms = 1000 * result.timings["accept"] / cycles
     return CostModel(verify_ms, draft_ms, accept_ms, top_k, machine_description(device))
+
+
+def _nondecreasing(table: dict[int, float]) -> dict[int, float]:
+    """The closest non-decreasing curve through medians (pool-adjacent violators, equal
+    weights): more tokens or more levels never cost less, and a noisy dip would otherwise be a
+    'sweet spot' every cycle picks."""
+    from .auto_tree import _monotone
+
+    keys = sorted(table)
+    return dict(zip(keys, (-v for v in _monotone([-table[key] for key in keys], [1] * len(keys)))))
 
 
 def _sync(device) -> None:

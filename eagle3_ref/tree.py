@@ -40,7 +40,7 @@ from torch import Tensor
 from ._checks import check_float_tensor, check_instance, check_int, check_token_ids
 from .draft_head import Eagle3DraftHead, KVCache
 
-__all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "build_draft_tree", "tree_buffers", "HeadDrafter"]
+__all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "rerank", "build_draft_tree", "tree_buffers", "HeadDrafter"]
 # --- not in the skeleton: the brute-force builder, a naive twin of the tree task
 __all__ += ["build_draft_tree_naive"]
 # --- end not in the skeleton
@@ -202,15 +202,17 @@ def _best(values: Tensor, k: int) -> Tensor:
     """Indices of the k largest values along the last dimension, best first; equal values
     in index order (deterministic, unlike ``torch.topk`` alone).
 
-    ``topk`` finds the k best values fast; only when the k-th value ties with a value left
-    out can ``topk``'s choice of *which* index differ from the lowest-index rule, and then
-    we fall back to a full stable sort. Inside the chosen k, two small stable sorts order
-    them by (value descending, index ascending)."""
-    top = torch.topk(values, k, dim=-1)
-    kth = top.values[..., -1:]
-    if ((values == kth).sum(-1) != (top.values == kth).sum(-1)).any():  # a tie straddles the cut
+    A short row (a level's k * k children) is one stable sort. A long one (a vocabulary) is
+    ``topk`` of k + 1: when its k-th value is strictly above the (k+1)-th, nothing left out
+    ties with a kept value, and two small stable sorts order the kept k by (value descending,
+    index ascending); when they tie, a full stable sort decides which index is kept."""
+    n = values.shape[-1]
+    if n <= 256 or k >= n:
         return torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
-    by_index = top.indices.sort(dim=-1).values
+    top = torch.topk(values, k + 1, dim=-1)
+    if (top.values[..., k - 1] == top.values[..., k]).any():  # a tie straddles the cut
+        return torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
+    by_index = top.indices[..., :k].sort(dim=-1).values
     order = torch.sort(values.gather(-1, by_index), dim=-1, descending=True, stable=True).indices
     return by_index.gather(-1, order)
 
@@ -232,8 +234,7 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
     # --- assignment tree: EAGLE-2: the root's top_k children (by log-prob, ties to the lower id: use _best)
     #   form level 1; at each further level, propose(frontier, pool) gives each frontier node's log-probs, keep
     #   each one's top_k children, score them by cumulative log-prob, and the top_k of those k*k form the next
-    #   frontier. Finally keep the num_nodes - 1 best-scoring candidates of the whole pool (in pool order), re-
-    #   index parents, map draft ids to target ids with d2t, and build the buffers with tree_buffers.
+    #   frontier. Finally the tree is rerank's, of the whole pool with every entry's score.
     pool = Pool([root_token], [-1], [0])
     first = _best(root_logprobs, k)
     score_chunks = [root_logprobs.new_zeros(1), root_logprobs[first]]  # the pool's scores, level by level
@@ -251,8 +252,19 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
         best = _best(cumulative, k)  # the next frontier: the k best children of this level
         frontier, frontier_scores = (first_child + best).tolist(), cumulative[best]
 
-    scores = torch.cat(score_chunks).cpu()
-    kept = torch.sort(_best(scores[1:], config.num_nodes - 1) + 1).values  # pool order
+    return rerank(pool, torch.cat(score_chunks), config.num_nodes, d2t)
+    # --- end assignment
+
+
+def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None) -> DraftTree:
+    """EAGLE-2's rerank: the tree of the ``num_nodes - 1`` best-scoring candidates of ``pool``
+    (``scores``: every pool entry's path score, root first) under its root. A child never
+    outscores its parent, so the kept set is closed under ancestors."""
+    # --- assignment tree: keep the num_nodes - 1 best-scoring candidates of the pool (ties to the lower pool
+    #   id: _best), in pool order; re-index their parents, map draft ids to target ids with d2t (None: the same
+    #   vocabulary), and build the buffers with tree_buffers. The root keeps its token and score.
+    scores = scores.cpu()
+    kept = torch.sort(_best(scores[1:], num_nodes - 1) + 1).values  # pool order
     index = torch.full((len(pool.tokens),), -1, dtype=torch.long)
     index[0] = 0
     index[kept] = torch.arange(1, kept.numel() + 1)
@@ -262,7 +274,7 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
     draft_ids = torch.tensor(pool.tokens)[kept]
     if d2t is not None:
         draft_ids = draft_ids + d2t.to(draft_ids.device)[draft_ids]
-    tokens = torch.cat([torch.tensor([root_token]), draft_ids])
+    tokens = torch.cat([torch.tensor([pool.tokens[0]]), draft_ids])
     mask, depth, retrieve = tree_buffers(parents)
     return DraftTree(tokens, parents, torch.cat([scores[:1], scores[kept]]), mask, depth, retrieve)
     # --- end assignment

@@ -16,6 +16,7 @@ Proofs:
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -23,7 +24,8 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig
 
 from eagle3_ref import Eagle3Config, TreeConfig, build_draft_tree, speculative_generate
-from eagle3_ref.auto_tree import EDGES, AutoTreeConfig, Calibration, _monotone, calibrate, speedup_bound
+from eagle3_ref.auto_tree import (EDGES, RANKS, AutoTreeConfig, Calibration, _monotone, calibrate, level_ranks,
+                                  speedup_bound)
 from eagle3_ref.costs import CostModel, measure_costs
 from eagle3_ref.testing.conformance.test_generate import assert_same_tokens, hf_greedy
 from eagle3_ref.testing.conformance.test_verify import chi_square_p_value, tempered_pair
@@ -117,13 +119,43 @@ def test_the_budget_maximises_calibrated_tokens_per_ms(data):
     k = data.draw(st.integers(1, 4))
     tree = TreeConfig.auto(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=4,
                            max_nodes=data.draw(st.integers(2, 30)))
-    p = torch.tensor(data.draw(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40)), dtype=torch.float64)
+    p = data.draw(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40))  # in the order the tree keeps them
     levels = data.draw(st.integers(1, 4))
-    n, rate = tree.best_budget(p, levels)
-    ranked = sorted(p.tolist(), reverse=True)
-    brute = max(((1 + sum(ranked[:m - 1])) / tree.costs.cycle(levels, m), m)
-                for m in range(2, min(len(ranked) + 1, tree.num_nodes) + 1))
+    n, rate = tree.best_budget(np.array(p), levels)
+    brute = max(((1 + sum(p[:m - 1])) / tree.costs.cycle(levels, m), m)
+                for m in range(2, min(len(p) + 1, tree.num_nodes) + 1))
     assert math.isclose(rate, brute[0], rel_tol=1e-9), f"budget {n} at {rate} tokens/ms; brute force: {brute}"
+
+
+def keep_drafting_naive(tree, scores, p, frontier_scores, frontier_p, step, levels) -> bool:
+    """The lookahead as the docstring states it: for j = 1, 2, ... levels more, add one
+    virtual node per frontier node (acceptance child_rate^i times the frontier's, score i steps
+    below it), re-sort, and ask the best budget."""
+    _, now = tree.best_budget(p, levels)
+    all_scores, all_p = [scores], [p]
+    for i in range(1, tree.max_depth - levels + 1):
+        all_scores.append(frontier_scores + i * step)
+        all_p.append(tree.calibration.child_rate**i * frontier_p)
+        order = sorted(range(sum(map(len, all_scores))), key=lambda j: -np.concatenate(all_scores)[j])
+        if tree.best_budget(np.concatenate(all_p)[order], levels + i)[1] > now:
+            return True
+    return False
+
+
+@given(data=st.data())
+def test_the_depth_decision_is_the_lookahead_it_states(data):
+    k = data.draw(st.integers(1, 4))
+    max_depth = data.draw(st.integers(1, 6))
+    tree = TreeConfig.auto(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=max_depth,
+                           max_nodes=data.draw(st.integers(2, 40)))
+    floats = st.floats(-9.0, 0.0)
+    scores = np.array(sorted(data.draw(st.lists(floats, min_size=1, max_size=30)), reverse=True))
+    p = np.array(data.draw(st.lists(st.floats(0.0, 1.0), min_size=len(scores), max_size=len(scores))))
+    frontier_scores = np.array(data.draw(st.lists(floats, min_size=k, max_size=k)))
+    frontier_p = np.array(data.draw(st.lists(st.floats(0.0, 1.0), min_size=k, max_size=k)))
+    step, levels = data.draw(st.floats(-3.0, 0.0)), data.draw(st.integers(1, max_depth))
+    args = (scores, p, frontier_scores, frontier_p, step, levels)
+    assert tree.keep_drafting(*args) == keep_drafting_naive(tree, *args)
 
 
 def _decide(costs, rates, child_rate=0.9, max_depth=6, top_k=2):
@@ -157,6 +189,23 @@ def test_calibration_rates_never_rise_as_scores_fall():
         Calibration(0.0, tuple([0.1] + [0.5] * (len(EDGES) - 1)), 0.5, 2)
 
 
+@given(st.lists(st.sampled_from([0.0, -0.5, -1.0, -2.5, -7.0]), max_size=12))
+def test_level_ranks_and_the_calibrated_lookup(scores):
+    # ranks: by score, ties to the earlier node (EAGLE-2's order)
+    naive = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    assert level_ranks(np.array(scores)).tolist() == [naive.index(i) for i in range(len(scores))]
+    # the lookup reads cell [depth - 1][rank bucket][score bin], past the table's end its last entries
+    table = np.array([[[round(1 - (100 * d + 10 * r + b) / 1000, 3) for b in range(len(EDGES))]
+                       for r in range(len(RANKS))] for d in range(2)])
+    cal = Calibration(0.0, table.tolist(), 0.5, 2)
+    for depth in (1, 2, 5):
+        for rank in (0, 1, 3, 4, 9, 10, 29, 30, 500):
+            bucket = max(i for i, start in enumerate(RANKS) if rank >= start)
+            for b, score in enumerate((0.0, -0.06, -0.15, -0.3, -0.4, -0.6, -0.9, -1.2, -1.7, -2.5, -3.5, -5, -8, -10)):
+                got = cal.p(np.array([score]), depth, np.array([rank]))[0]
+                assert got == table[min(depth, 2) - 1, bucket, b], (depth, rank, score)
+
+
 def test_calibrating_a_tiny_pair_and_the_bound():
     tc = LlamaConfig(vocab_size=12, hidden_size=8, intermediate_size=16, num_hidden_layers=7, num_attention_heads=2,
                      num_key_value_heads=1, max_position_embeddings=128)
@@ -164,14 +213,18 @@ def test_calibrating_a_tiny_pair_and_the_bound():
     head = build_draft_head(Eagle3Config.for_target(tc), 0, target.get_input_embeddings().weight)
     prompts = [torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]])]
     cal = calibrate(target, head, prompts, top_k=2, max_depth=3, max_new_tokens=12)
-    assert sum(cal.counts) > 0 and all(a >= b for a, b in zip(cal.accept, cal.accept[1:]))
+    counts, hits, accept = np.array(cal.counts), np.array(cal.hits), np.array(cal.accept)
+    assert counts.shape == hits.shape == accept.shape == (3, len(RANKS), len(EDGES))
+    assert (np.diff(accept, axis=-1) <= 0).all(), "a rate rises as scores fall"
     assert len(cal.pool_tau) == 3 and 1.0 <= cal.pool_tau[0] <= cal.pool_tau[1] <= cal.pool_tau[2] <= 4.0
-    # the bins count every pool node of every cycle (2 + 2 * 4 = 10 a cycle), and their accepted
-    # nodes add up to the pool's accepted drafts: pool_tau - 1 a cycle (monotone smoothing keeps
-    # the count-weighted sum)
-    cycles = sum(cal.counts) / 10
-    accepted = sum(a * c for a, c in zip(cal.accept, cal.counts))
-    assert cycles == int(cycles) and accepted == pytest.approx((cal.pool_tau[2] - 1) * cycles, rel=1e-6)
+    # the cells count every pool node of every cycle (2 + 2 * 4 = 10 a cycle: 2, 4, 4 per depth),
+    # and their accepted nodes add up to the pool's accepted drafts: pool_tau - 1 a cycle
+    cycles = counts.sum() / 10
+    assert cycles == int(cycles) and list(counts.sum((1, 2))) == [2 * cycles, 4 * cycles, 4 * cycles]
+    assert hits.sum() == pytest.approx((cal.pool_tau[2] - 1) * cycles, rel=1e-9)
+    # level ranks: depth 1 holds ranks 0 and 1 once a cycle, deeper levels ranks 0 to 3
+    assert list(counts[0].sum(-1)) == [cycles, cycles, 0, 0, 0, 0]
+    assert list(counts[1].sum(-1)) == [cycles, cycles, 2 * cycles, 0, 0, 0]
     costs = measure_costs(target, head, top_k=2, max_depth=3, sizes=(1, 4, 8), prefix=8, repeats=2)
     bound, depth = speedup_bound(costs, cal)
     assert bound == max(tau * costs.plain_ms / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
