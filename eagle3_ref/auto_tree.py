@@ -5,8 +5,9 @@ EAGLE-2 observed that a node's path score (the sum of the draft's log-probabilit
 its path) tracks the chance the target accepts it. A fixed tree ignores what that chance
 and the machine say about the cycle at hand. Here, two decisions are made in each cycle:
 
-    calibrate  a node of depth d and path score s is accepted with probability c_d(s),
-               measured per temperature on real cycles (:class:`Calibration`, monotone in s)
+    calibrate  a node of depth d, rank r in its level and path score s is accepted with
+               probability c(d, r, s), measured per temperature on real cycles
+               (:class:`Calibration`, monotone in s)
     depth      after each level, draft another only if the best expected tokens per
                millisecond with more levels beats the best without them; level +i is
                estimated as one node per frontier node, alpha^i times its acceptance (alpha:
@@ -18,7 +19,7 @@ and the machine say about the cycle at hand. Here, two decisions are made in eac
 Why the depth: a head can be right and unsure. The toy's head puts 0.6 on a token the
 target then picks 9 times in 10, so four such steps score -2.0, where a depth-1 node of
 score -2.0 (probability 0.14) is rarely right. One curve for all depths rates deep nodes far
-below what they earn and stops the tree too early.
+below what they earn and stops the tree too early. Why the rank: see :class:`Calibration`.
 
 Expected tokens of a tree are exact by linearity: a cycle appends 1 + the number of
 accepted nodes, so E = 1 + sum over nodes of P(node accepted). And P(node accepted) does
@@ -78,9 +79,9 @@ class Calibration:
 
     Why the rank: the score alone is not enough. A level whose best node leads by far is a
     cycle where the draft is on the target's path, and its nodes are accepted more often than
-    nodes of the same score in a crowded level. Rating by score only, the toy's calibration
-    underestimated the deep trees it should pick (3.36 tokens for the top 24 nodes 6 deep,
-    which accept 3.56; with the rank: 3.53).
+    nodes of the same score in a crowded level. Rated by depth and score only, the toy's deep
+    trees were underestimated (3.36 tokens for the best 24 nodes 6 deep, which accept 3.56;
+    with the rank: 3.53).
     """
 
     temperature: float
