@@ -258,8 +258,9 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
 
 def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None) -> DraftTree:
     """EAGLE-2's rerank: the tree of the ``num_nodes - 1`` best-scoring candidates of ``pool``
-    (``scores``: every pool entry's path score, root first) under its root. A child never
-    outscores its parent, so the kept set is closed under ancestors."""
+    under its root. ``scores (len(pool.tokens),)``: every pool entry's path score, root first.
+    A child never outscores its parent, so the kept set is closed under ancestors.
+    :func:`grow_tree` ends with it; the cost-aware tree calls it with the budget it chose."""
     # --- assignment tree: keep the num_nodes - 1 best-scoring candidates of the pool (ties to the lower pool
     #   id: _best), in pool order; re-index their parents, map draft ids to target ids with d2t (None: the same
     #   vocabulary), and build the buffers with tree_buffers. The root keeps its token and score.

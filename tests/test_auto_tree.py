@@ -26,7 +26,7 @@ from transformers import LlamaConfig
 from eagle3_ref import Eagle3Config, TreeConfig, build_draft_tree, speculative_generate
 from eagle3_ref.auto_tree import (EDGES, RANKS, AutoTreeConfig, Calibration, _monotone, calibrate, level_ranks,
                                   speedup_bound)
-from eagle3_ref.costs import CostModel, measure_costs
+from eagle3_ref.costs import CostModel, _nondecreasing, measure_costs
 from eagle3_ref.testing.conformance.test_generate import assert_same_tokens, hf_greedy
 from eagle3_ref.testing.conformance.test_verify import chi_square_p_value, tempered_pair
 from eagle3_ref.testing.adapter import ReferenceAdapter
@@ -230,6 +230,12 @@ def test_calibrating_a_tiny_pair_and_the_bound():
     assert bound == max(tau * costs.plain_ms / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
     out = speculative_generate(target, head, prompts[0], max_new_tokens=8, tree=TreeConfig.auto(costs, cal))
     assert out.sequences.shape[1] == 3 + 8
+
+
+def test_a_measured_curve_never_falls():
+    # a noisy dip (verify 4 tokens "cheaper" than 2) would be a sweet spot every cycle picks
+    assert _nondecreasing({1: 7.0, 2: 10.0, 4: 9.0, 8: 9.5, 16: 12.0}) == pytest.approx(
+        {1: 7.0, 2: 9.5, 4: 9.5, 8: 9.5, 16: 12.0})
 
 
 def test_cost_models_and_calibrations_round_trip(tmp_path):
