@@ -98,12 +98,17 @@ class Calibration:
         check_number("Calibration.temperature", self.temperature, 0)
         check_number("Calibration.child_rate", self.child_rate, 0, 1)
         check_int("Calibration.top_k", self.top_k, 1)
-        table = np.asarray(self.accept, dtype=np.float64)
-        if table.ndim == 1:  # one row for every depth and rank
+        try:
+            table = np.asarray(self.accept, dtype=np.float64)
+        except (TypeError, ValueError):  # ragged rows
+            table = np.zeros(0)
+        if table.ndim == 1 and table.size:  # one row for every depth and rank
             table = table[None, None]
-        if table.ndim != 3 or table.shape[-1] != len(self.edges) or not table.size:
-            raise ValueError(f"Calibration.accept must be rates [depth][rank bucket][score bin] with one rate per "
-                             f"bin ({len(self.edges)}), or one flat row of them; got shape {table.shape}")
+        if table.ndim != 3 or table.shape[-1] != len(self.edges) or table.shape[1] not in (1, len(self.ranks)) \
+                or not table.size:
+            raise ValueError(f"Calibration.accept must be rates [depth][rank bucket][score bin], with one bucket per "
+                             f"start in ranks ({len(self.ranks)}) and one rate per bin ({len(self.edges)}), or one "
+                             f"flat row of them; got {self.accept!r:.200}")
         if not ((table >= 0) & (table <= 1)).all():
             raise ValueError(f"Calibration.accept must hold rates in [0, 1], got {self.accept}")
         rising = np.argwhere(np.diff(table, axis=-1) > 0)
@@ -237,7 +242,8 @@ class AutoTreeConfig(TreeConfig):
         virtual_p = (self.calibration.child_rate**ahead * frontier_p[None, :]).ravel()
         order = np.argsort(-np.concatenate([scores, virtual_scores]), kind="stable")
         p_all = np.concatenate([p, virtual_p])[order]
-        level_of = np.concatenate([np.zeros(len(scores), dtype=np.int64), np.repeat(ahead.ravel(), len(frontier_p))])[order]
+        level_of = np.concatenate([np.zeros(len(scores), dtype=np.int64),
+                                   np.repeat(ahead.ravel(), len(frontier_p))])[order]
         # row j: the candidates there would be with j more levels, in the order the tree keeps them;
         # each one a budget: n - 1 = how many candidates up to it, tokens = 1 + their p
         seen = level_of[None, :] <= np.arange(more + 1)[:, None]  # (more + 1, M)
@@ -337,8 +343,9 @@ def calibrate(target: nn.Module, head, prompts: list[Tensor], *, temperature: fl
     """Measure a :class:`Calibration`: decode ``prompts`` verifying the whole candidate pool
     (``top_k`` wide, ``max_depth`` deep) at ``temperature``, and count, per depth, rank in the
     level and score bin, how many nodes the target accepted; and how often an accepted
-    frontier node had an accepted child. The target's warped distribution (temperature, ``top_p``, ``top_k_sampling``) is
-    the one verification uses, so the rates are the warped ones."""
+    frontier node had an accepted child. The target's warped distribution (temperature,
+    ``top_p``, ``top_k_sampling``) is the one verification uses, so the rates are the warped
+    ones."""
     from .fusion import default_aux_layer_ids, num_decoder_layers
     from .generate import _Picker, decode_cycle, prefill
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig
 
 from eagle3_ref import Eagle3Config, TreeConfig, build_draft_tree, speculative_generate
-from eagle3_ref.auto_tree import (EDGES, RANKS, AutoTreeConfig, Calibration, _monotone, calibrate, level_ranks,
-                                  speedup_bound)
+from eagle3_ref.auto_tree import (EDGES, RANKS, AutoTreeConfig, Calibration, _monotone, _rates, calibrate,
+                                  level_ranks, speedup_bound)
 from eagle3_ref.costs import CostModel, _nondecreasing, measure_costs
 from eagle3_ref.testing.conformance.test_generate import assert_same_tokens, hf_greedy
 from eagle3_ref.testing.conformance.test_verify import chi_square_p_value, tempered_pair
@@ -204,6 +204,21 @@ def test_level_ranks_and_the_calibrated_lookup(scores):
             for b, score in enumerate((0.0, -0.06, -0.15, -0.3, -0.4, -0.6, -0.9, -1.2, -1.7, -2.5, -3.5, -5, -8, -10)):
                 got = cal.p(np.array([score]), depth, np.array([rank]))[0]
                 assert got == table[min(depth, 2) - 1, bucket, b], (depth, rank, score)
+
+
+def test_a_sparse_cell_leans_on_its_depth_and_bad_tables_are_refused():
+    # one node, accepted, in a cell whose depth accepts 1 in 100 for that score: 1/1 would rate
+    # every such node certain; with 2 pseudo-nodes of the depth's rate it is about a third
+    hits, totals = np.zeros((1, len(RANKS), len(EDGES)), int), np.zeros((1, len(RANKS), len(EDGES)), int)
+    hits[0, 0, 5], totals[0, 0, 5], totals[0, 1, 5] = 1, 1, 99
+    depth_rate = (1 + 2 * (1 / 100)) / (100 + 2)
+    rates = _rates(hits, totals)
+    assert rates[0, 0, 5] == pytest.approx((1 + 2 * depth_rate) / 3)
+    assert (np.diff(rates, axis=-1) <= 0).all() and rates[0, 1, 5] < 0.02
+    with pytest.raises(ValueError, match="one bucket per start in ranks"):
+        Calibration(0.0, [[[0.5] * len(EDGES)] * 3], 0.5, 2)  # 3 rank buckets, 6 starts
+    with pytest.raises(ValueError, match="rank bucket"):
+        Calibration(0.0, [[[0.5] * len(EDGES)], [[0.5] * 3]], 0.5, 2)  # ragged
 
 
 def test_calibrating_a_tiny_pair_and_the_bound():
