@@ -256,22 +256,27 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
     # --- end assignment
 
 
-def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None) -> DraftTree:
-    """EAGLE-2's rerank: the tree of the ``num_nodes - 1`` best-scoring candidates of ``pool``
-    under its root. ``scores (len(pool.tokens),)``: every pool entry's path score, root first.
+def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None,
+           rank_by: Tensor | None = None) -> DraftTree:
+    """EAGLE-2's rerank: the tree of the ``num_nodes - 1`` best candidates of ``pool`` under its
+    root, by path score. ``scores (len(pool.tokens),)``: every pool entry's path score, root first.
     A child never outscores its parent, so the kept set is closed under ancestors.
-    :func:`grow_tree` ends with it; the cost-aware tree calls it with the budget it chose."""
-    # --- assignment tree: keep the num_nodes - 1 best-scoring candidates of the pool (ties to the lower pool
+    :func:`grow_tree` ends with it; the cost-aware tree calls it with the budget it chose and
+    ``rank_by``, its own values to keep the best of (aligned with ``scores``, never higher in
+    a child than in its parent); the tree still carries the path scores."""
+    scores = scores.cpu()
+    rank_by = scores if rank_by is None else rank_by.cpu()
+    # --- assignment tree: keep the num_nodes - 1 candidates of the pool best by rank_by (ties to the lower pool
     #   id: _best), in pool order; re-index their parents, map draft ids to target ids with d2t (None: the same
     #   vocabulary), and build the buffers with tree_buffers. The root keeps its token and score.
-    scores = scores.cpu()
-    kept = torch.sort(_best(scores[1:], num_nodes - 1) + 1).values  # pool order
+    kept = torch.sort(_best(rank_by[1:], num_nodes - 1) + 1).values  # pool order
     index = torch.full((len(pool.tokens),), -1, dtype=torch.long)
     index[0] = 0
     index[kept] = torch.arange(1, kept.numel() + 1)
     parents = torch.cat([torch.tensor([-1]), index[torch.tensor(pool.parents)[kept]]])
-    if (parents[1:] < 0).any():  # cannot happen: children never outscore parents
-        raise AssertionError("reranking dropped an ancestor")
+    if (parents[1:] < 0).any():  # never with path scores: a child never outscores its parent
+        raise ValueError("rerank kept a node without its parent: rank_by must never be higher in a child than in "
+                         "its parent")
     draft_ids = torch.tensor(pool.tokens)[kept]
     if d2t is not None:
         draft_ids = draft_ids + d2t.to(draft_ids.device)[draft_ids]

@@ -1,9 +1,10 @@
 """The cost-aware tree (auto_tree.py) and its cost model (costs.py).
 
 Proofs:
-* the tree it builds in a cycle *is* EAGLE-2's tree for the shape it chose
-  (``TreeConfig(num_nodes=n, max_depth=depth, top_k)``) on the same head and features, so
-  every losslessness proof of fixed trees covers it;
+* the tree it builds in a cycle is a subtree of EAGLE-2's candidate pool on the same head
+  and features, closed under ancestors: its nodes of highest calibrated acceptance, capped
+  by their parents' (against a naive computation over the whole pool), so every
+  losslessness proof of fixed trees covers it;
 * end to end, greedy decoding with an auto tree equals transformers' ``generate`` (random
   targets, heads, cost models and calibrations), and sampling with one follows the target's
   law (chi-square over pairs of tokens);
@@ -14,12 +15,13 @@ Proofs:
   trip through JSON.
 """
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig
 
@@ -31,7 +33,7 @@ from eagle3_ref.testing.conformance.test_generate import assert_same_tokens, hf_
 from eagle3_ref.testing.conformance.test_verify import chi_square_p_value, tempered_pair
 from eagle3_ref.testing.adapter import ReferenceAdapter
 from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
-from eagle3_ref.tree import grow_tree
+from eagle3_ref.tree import DraftTree, grow_tree
 
 pytestmark = pytest.mark.generate
 
@@ -48,8 +50,13 @@ def cost_models(draw, top_k: int):
 
 @st.composite
 def calibrations(draw, top_k: int, temperature: float = 0.0):
-    rates = sorted((draw(st.floats(0.0, 1.0)) for _ in EDGES), reverse=True)
-    return Calibration(temperature, tuple(rates), draw(st.floats(0.0, 1.0)), top_k)
+    """One row of rates for every node, or a table by depth and rank in the level (where a
+    deep node may be rated above its parent, and the cap by the parent's rate matters)."""
+    def row():
+        return tuple(sorted((draw(st.floats(0.0, 1.0)) for _ in EDGES), reverse=True))
+
+    rates = row() if draw(st.booleans()) else tuple(tuple(row() for _ in RANKS) for _ in range(draw(st.integers(1, 4))))
+    return Calibration(temperature, rates, draw(st.floats(0.0, 1.0)), top_k)
 
 
 @st.composite
@@ -66,19 +73,83 @@ def _pair(tc, seed, data):
     return target, build_draft_head(config, seed, embed)
 
 
+def capped_acceptance(tree: DraftTree, calibration: Calibration) -> np.ndarray:
+    """Naive: each node's calibrated rate (its depth, its score's rank among the nodes of its
+    depth, ties to the earlier node), capped by its parent's capped rate; the root 1."""
+    depth, scores = tree.tree_position_ids.tolist(), tree.scores.double().numpy()
+    raw = np.ones(len(depth))
+    for d in range(1, max(depth) + 1):
+        level = [i for i in range(len(depth)) if depth[i] == d]
+        ranks = sorted(range(len(level)), key=lambda j: (-scores[level[j]], j))
+        rank_of = {level[j]: r for r, j in enumerate(ranks)}
+        for i in level:
+            raw[i] = calibration.p(scores[i:i + 1], d, [rank_of[i]])[0]
+    capped = raw.copy()
+    for i in range(1, len(depth)):
+        capped[i] = min(raw[i], capped[int(tree.parents[i])])
+    return capped
+
+
 @given(tc=target_configs(min_layers=2, max_layers=4), seed=seeds, data=st.data())
-def test_an_auto_tree_is_eagle2s_tree_for_the_shape_it_chose(tc, seed, data):
+def test_an_auto_tree_is_the_subtree_of_eagle2s_pool_of_highest_acceptance(tc, seed, data):
     target, head = _pair(tc, seed, data)
     tree = data.draw(auto_trees(head.config.draft_vocab_size))
     T = data.draw(st.integers(1, 6))
     ids = torch.randint(0, tc.vocab_size, (1, T + 1), generator=torch.Generator().manual_seed(seed))
     features = torch.randn(1, T, head.fc.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     auto = build_draft_tree(head, features, ids, tree)
-    depth, n = int(auto.tree_position_ids.max()), auto.num_nodes
+    depth, n, k = int(auto.tree_position_ids.max()), auto.num_nodes, tree.top_k
     assert 1 <= depth <= tree.max_depth and 2 <= n <= tree.num_nodes, f"shape {n}/{depth} outside {tree.describe()}"
-    fixed = build_draft_tree(head, features, ids, TreeConfig(num_nodes=n, max_depth=depth, top_k=tree.top_k))
-    for name in ("tokens", "parents", "scores", "tree_mask", "tree_position_ids", "retrieve_indices"):
-        assert torch.equal(getattr(auto, name), getattr(fixed, name)), f"{name} differs from TreeConfig({n}, {depth})"
+    # EAGLE-2's whole pool to that depth (node i = pool entry i), and its n - 1 best nodes by
+    # capped acceptance, ties to the earlier node
+    pool = build_draft_tree(head, features, ids, TreeConfig(num_nodes=1 + k + (depth - 1) * k * k, max_depth=depth,
+                                                            top_k=k))
+    accept = capped_acceptance(pool, tree.calibration)
+    kept = [0] + sorted(sorted(range(1, pool.num_nodes), key=lambda i: (-accept[i], i))[: n - 1])
+    new_index = {old: new for new, old in enumerate(kept)}
+    assert all(int(pool.parents[i]) in new_index for i in kept[1:]), "the kept set is not closed under ancestors"
+    assert torch.equal(auto.tokens, pool.tokens[kept])
+    assert torch.equal(auto.scores, pool.scores[kept])
+    assert auto.parents.tolist() == [-1] + [new_index[int(pool.parents[i])] for i in kept[1:]]
+    assert torch.equal(auto.tree_mask, pool.tree_mask[kept][:, kept])
+    assert torch.equal(auto.tree_position_ids, pool.tree_position_ids[kept])
+
+
+@settings(max_examples=5 * settings().max_examples)  # cheap (no model), and the budget's order rarely matters
+@given(data=st.data())
+def test_the_kept_nodes_and_the_budget_are_the_ones_the_docstring_states(data):
+    # proposals from a fixed table of log-probs, looked up by frontier entry: the same for the
+    # auto tree and for EAGLE-2's whole pool as deep as the auto tree drafted
+    k, V = data.draw(st.integers(1, 3)), data.draw(st.integers(3, 6))
+    assume(k <= V)
+    seed = data.draw(seeds)
+    table = torch.log_softmax(3 * torch.randn(17, V, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)), -1)
+    tree = TreeConfig.auto(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=data.draw(st.integers(1, 5)),
+                           max_nodes=data.draw(st.integers(2, 30)))
+    levels = [1]
+
+    def propose(frontier, pool):
+        levels[0] += 1
+        return table[torch.tensor(frontier) % 16]
+
+    auto = tree.grow(0, table[16], propose)
+    drafted = levels[0]
+    pool = grow_tree(0, table[16], propose, TreeConfig(num_nodes=1 + k + (drafted - 1) * k * k, max_depth=drafted,
+                                                       top_k=k))
+    accept = capped_acceptance(pool, tree.calibration)
+    kept = [0] + sorted(sorted(range(1, pool.num_nodes), key=lambda i: (-accept[i], i))[: auto.num_nodes - 1])
+    assert torch.equal(auto.tokens, pool.tokens[kept]) and torch.equal(auto.scores, pool.scores[kept])
+    assert torch.equal(auto.tree_mask, pool.tree_mask[kept][:, kept])
+    candidates = np.sort(accept[1:])[::-1][: tree.num_nodes - 1]
+    assert auto.num_nodes == tree.best_budget(candidates, drafted)[0]
+
+
+def test_a_child_rated_above_its_parent_waits_for_it():
+    # depth 2 is rated far above depth 1: uncapped, the children would be kept before the
+    # parents they cannot be accepted without
+    rates = (tuple([0.3] * len(EDGES)),) * len(RANKS), (tuple([0.9] * len(EDGES)),) * len(RANKS)
+    built = _decide(CostModel({1: 10.0, 64: 10.0}, {1: 0.0, 8: 0.0}, 0.0, 2), rates, max_depth=2, max_nodes=4)
+    assert built.parents.tolist() == [-1, 0, 0, 1] and built.tree_position_ids.tolist() == [0, 1, 1, 2]
 
 
 @given(tc=target_configs(min_layers=2, max_layers=5), seed=seeds, data=st.data())
@@ -127,17 +198,17 @@ def test_the_budget_maximises_calibrated_tokens_per_ms(data):
     assert math.isclose(rate, brute[0], rel_tol=1e-9), f"budget {n} at {rate} tokens/ms; brute force: {brute}"
 
 
-def keep_drafting_naive(tree, scores, p, frontier_scores, frontier_p, step, levels) -> bool:
+def keep_drafting_naive(tree, p, frontier_p, levels) -> bool:
     """The lookahead as the docstring states it: for j = 1, 2, ... levels more, add one
-    virtual node per frontier node (acceptance child_rate^i times the frontier's, score i steps
-    below it), re-sort, and ask the best budget."""
+    virtual node per frontier node (acceptance child_rate^i times the frontier node's),
+    re-sort by acceptance, and ask the best budget."""
     _, now = tree.best_budget(p, levels)
-    all_scores, all_p = [scores], [p]
+    all_p = [p]
     for i in range(1, tree.max_depth - levels + 1):
-        all_scores.append(frontier_scores + i * step)
         all_p.append(tree.calibration.child_rate**i * frontier_p)
-        order = sorted(range(sum(map(len, all_scores))), key=lambda j: -np.concatenate(all_scores)[j])
-        if tree.best_budget(np.concatenate(all_p)[order], levels + i)[1] > now:
+        merged = np.concatenate(all_p)
+        order = sorted(range(len(merged)), key=lambda j: -merged[j])
+        if tree.best_budget(merged[order], levels + i)[1] > now:
             return True
     return False
 
@@ -148,18 +219,15 @@ def test_the_depth_decision_is_the_lookahead_it_states(data):
     max_depth = data.draw(st.integers(1, 6))
     tree = TreeConfig.auto(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=max_depth,
                            max_nodes=data.draw(st.integers(2, 40)))
-    floats = st.floats(-9.0, 0.0)
-    scores = np.array(sorted(data.draw(st.lists(floats, min_size=1, max_size=30)), reverse=True))
-    p = np.array(data.draw(st.lists(st.floats(0.0, 1.0), min_size=len(scores), max_size=len(scores))))
-    frontier_scores = np.array(data.draw(st.lists(floats, min_size=k, max_size=k)))
-    frontier_p = np.array(data.draw(st.lists(st.floats(0.0, 1.0), min_size=k, max_size=k)))
-    step, levels = data.draw(st.floats(-3.0, 0.0)), data.draw(st.integers(1, max_depth))
-    args = (scores, p, frontier_scores, frontier_p, step, levels)
-    assert tree.keep_drafting(*args) == keep_drafting_naive(tree, *args)
+    rates = st.floats(0.0, 1.0)
+    p = np.array(sorted(data.draw(st.lists(rates, min_size=1, max_size=30)), reverse=True))
+    frontier_p = np.array(data.draw(st.lists(rates, min_size=k, max_size=k)))
+    levels = data.draw(st.integers(1, max_depth))
+    assert tree.keep_drafting(p, frontier_p, levels) == keep_drafting_naive(tree, p, frontier_p, levels)
 
 
-def _decide(costs, rates, child_rate=0.9, max_depth=6, top_k=2):
-    tree = TreeConfig.auto(costs, Calibration(0.0, rates, child_rate, top_k), max_depth=max_depth, max_nodes=60)
+def _decide(costs, rates, child_rate=0.9, max_depth=6, top_k=2, max_nodes=60):
+    tree = TreeConfig.auto(costs, Calibration(0.0, rates, child_rate, top_k), max_depth=max_depth, max_nodes=max_nodes)
     torch.manual_seed(0)
     logprobs = torch.log_softmax(torch.tensor([4.0, 3.0, 0.0, -1.0], dtype=torch.float64), -1)
     return tree.grow(0, logprobs, lambda frontier, pool: logprobs.expand(len(frontier), -1), None)
@@ -241,10 +309,45 @@ def test_calibrating_a_tiny_pair_and_the_bound():
     assert list(counts[0].sum(-1)) == [cycles, cycles, 0, 0, 0, 0]
     assert list(counts[1].sum(-1)) == [cycles, cycles, 2 * cycles, 0, 0, 0]
     costs = measure_costs(target, head, top_k=2, max_depth=3, sizes=(1, 4, 8), prefix=8, repeats=2)
-    bound, depth = speedup_bound(costs, cal)
-    assert bound == max(tau * costs.plain_ms / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
+    bound, plan = speedup_bound(costs, cal)
+    assert len(plan) == 4 and bound >= max(tau * costs.plain_ms / costs.cycle(d, d + 1)
+                                           for d, tau in enumerate(cal.pool_tau, 1))
     out = speculative_generate(target, head, prompts[0], max_new_tokens=8, tree=TreeConfig.auto(costs, cal))
     assert out.sequences.shape[1] == 3 + 8
+
+
+@given(data=st.data())
+def test_the_bound_is_the_best_plan_of_an_oracle_that_knows_each_cycle(data):
+    # brute force: every plan j_a <= a (verify j of the a drafts the target would accept); the
+    # bound must be the best of them, no plan may beat it (a plan letting j exceed a, or a
+    # drafting cycle priced as a plain step, would), and it bounds every fixed-depth chain
+    depth = data.draw(st.integers(1, 4))
+    at_least = sorted((data.draw(st.floats(0.0, 1.0)) for _ in range(depth)), reverse=True)  # P(a >= d)
+    cal = Calibration(0.0, tuple([0.5] * len(EDGES)), 0.5, 2, pool_tau=tuple(1 + np.cumsum(at_least)))
+    costs = data.draw(cost_models(2))
+    share = -np.diff([1.0] + at_least + [0.0])
+    for may_skip in (False, True):
+        c = [costs.plain_ms if may_skip else costs.cycle(1, 1)] + [costs.cycle(j, j + 1) for j in range(1, depth + 1)]
+        best = max(sum(h * (1 + j) for h, j in zip(share, plan)) / sum(h * c[j] for h, j in zip(share, plan))
+                   for plan in itertools.product(*(range(a + 1) for a in range(depth + 1))))
+        bound, plan = speedup_bound(costs, cal, may_skip=may_skip)
+        assert bound == pytest.approx(best * costs.plain_ms, rel=1e-9)
+        assert all(0 <= j <= a for a, j in enumerate(plan))
+        chains = max(tau * costs.plain_ms / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
+        assert bound >= chains * (1 - 1e-9)
+    assert speedup_bound(costs, cal, may_skip=True)[0] >= speedup_bound(costs, cal)[0] * (1 - 1e-9)
+
+
+def test_the_bound_beats_the_best_fixed_depth_when_cycles_differ():
+    # half the cycles accept nothing, half accept 3: a fixed depth pays for 3 levels in all of
+    # them, the oracle drafts one level where nothing will be accepted
+    costs = CostModel({1: 10.0, 4: 12.0}, {1: 2.0, 3: 6.0}, 1.0, 2)
+    cal = Calibration(0.0, tuple([0.5] * len(EDGES)), 0.5, 2, pool_tau=(1.5, 2.0, 2.5))
+    bound, plan = speedup_bound(costs, cal)
+    assert (plan[0], plan[3]) == (0, 3)  # (a = 1 and 2 never happen: any plan for them)
+    assert bound == pytest.approx((0.5 * 1 + 0.5 * 4) * 10.0 / (0.5 * (2 + 10 + 1) + 0.5 * (6 + 12 + 1)))
+    assert bound > max(tau * 10.0 / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
+    assert speedup_bound(costs, cal, may_skip=True)[0] == pytest.approx(25 / (0.5 * 10 + 0.5 * 19))
 
 
 def test_a_measured_curve_never_falls():
@@ -284,4 +387,4 @@ def test_an_auto_tree_refuses_another_temperature_and_batches():
         TreeConfig.auto(tree.costs, tree.calibration, max_nodes="many")
     with pytest.raises(ValueError, match="max_depth must be >= 1"):
         TreeConfig.auto(tree.costs, tree.calibration, max_depth=0)
-    assert isinstance(tree, AutoTreeConfig) and grow_tree  # the fixed builder stays the one the tree replays
+    assert isinstance(tree, AutoTreeConfig)
