@@ -33,11 +33,11 @@ pruned tree.
 The decisions run on a few dozen numbers per level, in numpy: a handful of torch calls per
 level would cost more than a head forward saves on a CPU.
 
-Why by acceptance and not by path score, as EAGLE-2 reranks: for the same reason. Kept by
-score, the 20-odd nodes a CPU can afford to verify were the shallow siblings of a wide pool,
-where the calibration rates deeper nodes of lower score higher. Measured on the toy (held-out
-prompts, greedy), at the same depth decisions: 3.88 tokens a cycle from 18 nodes kept by
-acceptance, against 3.60 from 21 kept by score.
+Why keep nodes by acceptance and not by path score, as EAGLE-2 reranks: the head is right
+and unsure, as above. Kept by score, the 20-odd nodes a CPU can afford to verify were the
+shallow siblings of a wide pool, where the calibration rates deeper nodes of lower score
+higher. Measured on the toy (held-out prompts, greedy), at the same depth decisions: 3.88
+tokens a cycle from 18 nodes kept by acceptance, against 3.60 from 21 kept by score.
 
 Still lossless: the tree this builds is a subtree of EAGLE-2's candidate pool, closed under
 ancestors (the expansion is EAGLE-2's, the tree :func:`eagle3_ref.tree.rerank`'s with the

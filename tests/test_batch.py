@@ -29,7 +29,7 @@ from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, 
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
 from eagle3_ref.testing.plugin import examples_per_architecture
 from eagle3_ref.testing.sampling import enumerate_verifier
-from eagle3_ref.testing.strategies import ARCHITECTURES, build_draft_head, build_target, head_configs, seeds, target_configs
+from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
 from eagle3_ref.tree import HeadDrafter, TreeConfig, build_draft_tree
 
 pytestmark = pytest.mark.generate

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from eagle3_ref.testing.conformance.test_tree import check_invariants, tree_configs
 from eagle3_ref.testing.drafters import confident_logprobs, path_proposer
 from eagle3_ref.testing.strategies import seeds, trees
-from eagle3_ref.tree import TreeConfig, grow_tree, tree_buffers
+from eagle3_ref.tree import Pool, TreeConfig, grow_tree, rerank, tree_buffers
 
 pytestmark = pytest.mark.tree
 
@@ -97,3 +97,15 @@ def test_best_breaks_ties_by_index(rows, width, few, data):
     got = _best(values, k)
     for row, chosen in zip(values.tolist(), got.tolist()):
         assert chosen == sorted(range(width), key=lambda i: (-row[i], i))[:k]
+
+
+def test_rerank_by_other_values_keeps_the_path_scores_and_refuses_an_orphan():
+    # the cost-aware tree ranks by calibrated acceptance; the tree still carries path scores
+    pool = Pool([5, 1, 2, 3], [-1, 0, 0, 1], [0, 1, 1, 2])
+    scores = torch.tensor([0.0, -0.5, -1.0, -2.0], dtype=torch.float64)
+    tree = rerank(pool, scores, 3, rank_by=torch.tensor([1.0, 0.4, 0.2, 0.3], dtype=torch.float64))
+    assert tree.tokens.tolist() == [5, 1, 3] and tree.parents.tolist() == [-1, 0, 1]
+    assert tree.scores.tolist() == [0.0, -0.5, -2.0]
+    assert rerank(pool, scores, 3).tokens.tolist() == [5, 1, 2]  # by score
+    with pytest.raises(ValueError, match="rank_by must never be higher in a child than in its parent"):
+        rerank(pool, scores, 2, rank_by=torch.tensor([1.0, 0.2, 0.1, 0.9], dtype=torch.float64))
