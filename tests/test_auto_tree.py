@@ -90,6 +90,13 @@ def capped_acceptance(tree: DraftTree, calibration: Calibration) -> np.ndarray:
     return capped
 
 
+def best_by_acceptance(pool: DraftTree, calibration: Calibration, n: int) -> tuple[list[int], np.ndarray]:
+    """The root and the ``n - 1`` nodes of highest capped acceptance (ties to the earlier
+    node), in pool order; and every node's capped acceptance."""
+    accept = capped_acceptance(pool, calibration)
+    return [0] + sorted(sorted(range(1, pool.num_nodes), key=lambda i: (-accept[i], i))[: n - 1]), accept
+
+
 @given(tc=target_configs(min_layers=2, max_layers=4), seed=seeds, data=st.data())
 def test_an_auto_tree_is_the_subtree_of_eagle2s_pool_of_highest_acceptance(tc, seed, data):
     target, head = _pair(tc, seed, data)
@@ -104,8 +111,7 @@ def test_an_auto_tree_is_the_subtree_of_eagle2s_pool_of_highest_acceptance(tc, s
     # capped acceptance, ties to the earlier node
     pool = build_draft_tree(head, features, ids, TreeConfig(num_nodes=1 + k + (depth - 1) * k * k, max_depth=depth,
                                                             top_k=k))
-    accept = capped_acceptance(pool, tree.calibration)
-    kept = [0] + sorted(sorted(range(1, pool.num_nodes), key=lambda i: (-accept[i], i))[: n - 1])
+    kept, _ = best_by_acceptance(pool, tree.calibration, n)
     new_index = {old: new for new, old in enumerate(kept)}
     assert all(int(pool.parents[i]) in new_index for i in kept[1:]), "the kept set is not closed under ancestors"
     assert torch.equal(auto.tokens, pool.tokens[kept])
@@ -136,8 +142,7 @@ def test_the_kept_nodes_and_the_budget_are_the_ones_the_docstring_states(data):
     drafted = levels[0]
     pool = grow_tree(0, table[16], propose, TreeConfig(num_nodes=1 + k + (drafted - 1) * k * k, max_depth=drafted,
                                                        top_k=k))
-    accept = capped_acceptance(pool, tree.calibration)
-    kept = [0] + sorted(sorted(range(1, pool.num_nodes), key=lambda i: (-accept[i], i))[: auto.num_nodes - 1])
+    kept, accept = best_by_acceptance(pool, tree.calibration, auto.num_nodes)
     assert torch.equal(auto.tokens, pool.tokens[kept]) and torch.equal(auto.scores, pool.scores[kept])
     assert torch.equal(auto.tree_mask, pool.tree_mask[kept][:, kept])
     candidates = np.sort(accept[1:])[::-1][: tree.num_nodes - 1]
