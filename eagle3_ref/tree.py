@@ -265,6 +265,9 @@ def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None
     ``rank_by``, its own values to keep the best of (aligned with ``scores``, never higher in
     a child than in its parent); the tree still carries the path scores."""
     scores = scores.cpu()
+    if rank_by is not None and rank_by.shape != scores.shape:
+        raise ValueError(f"rank_by has shape {tuple(rank_by.shape)}, scores {tuple(scores.shape)}: one value per pool "
+                         f"entry, root first")
     rank_by = scores if rank_by is None else rank_by.cpu()
     # --- assignment tree: keep the num_nodes - 1 candidates of the pool best by rank_by (ties to the lower pool
     #   id: _best), in pool order; re-index their parents, map draft ids to target ids with d2t (None: the same

@@ -109,3 +109,5 @@ def test_rerank_by_other_values_keeps_the_path_scores_and_refuses_an_orphan():
     assert rerank(pool, scores, 3).tokens.tolist() == [5, 1, 2]  # by score
     with pytest.raises(ValueError, match="rank_by must never be higher in a child than in its parent"):
         rerank(pool, scores, 2, rank_by=torch.tensor([1.0, 0.2, 0.1, 0.9], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"rank_by has shape \(3,\), scores \(4,\)"):
+        rerank(pool, scores, 2, rank_by=torch.tensor([1.0, 0.2, 0.1], dtype=torch.float64))
