@@ -386,12 +386,24 @@ def _reaches(node: ast.AST) -> set[tuple]:
     return set()
 
 
+# CPython 3.11 keeps the AST constructor's recursion depth in state that all threads share, so
+# two tasks parsing at once in `grade`'s threads can fail with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905; it failed this project's CI once). Parse one
+# module at a time.
+_PARSE_LOCK = threading.Lock()
+
+
+def _parse(source: str) -> ast.Module:
+    with _PARSE_LOCK:
+        return ast.parse(source)
+
+
 def _forbidden_imports(student: str, skeleton: str) -> list[str]:
     """Where the submission's module reaches beyond what the skeleton's version of it does: the
     reference itself, other modules of the package, modules looked up by name at run time."""
-    allowed = set().union(*map(_reaches, ast.walk(ast.parse(skeleton))))
+    allowed = set().union(*map(_reaches, ast.walk(_parse(skeleton))))
     bad = []
-    for node in ast.walk(ast.parse(student)):
+    for node in ast.walk(_parse(student)):
         for level, module, name in sorted(_reaches(node) - allowed, key=str):
             what = f"{'.' * level if isinstance(level, int) else ''}{module}" + (f" ({name})" if name else "")
             if level == "lookup":

@@ -179,6 +179,37 @@ def test_a_graded_module_may_not_reach_past_the_skeleton():
         assert len(found) == 1 and said in found[0], (extra, found)
 
 
+def test_the_grading_threads_parse_one_module_at_a_time(tmp_path, monkeypatch):
+    """CPython 3.11's AST constructor shares its recursion depth between threads: two tasks parsing
+    at once failed CI with "AST constructor recursion depth mismatch". A hand-in whose every module
+    reaches past the skeleton is graded from its syntax alone, with all tasks at once."""
+    import ast
+    import time
+
+    from eagle3_ref import assignment
+
+    inside, overlaps, parse = [0], [], ast.parse
+
+    def slow_parse(source, *args, **kwargs):
+        inside[0] += 1
+        overlaps.append(inside[0])
+        time.sleep(0.02)  # hold the parse long enough for another thread to walk in
+        try:
+            return parse(source, *args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(ast, "parse", slow_parse)
+    package = tmp_path / "handin" / "eagle3_ref"
+    package.mkdir(parents=True)
+    for files in graded_modules().values():
+        for f in files:
+            (package / f).write_text((PACKAGE / f).read_text() + "\nimport importlib\n")
+    grades = assignment.grade(tmp_path / "handin", jobs=len(TASKS))
+    assert all(g.passed == 0 and "imports importlib" in g.problem for g in grades.values()), grades
+    assert overlaps and max(overlaps) == 1, "two threads were inside ast.parse at once"
+
+
 def test_regions_are_replaced_with_their_hint_or_removed():
     source = ("def f(x):\n"
               "    # --- assignment tree: add one,\n"
