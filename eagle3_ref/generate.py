@@ -84,17 +84,19 @@ def compact_cache(cache: DynamicCache, prefix_len: int, keep: Sequence[int]) -> 
     A full-attention layer holds all ``prefix_len`` prefix slots; a sliding-window layer
     holds only its last ``window - 1`` (its ``held`` slots) and is trimmed back to its
     window afterwards (:func:`eagle3_ref.targets.trim_to_window`)."""
+    keep = torch.tensor(list(keep), dtype=torch.long)
     for layer in cache.layers:
         tree_slots = layer.get_seq_length() - prefix_len  # every layer saw every tree node
         held = layer.keys.shape[-2] - tree_slots  # the prefix slots this layer holds
         # --- assignment generate: after verification a layer holds `held` prefix slots, then one slot per tree
         #   node: keep the prefix slots and the accepted nodes' slots (in the order of keep), drop the rest, in
         #   the layer's keys and values (dim -2).
-        device = layer.keys.device
-        index = torch.cat([torch.arange(held, device=device),
-                           held + torch.tensor(list(keep), dtype=torch.long, device=device)])
-        layer.keys = layer.keys.index_select(-2, index)
-        layer.values = layer.values.index_select(-2, index)
+        # Only the accepted slots move, to just after the prefix (copying the whole prefix with them cost
+        # the toy a millisecond a cycle); the source is gathered before it is written, so overlaps are safe.
+        slots, end = held + keep.to(layer.keys.device), held + len(keep)
+        layer.keys[..., held:end, :] = layer.keys[..., slots, :]
+        layer.values[..., held:end, :] = layer.values[..., slots, :]
+        layer.keys, layer.values = layer.keys[..., :end, :], layer.values[..., :end, :]
         # --- end assignment
         trim_to_window(layer, prefix_len + len(keep))
 
@@ -110,10 +112,11 @@ def tree_attention_masks(target: nn.Module, cache: DynamicCache, tree_mask: Tens
     masks, rules = {}, layer_rules(target)
     q_pos = prefix_len + tree_position_ids  # (n,)
     for kind, held in held_prefix_slots(cache, target).items():
-        rule = rules[kind]
-        k_pos = torch.cat([torch.arange(prefix_len - held, prefix_len, device=q_pos.device), q_pos])  # (held + n,)
-        mask = tree_attention_mask(tree_mask, held, dtype)  # (1, 1, n, held + n)
-        masks[kind] = mask.masked_fill(~visible(rule, q_pos, k_pos)[None, None], torch.finfo(dtype).min)
+        rule, mask = rules[kind], tree_attention_mask(tree_mask, held, dtype)  # (1, 1, n, held + n)
+        if rule.window is not None:  # full attention sees every key the tree mask allows
+            k_pos = torch.cat([torch.arange(prefix_len - held, prefix_len, device=q_pos.device), q_pos])  # (held + n,)
+            mask = mask.masked_fill(~visible(rule, q_pos, k_pos)[None, None], torch.finfo(dtype).min)
+        masks[kind] = mask
     return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
