@@ -38,7 +38,7 @@ from .generate import autoregressive_generate, speculative_generate
 from .tree import TreeConfig
 
 __all__ = ["Method", "default_methods", "AUTO", "auto_trees", "bound_lines", "run_bench", "profile_cycles",
-           "forward_costs", "markdown_table",
+           "forward_ceiling", "forward_costs", "markdown_table",
            "profile_table", "costs_table", "machine_description", "plot", "SMALL_TREE", "BatchMeasurement",
            "run_batch_bench", "batch_table", "crossover_line", "plot_batches"]
 
@@ -306,13 +306,24 @@ def profile_table(profile: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def forward_ceiling(profile: dict[str, float], tau: float, plain_tokens_per_second: float) -> float:
+    """The speedup over plain decoding a tree would reach if only its forwards took time: ``tau``
+    tokens a cycle for the cycle's head and target forwards in ``profile`` (ms a cycle, from
+    :func:`profile_cycles`), against plain decoding at ``plain_tokens_per_second``. Tree
+    building, acceptance and the loop are the rest of the cycle: cutting them can reach this at
+    best, with this head, this tree and this machine."""
+    forwards = profile["drafting (head forwards)"] + profile["verification (target forward)"]
+    return tau / forwards * 1000 / plain_tokens_per_second
+
+
 def costs_table(costs: dict[str, float]) -> str:
     return "\n".join(["| one forward | ms |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in costs.items()])
 
 
 def to_json(results: list[Measurement], profile: dict[str, float] | None, meta: dict,
-            costs: dict[str, float] | None = None) -> dict:
-    return {"meta": meta, "profile_ms_per_cycle": profile, "forward_costs_ms": costs,
+            costs: dict[str, float] | None = None, auto_profile: dict[str, float] | None = None) -> dict:
+    return {"meta": meta, "profile_ms_per_cycle": profile, "auto_profile_ms_per_cycle": auto_profile,
+            "forward_costs_ms": costs,
             "results": [{**asdict(r), "tau": r.tau, "mean_tokens_per_second": r.mean_tps,
                          "std_tokens_per_second": r.std_tps} for r in results]}
 
@@ -406,6 +417,16 @@ def summary_lines(results: list[Measurement], baseline: str) -> list[str]:
         out.append(line)
     return out
 
+
+def ceiling_line(results: list[Measurement], baseline: str, auto_profile: dict[str, float]) -> str:
+    """The greedy auto row against :func:`forward_ceiling`, from its profile (stated, not asserted)."""
+    rows = {r.method: r for r in results if r.temperature == 0}
+    auto, base = rows[AUTO], rows[baseline]
+    forwards = auto_profile["drafting (head forwards)"] + auto_profile["verification (target forward)"]
+    return (f"temperature 0: the auto tree's forwards alone ({forwards:.1f} ms a cycle for tau {auto.tau:.2f}) would "
+            f"make it {forward_ceiling(auto_profile, auto.tau, base.mean_tps):.2f}x plain if tree building, "
+            f"acceptance and the loop took no time (measured: {auto.mean_tps / base.mean_tps:.2f}x); no cut of "
+            f"that bookkeeping goes further with this head on this machine")
 
 
 # ----------------------------------------------------------------------------------------

@@ -400,10 +400,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                       runs=args.runs, max_new_tokens=args.max_new_tokens,
                                       eos_token_id=tokenizer.eos_token_id, assistant=assistant, seed=args.seed,
                                       auto_trees=trees, progress=log)
-            profile = costs = None
+            profile = costs = auto_profile = None
             if not args.no_profile:
                 profile = bench.profile_cycles(target, head, prompts, max_new_tokens=args.max_new_tokens,
                                                eos_token_id=tokenizer.eos_token_id)
+                if trees and 0.0 in trees:  # the greedy auto tree too: how far cutting its bookkeeping could go
+                    auto_profile = bench.profile_cycles(target, head, prompts, trees[0.0],
+                                                        max_new_tokens=args.max_new_tokens,
+                                                        eos_token_id=tokenizer.eos_token_id)
                 costs = bench.forward_costs(target, head)
     except (DemoError, ValueError) as err:
         return _fail(args, err)
@@ -414,7 +418,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if profile:
         lines += ["", "Where a greedy cycle of the default tree (60/8/10) goes:", "", bench.profile_table(profile),
                   "", "What one forward costs (after a 128-token prefix):", "", bench.costs_table(costs)]
+    if auto_profile:
+        lines += ["", "Where a greedy cycle of the auto tree goes:", "", bench.profile_table(auto_profile)]
     lines += [""] + bench.summary_lines(results, baseline)
+    if auto_profile:
+        lines.append(bench.ceiling_line(results, baseline, auto_profile))
     if trees:
         lines += [""] + bench.bound_lines(trees)
     text = "\n".join(lines)
@@ -428,7 +436,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "methods": [{"name": m.name, "kind": m.kind, "tree": m.tree and m.tree.describe()} for m in methods]}
         if trees:
             meta["auto"] = {f"{t:g}": tree.describe() for t, tree in trees.items()}
-        (out / "bench.json").write_text(json.dumps(bench.to_json(results, profile, meta, costs), indent=1))
+        (out / "bench.json").write_text(json.dumps(bench.to_json(results, profile, meta, costs, auto_profile), indent=1))
         (out / "bench.md").write_text(text + "\n")
         if trees:  # what the auto rows decided from: reusable with TreeConfig.auto(CostModel.load, Calibration.load)
             cost_model.save(out / "costs.json")

@@ -161,12 +161,29 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     profile = data["profile_ms_per_cycle"]
     assert profile["drafting (head forwards)"] > 0 and profile["verification (target forward)"] > 0
     assert all(v >= 0 for v in profile.values())
+    auto = data["auto_profile_ms_per_cycle"]  # the greedy auto tree's cycle, and what its forwards alone allow
+    assert auto["drafting (head forwards)"] > 0 and set(auto) == set(profile)
+    assert "Where a greedy cycle of the auto tree goes" in out and "the auto tree's forwards alone" in out
     costs = data["forward_costs_ms"]
     assert set(costs) == {"target forward, 1 token", "target forward, 8 tokens", "target forward, 16 tokens",
                           "target forward, 60 tokens", "head forward, 10 tokens"} and min(costs.values()) > 0
     table = (tmp_path / "bench.md").read_text()
     assert table.count("\n| ") >= 2 * len(names) and "speedup vs plain" in table and table.strip() in out
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def test_the_forward_ceiling_counts_the_forwards_and_nothing_else():
+    from eagle3_ref.bench import AUTO, Measurement, ceiling_line, forward_ceiling
+
+    profile = {"drafting (head forwards)": 4.0, "tree building (top-k, pool, masks)": 3.0,
+               "verification (target forward)": 10.0, "acceptance and cache compaction": 1.0,
+               "Python overhead (loop)": 0.5, "prefill (once per prompt, per cycle)": 2.0}
+    # 3.5 tokens for 14 ms of forwards, against plain decoding's 10 ms a token (100 tokens/s): 2.5x
+    assert forward_ceiling(profile, 3.5, 100.0) == pytest.approx(2.5)
+    rows = [Measurement("plain", 0.0, [100.0]), Measurement(AUTO, 0.0, [175.0], [3, 4]),
+            Measurement(AUTO, 1.0, [50.0], [1])]  # the T = 1 row is not the one the greedy profile describes
+    line = ceiling_line(rows, "plain", profile)
+    assert "(14.0 ms a cycle for tau 3.50)" in line and "2.50x plain" in line and "measured: 1.75x" in line
 
 
 def test_bench_errors(capsys):
