@@ -17,6 +17,10 @@ and the machine say about the cycle at hand. Here, two decisions are made in eac
     budget     verify the n nodes of highest acceptance (ancestor-closed, by the cap), with
                n maximising  (1 + sum of their acceptances) / cycle_ms(depth, n)
 
+and one per tree: whether to draft at all (:attr:`AutoTreeConfig.drafting_gain`): when not
+even the whole pool's acceptance at a chain's cost beats a plain step at any depth, the
+decoding is plain.
+
 Why the depth: a head can be right and unsure. The toy's head puts 0.6 on a token the
 target then picks 9 times in 10, so four such steps score -2.0, where a depth-1 node of
 score -2.0 (probability 0.14) is rarely right. One curve for all depths rates deep nodes far
@@ -209,12 +213,33 @@ class AutoTreeConfig(TreeConfig):
     def temperature(self) -> float:
         return self.calibration.temperature
 
+    @cached_property
+    def drafting_gain(self) -> float:
+        """The most drafting to a fixed depth could gain over plain decoding, measured the most
+        generous way: for each depth ``d``, the whole candidate pool's acceptance to depth
+        ``d`` (``calibration.pool_tau``) at the cost of a chain that deep, over a plain step's
+        rate; the best depth's. Infinite when the calibration has no ``pool_tau``.
+
+        Below 1 (:attr:`drafts` False), no depth pays even so: only foresight of each
+        cycle's outcome could (:func:`speedup_bound`), and the per-cycle decisions, which
+        have none, lose to plain decoding. The toy at temperature 1 on a 2-core CPU is such
+        a case (0.88x). :func:`eagle3_ref.generate.speculative_generate` then decodes plainly."""
+        if not self.calibration.pool_tau:
+            return math.inf
+        costs = self.costs
+        return max(tau / costs.cycle(d, d + 1) for d, tau in enumerate(self.calibration.pool_tau, 1)) * costs.plain_ms
+
+    @property
+    def drafts(self) -> bool:
+        """Whether this tree drafts at all here (:attr:`drafting_gain` at least 1)."""
+        return self.drafting_gain >= 1
+
     def grow(self, root_token: int, root_logprobs: Tensor, propose: Propose, d2t: Tensor | None = None) -> DraftTree:
         return grow_tree_auto(root_token, root_logprobs, propose, self, d2t)
 
     def describe(self) -> dict:
         return {"auto": True, "max_nodes": self.num_nodes, "max_depth": self.max_depth, "top_k": self.top_k,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "drafts": self.drafts}
 
     # -- the two decisions -------------------------------------------------------------
 

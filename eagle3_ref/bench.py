@@ -386,7 +386,8 @@ def auto_trees(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], 
 def bound_lines(trees: dict[float, TreeConfig]) -> list[str]:
     """Per temperature, the oracle bounds of :func:`eagle3_ref.auto_tree.speedup_bound`: what
     no tree policy (fixed or chosen per cycle) can beat on this machine, and what no decoding
-    at all can, even knowing each cycle's outcome."""
+    at all can, even knowing each cycle's outcome; and whether the auto tree drafts at all
+    (:attr:`eagle3_ref.auto_tree.AutoTreeConfig.drafting_gain`)."""
     from .auto_tree import speedup_bound
 
     out = []
@@ -396,7 +397,9 @@ def bound_lines(trees: dict[float, TreeConfig]) -> list[str]:
         out.append(f"temperature {t:g}: an oracle that knows how many of the top-{tree.top_k} pool's drafts each "
                    f"cycle's target accepts, and drafts and verifies just those, reaches {drafting:.2f}x one-token "
                    f"forwards on this machine (no tree, fixed or chosen per cycle, beats it); {skipping:.2f}x if it "
-                   f"may also decode a cycle plainly (no decoding at all beats it)")
+                   f"may also decode a cycle plainly (no decoding at all beats it). Without foresight, the best "
+                   f"fixed depth of the pool at a chain's cost would make {tree.drafting_gain:.2f}x: "
+                   + ("the auto tree drafts" if tree.drafts else "the auto tree decodes plainly"))
     return out
 
 

@@ -254,6 +254,9 @@ def report(result: DemoResult, tokenizer, prompt_text: str, tree, temperature: f
     if getattr(tree, "calibration", None) is not None:  # TreeConfig.auto
         shape = (f"cost-aware tree (depth and nodes chosen every cycle, up to {tree.num_nodes} nodes, depth "
                  f"{tree.max_depth}, top-k {tree.top_k})")
+        if not tree.drafts:
+            shape = (f"cost-aware tree, which decodes plainly here: at best {tree.drafting_gain:.2f}x plain decoding "
+                     f"for any fixed depth of the draft, on this machine at this temperature")
     mode = "greedy" if temperature == 0 else f"sampling at temperature {temperature}"
     print(f"--- prompt ({out.prompt_length} tokens) ---", file=file)
     print((_DIM if colour else "") + prompt_text + (_RESET if colour else ""), file=file)
@@ -272,7 +275,7 @@ def report(result: DemoResult, tokenizer, prompt_text: str, tree, temperature: f
         speedup = (n_new / result.spec_seconds) / (plain_new / result.plain_seconds)
         line += f"   plain (transformers generate) {_spread(result.plain_times, plain_new)}   speedup {speedup:.2f}x"
     print(line + (f"   (median of {runs} runs; range in parentheses)" if runs > 1 else ""), file=file)
-    slower = why_slower(result)
+    slower = why_slower(result) if getattr(tree, "drafts", True) else None  # plain steps: no cycle to explain
     if slower:
         print(slower, file=file)
     if result.plain_sequence is None:

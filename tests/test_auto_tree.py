@@ -25,7 +25,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig
 
-from eagle3_ref import Eagle3Config, TreeConfig, build_draft_tree, speculative_generate
+from eagle3_ref import Eagle3Config, TreeConfig, autoregressive_generate, build_draft_tree, speculative_generate
 from eagle3_ref.auto_tree import (EDGES, RANKS, AutoTreeConfig, Calibration, _monotone, _rates, calibrate,
                                   level_ranks, speedup_bound)
 from eagle3_ref.costs import CostModel, _nondecreasing, measure_costs
@@ -188,6 +188,32 @@ def test_sampling_with_an_auto_tree_follows_the_targets_law():
         counts[int(out.sequences[0, 3]) * V + int(out.sequences[0, 4])] += 1
     p_value = chi_square_p_value(counts, law * runs)
     assert p_value > alpha, f"sampled pairs do not follow the target's law: chi-square p = {p_value:.2g}"
+
+
+def test_a_tree_no_depth_pays_for_decodes_plainly(monkeypatch):
+    costs = CostModel({1: 8.0, 2: 10.0, 64: 20.0}, {1: 2.0, 8: 9.0}, 0.5, 2)
+    rates = tuple(0.9 - 0.06 * i for i in range(len(EDGES)))
+
+    def tree(pool_tau):
+        return TreeConfig.auto(costs, Calibration(1.0, rates, 0.6, 2, pool_tau=pool_tau), max_depth=3, max_nodes=7)
+
+    # depth 1: 1.2 tokens for 2 + 10 + 0.5 ms; depth 2: 1.3 for 3 + 10 + 10/62 + 0.5 ms; a plain step 8 ms
+    low = tree((1.2, 1.3))
+    assert low.drafting_gain == pytest.approx(max(1.2 / 12.5, 1.3 / (13.5 + 10 / 62)) * 8)
+    assert low.drafting_gain < 1 and not low.drafts and low.describe()["drafts"] is False
+    assert tree((2.0, 3.0)).drafts and tree((1.2, 1.3, 3.0)).drafts  # a deeper depth that pays is enough
+    assert tree(()).drafting_gain == math.inf and tree(()).drafts  # no pool measured: the tree decides per cycle
+
+    target, head = tempered_pair(ReferenceAdapter(), 6, 7)
+    calls = []
+    monkeypatch.setattr(head, "forward", lambda *a, **k: calls.append(1))  # a head that must not run
+    prompt = torch.tensor([[1, 4, 2]])
+    out = speculative_generate(target, head, prompt, max_new_tokens=5, tree=low, temperature=1.0,
+                               generator=torch.Generator().manual_seed(3))
+    plain = autoregressive_generate(target, prompt, max_new_tokens=5, temperature=1.0,
+                                    generator=torch.Generator().manual_seed(3))
+    assert not calls and torch.equal(out.sequences, plain.sequences) and out.accepted_lengths == [1] * 4
+    assert set(out.timings) == {"prefill", "draft", "verify", "accept"}
 
 
 @given(data=st.data())

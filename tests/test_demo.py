@@ -148,6 +148,9 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert CostModel.load(tmp_path / "costs.json").verify(1) > 0
     assert [Calibration.load(tmp_path / f"calibration_T{t}.json").temperature for t in (0, 1)] == [0.0, 1.0]
     assert set(data["meta"]["auto"]) == {"0", "1"} and out.count("no tree, fixed or chosen per cycle, beats it") == 2
+    for t, described in data["meta"]["auto"].items():  # whether each auto row drafted is said, and agrees
+        said = "the auto tree drafts" if described["drafts"] else "the auto tree decodes plainly"
+        assert re.search(rf"temperature {t}: an oracle.*{said}", out), (t, described)
     assert set(rows) == {(n, t) for n in names for t in (0.0, 1.0)}
     for (name, _), r in rows.items():
         assert len(r["tokens_per_second"]) == 2 and all(v > 0 for v in r["tokens_per_second"])
@@ -234,6 +237,24 @@ def test_a_difference_from_plain_decoding_is_reported(toy_tokenizer):
         assert report(DemoResult(out, [1.0], plain, [1.0]), toy_tokenizer, "", TreeConfig(), 0.0, dtype, False, text) \
             == status
         assert line in text.getvalue()
+
+
+def test_a_cost_aware_tree_that_decodes_plainly_says_so(toy_tokenizer):
+    import io
+
+    from eagle3_ref.auto_tree import EDGES, Calibration
+    from eagle3_ref.costs import CostModel
+    from eagle3_ref.demo import DemoResult, report
+    from eagle3_ref.tree import TreeConfig
+
+    tree = TreeConfig.auto(CostModel({1: 8.0, 64: 20.0}, {1: 2.0, 8: 9.0}, 0.5, 2),
+                           Calibration(1.0, tuple([0.3] * len(EDGES)), 0.3, 2, pool_tau=(1.2, 1.3)))
+    out = GenerationOutput(torch.tensor([[5, 6, 7, 8, 9]]), [1, 1], {"draft": 0.0, "verify": 2.0, "accept": 0.0}, 2)
+    text = io.StringIO()  # slower than plain by chance: no drafting cycle to blame
+    assert report(DemoResult(out, [2.0], out.sequences.clone(), [1.0]), toy_tokenizer, "", tree, 1.0,
+                  torch.float32, False, text) == 0
+    assert f"decodes plainly here: at best {tree.drafting_gain:.2f}x" in text.getvalue()
+    assert "why slower" not in text.getvalue()
 
 
 def test_timing_is_a_median_and_a_loss_is_explained_from_the_measured_costs(toy_tokenizer):
