@@ -223,7 +223,7 @@ class AutoTreeConfig(TreeConfig):
         Below 1 (:attr:`drafts` False), no depth pays even so: only foresight of each
         cycle's outcome could (:func:`speedup_bound`), and the per-cycle decisions, which
         have none, lose to plain decoding. The toy at temperature 1 on a 2-core CPU is such
-        a case (0.88x). :func:`eagle3_ref.generate.speculative_generate` then decodes plainly."""
+        a case (0.88-0.95). :func:`eagle3_ref.generate.speculative_generate` then decodes plainly."""
         if not self.calibration.pool_tau:
             return math.inf
         costs = self.costs

@@ -436,7 +436,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "methods": [{"name": m.name, "kind": m.kind, "tree": m.tree and m.tree.describe()} for m in methods]}
         if trees:
             meta["auto"] = {f"{t:g}": tree.describe() for t, tree in trees.items()}
-        (out / "bench.json").write_text(json.dumps(bench.to_json(results, profile, meta, costs, auto_profile), indent=1))
+        data = bench.to_json(results, profile, meta, costs, auto_profile)
+        (out / "bench.json").write_text(json.dumps(data, indent=1))
         (out / "bench.md").write_text(text + "\n")
         if trees:  # what the auto rows decided from: reusable with TreeConfig.auto(CostModel.load, Calibration.load)
             cost_model.save(out / "costs.json")
