@@ -294,7 +294,9 @@ def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_
     ``head`` is an :class:`Eagle3DraftHead` (or the EAGLE-2-style baseline of
     :mod:`eagle3_ref.eagle2`, or any object with ``draft(features, input_ids, config, state)
     -> (tree, state)``, e.g. a test's perfect drafter).
-    Greedy at ``temperature=0``; else sampling with transformers' warpers, lossless.
+    Greedy at ``temperature=0``; else sampling with transformers' warpers, lossless. A
+    cost-aware tree (``TreeConfig.auto``) whose calibration finds that no drafting pays on this
+    machine at this temperature (``tree.drafts`` False) decodes plainly, one token a cycle.
 
     A batch: ``input_ids (B, T)`` left-padded with its ``attention_mask (B, T)``, as
     ``generate`` takes them; each row accepts its own tokens and stops on its own, and the
