@@ -404,8 +404,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not args.no_profile:
                 profile = bench.profile_cycles(target, head, prompts, max_new_tokens=args.max_new_tokens,
                                                eos_token_id=tokenizer.eos_token_id)
-                if trees and 0.0 in trees:  # the greedy auto tree too: how far cutting its bookkeeping could go
-                    auto_profile = bench.profile_cycles(target, head, prompts, trees[0.0],
+                greedy_auto = (trees or {}).get(0.0)
+                if greedy_auto is not None and greedy_auto.drafts:  # how far cutting its bookkeeping could go
+                    auto_profile = bench.profile_cycles(target, head, prompts, greedy_auto,
                                                         max_new_tokens=args.max_new_tokens,
                                                         eos_token_id=tokenizer.eos_token_id)
                 costs = bench.forward_costs(target, head)

@@ -12,7 +12,10 @@ Proofs:
   tokens per ms (against brute force); free verification and free drafting grow the tree to
   its limits; a head dearer than anything it could win stops at one level;
 * calibration rates never rise as scores fall; cost models and calibrations survive a round
-  trip through JSON.
+  trip through JSON;
+* the drafting gain is the best fixed depth of the pool at a chain's cost (against the naive
+  formula), never above the oracle's bound, and a tree whose gain is below 1 decodes plainly
+  without a head forward.
 """
 
 import itertools
@@ -341,9 +344,9 @@ def test_calibrating_a_tiny_pair_and_the_bound():
     assert list(counts[1].sum(-1)) == [cycles, cycles, 2 * cycles, 0, 0, 0]
     costs = measure_costs(target, head, top_k=2, max_depth=3, sizes=(1, 4, 8), prefix=8, repeats=2)
     bound, plan = speedup_bound(costs, cal)
-    assert len(plan) == 4 and bound >= max(tau * costs.plain_ms / costs.cycle(d, d + 1)
-                                           for d, tau in enumerate(cal.pool_tau, 1))
-    out = speculative_generate(target, head, prompts[0], max_new_tokens=8, tree=TreeConfig.auto(costs, cal))
+    tree = TreeConfig.auto(costs, cal)
+    assert len(plan) == 4 and bound >= tree.drafting_gain * (1 - 1e-9)  # the oracle may draft the best fixed depth
+    out = speculative_generate(target, head, prompts[0], max_new_tokens=8, tree=tree)
     assert out.sequences.shape[1] == 3 + 8
 
 
@@ -366,6 +369,7 @@ def test_the_bound_is_the_best_plan_of_an_oracle_that_knows_each_cycle(data):
         assert all(0 <= j <= a for a, j in enumerate(plan))
         chains = max(tau * costs.plain_ms / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
         assert bound >= chains * (1 - 1e-9)
+        assert TreeConfig.auto(costs, cal).drafting_gain == pytest.approx(chains, rel=1e-12)  # the best fixed depth
     assert speedup_bound(costs, cal, may_skip=True)[0] >= speedup_bound(costs, cal)[0] * (1 - 1e-9)
 
 
@@ -377,7 +381,7 @@ def test_the_bound_beats_the_best_fixed_depth_when_cycles_differ():
     bound, plan = speedup_bound(costs, cal)
     assert (plan[0], plan[3]) == (0, 3)  # (a = 1 and 2 never happen: any plan for them)
     assert bound == pytest.approx((0.5 * 1 + 0.5 * 4) * 10.0 / (0.5 * (2 + 10 + 1) + 0.5 * (6 + 12 + 1)))
-    assert bound > max(tau * 10.0 / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
+    assert bound > TreeConfig.auto(costs, cal).drafting_gain  # the best fixed depth
     assert speedup_bound(costs, cal, may_skip=True)[0] == pytest.approx(25 / (0.5 * 10 + 0.5 * 19))
 
 

@@ -165,8 +165,11 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert profile["drafting (head forwards)"] > 0 and profile["verification (target forward)"] > 0
     assert all(v >= 0 for v in profile.values())
     auto = data["auto_profile_ms_per_cycle"]  # the greedy auto tree's cycle, and what its forwards alone allow
-    assert auto["drafting (head forwards)"] > 0 and set(auto) == set(profile)
-    assert "Where a greedy cycle of the auto tree goes" in out and "the auto tree's forwards alone" in out
+    if data["meta"]["auto"]["0"]["drafts"]:  # (a calibration on 12 tokens could, rarely, find drafting never pays)
+        assert auto["drafting (head forwards)"] > 0 and set(auto) == set(profile)
+        assert "Where a greedy cycle of the auto tree goes" in out and "the auto tree's forwards alone" in out
+    else:
+        assert auto is None and "the auto tree's forwards alone" not in out
     costs = data["forward_costs_ms"]
     assert set(costs) == {"target forward, 1 token", "target forward, 8 tokens", "target forward, 16 tokens",
                           "target forward, 60 tokens", "head forward, 10 tokens"} and min(costs.values()) > 0
