@@ -275,7 +275,7 @@ def report(result: DemoResult, tokenizer, prompt_text: str, tree, temperature: f
         speedup = (n_new / result.spec_seconds) / (plain_new / result.plain_seconds)
         line += f"   plain (transformers generate) {_spread(result.plain_times, plain_new)}   speedup {speedup:.2f}x"
     print(line + (f"   (median of {runs} runs; range in parentheses)" if runs > 1 else ""), file=file)
-    slower = why_slower(result) if getattr(tree, "drafts", True) else None  # plain steps: no cycle to explain
+    slower = why_slower(result) if tree.drafts else None  # plain steps: no cycle to explain
     if slower:
         print(slower, file=file)
     if result.plain_sequence is None:

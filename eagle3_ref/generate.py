@@ -321,7 +321,7 @@ def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_
     timings = dict.fromkeys(["prefill", "draft", "verify", "accept"], 0.0)
     if max_new_tokens == 0:
         return GenerationOutput(input_ids.clone(), [], timings, prompt_len)
-    if not getattr(tree, "drafts", True):  # a cost-aware tree that found no drafting pays here (auto_tree.py)
+    if not tree.drafts:  # a cost-aware tree that found no drafting pays here (auto_tree.py)
         plain = autoregressive_generate(target, input_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                                         top_p=top_p, top_k=top_k, eos_token_id=eos_token_id, generator=generator)
         timings = {"prefill": 0.0, "draft": 0.0, "verify": plain.timings["total"], "accept": 0.0}  # all forwards

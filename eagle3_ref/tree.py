@@ -123,6 +123,12 @@ class TreeConfig:
         overrides this and decides its shape as it grows)."""
         return grow_tree(root_token, root_logprobs, propose, self, d2t)
 
+    @property
+    def drafts(self) -> bool:
+        """Whether decoding with this tree drafts at all: always for a fixed tree; a cost-aware
+        one may find that no drafting pays on the machine (``AutoTreeConfig.drafting_gain``)."""
+        return True
+
     def describe(self) -> dict:
         """The shape, as the bench's JSON records it."""
         return {"num_nodes": self.num_nodes, "max_depth": self.max_depth, "top_k": self.top_k}
