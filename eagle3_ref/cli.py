@@ -331,6 +331,43 @@ def _bench_batches(args, sizes, bench, target, head, prompts, tokenizer, device,
     return 0
 
 
+def _bench_shape(args: argparse.Namespace) -> int:
+    """``bench --shape``: the cost side of a target shape with random weights (eagle3_ref.shapes)."""
+    import json
+    from pathlib import Path
+
+    from eagle3_ref import bench, shapes
+
+    given = {"--target": args.target, "--draft": args.draft, "--prompts-file": args.prompts_file,
+             "--assistant": args.assistant, "--batch-sizes": args.batch_sizes, "--chat": args.chat}
+    for flag, value in given.items():
+        if value:
+            raise OptionError(f"{flag} does not apply with --shape: it times a random-weight target and head")
+    if args.temperatures != "0,1":
+        raise OptionError("--temperatures does not apply with --shape: it times greedy cycles (a fixed tree drafts and "
+                          "verifies as much at any temperature)")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise OptionError(f"--out {args.out} is a file, not a directory")
+    config = shapes.shape_config(args.shape, args.shape_layers)
+    device, dtype = _device_dtype(args)
+    target, head = shapes.random_pair(config, device=device, dtype=dtype, seed=args.seed,
+                                      draft_vocab_size=shapes.DRAFT_VOCAB.get(args.shape))
+    trees = {m.name: m.tree for m in bench.default_methods(with_sps=False, with_auto=False) if m.kind == "eagle3"}
+    log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
+    timing = shapes.time_shape(target, head, trees, prompts=args.prompts, new_tokens=args.max_new_tokens,
+                               runs=args.runs, seed=args.seed, progress=log)
+    text = shapes.shape_report(timing, args.shape)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "shape.md").write_text(text + "\n")
+        (out / "shape.json").write_text(json.dumps({"shape": args.shape, **timing.to_json()}, indent=1))
+        timing.costs.save(out / "costs.json")
+        print(f"\nwritten: {out / 'shape.md'}, {out / 'shape.json'}, {out / 'costs.json'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -351,6 +388,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise DemoError(f"--calibration-prompts must be in [1, 16] (the last held-out prompts), got "
                             f"{args.calibration_prompts}")
         _check_max_new_tokens(args.max_new_tokens)
+        if args.shape is not None:
+            return _bench_shape(args)
+        if args.shape_layers is not None:
+            raise DemoError("--shape-layers needs --shape")
         try:
             temperatures = tuple(float(t) for t in args.temperatures.split(","))
         except ValueError:
@@ -711,6 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--calibration-prompts", type=int, default=8,
                        help="held-out prompts the cost-aware tree calibrates on, taken from the end of the held-out "
                             "list (default 8; with --prompts above 40 minus this, they overlap the measured ones)")
+    bench.add_argument("--shape", help="timing only: a target of this shape with random weights and its head "
+                                       "(llama-3.1-8b, or a config.json): each fixed tree's cycle against a plain "
+                                       "step, and the cost model; tau is a parameter, not measured")
+    bench.add_argument("--shape-layers", type=int, help="with --shape: keep only the first N decoder layers")
     bench.add_argument("--quiet", action="store_true", help="no progress lines")
     bench.set_defaults(func=cmd_bench)
 

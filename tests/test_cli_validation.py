@@ -91,6 +91,8 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--out": [FILE],
         "--batch-sizes": ["0", "1,x", "-2", ""],
         "--calibration-prompts": COUNTS + ["17"],
+        "--shape": [MISSING, FILE, "llama-3.1-9b"],
+        "--shape-layers": COUNTS,  # without --shape, or not a count
     }),
     "check-head": ([], {
         "dir": [MISSING, FILE],
