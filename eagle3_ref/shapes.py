@@ -32,10 +32,11 @@ from torch import nn
 
 from .costs import CostModel, measure_costs
 from .draft_head import Eagle3Config, Eagle3DraftHead
-from .generate import autoregressive_generate, speculative_generate
+from .generate import speculative_generate
 from .tree import TreeConfig
 
-__all__ = ["SHAPES", "DRAFT_VOCAB", "shape_config", "random_pair", "ShapeTiming", "time_shape", "shape_report"]
+__all__ = ["SHAPES", "DRAFT_VOCAB", "shape_config", "random_pair", "ShapeTiming", "plain_seconds", "time_shape",
+           "shape_report"]
 
 # Shapes of targets that EAGLE-3 heads are released for (their config.json's fields that set a
 # forward's cost). RoPE scaling is left out: it changes the rotary frequencies, not the work.
@@ -136,6 +137,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def plain_seconds(target: nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
+    """Seconds of plain greedy decoding of exactly ``new_tokens`` with transformers' ``generate``,
+    the bench's baseline (no EOS stops random text early)."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    start = time.perf_counter()
+    target.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+    _sync(prompt.device)
+    return time.perf_counter() - start
+
+
 @torch.no_grad()
 def time_shape(target: nn.Module, head: Eagle3DraftHead, trees: dict[str, TreeConfig], *, prompts: int = 2,
                prompt_len: int = 128, new_tokens: int = 64, runs: int = 1, seed: int = 0,
@@ -144,9 +157,9 @@ def time_shape(target: nn.Module, head: Eagle3DraftHead, trees: dict[str, TreeCo
     ``prompt_len`` tokens, ``new_tokens`` each, ``runs`` times after a warm-up; every run times
     every method in turn, so a machine that drifts hits them alike. Then measure the cost model.
 
-    Both are differences, so that what happens once per prompt is left out: a plain step is the
-    time of decoding ``new_tokens`` less that of decoding one (the prefill), over ``new_tokens -
-    1``; a cycle is the time of generating ``new_tokens`` less that of generating 2 (the prefill
+    Both are differences, so that what happens once per prompt is left out: a plain step (with
+    transformers' ``generate``, the bench's baseline) is the time of decoding ``new_tokens`` less
+    that of decoding one (the prefill), over ``new_tokens - 1``; a cycle is the time of generating ``new_tokens`` less that of generating 2 (the prefill
     and a first cycle, whose head forward reads the whole prompt), over the difference in cycles.
     The phases are differenced alike; "accept" is the rest of the cycle (acceptance and the loop)."""
     if new_tokens < 4:
@@ -158,9 +171,7 @@ def time_shape(target: nn.Module, head: Eagle3DraftHead, trees: dict[str, TreeCo
     inputs = [torch.randint(0, vocab, (1, prompt_len), generator=gen).to(device) for _ in range(prompts)]
 
     def plain(prompt) -> tuple[float, int]:
-        one = autoregressive_generate(target, prompt, max_new_tokens=1).timings["total"]
-        many = autoregressive_generate(target, prompt, max_new_tokens=new_tokens).timings["total"]
-        return many - one, new_tokens - 1
+        return plain_seconds(target, prompt, new_tokens) - plain_seconds(target, prompt, 1), new_tokens - 1
 
     def generation(prompt, tree: TreeConfig, tokens: int) -> dict[str, float]:
         start = time.perf_counter()

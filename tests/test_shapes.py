@@ -98,8 +98,8 @@ def test_a_plain_step_and_a_cycle_are_timed_without_what_happens_once(monkeypatc
     clock = [0.0]
     monkeypatch.setattr(shapes.time, "perf_counter", lambda: clock[0])
 
-    def plain(target, prompt, *, max_new_tokens):
-        return GenerationOutput(prompt, [1] * (max_new_tokens - 1), {"total": 0.050 + 0.002 * (max_new_tokens - 1)})
+    def plain(target, prompt, new_tokens):
+        return 0.050 + 0.002 * (new_tokens - 1)
 
     def speculative(target, head, prompt, *, max_new_tokens, tree):
         cycles = max_new_tokens - 1  # one token each, as a random head's
@@ -110,7 +110,7 @@ def test_a_plain_step_and_a_cycle_are_timed_without_what_happens_once(monkeypatc
         return GenerationOutput(prompt, [1] * cycles, timings)
 
     costs = CostModel({1: 4.0}, {1: 1.0}, 1.0, 10)
-    monkeypatch.setattr(shapes, "autoregressive_generate", plain)
+    monkeypatch.setattr(shapes, "plain_seconds", plain)
     monkeypatch.setattr(shapes, "speculative_generate", speculative)
     monkeypatch.setattr(shapes, "measure_costs", lambda target, head: costs)
     target = torch.nn.Linear(2, 2)
@@ -159,3 +159,19 @@ def test_bench_shape_refuses_what_does_not_apply(flag, value, tiny, capsys):
     argv = ["bench", "--shape", tiny, flag] + ([value] if value else [])
     assert main(argv) == 2
     assert f"error: {flag} does not apply with --shape" in capsys.readouterr().err
+
+
+def test_a_plain_step_is_timed_over_exactly_the_tokens_asked_for(tiny):
+    """Random text may reach the config's EOS at once; transformers' generate would then stop and
+    the plain step would be timed over fewer tokens than it is divided by."""
+    target, _ = shapes.random_pair(shapes.shape_config(tiny, 2))
+    prompt = torch.randint(0, TINY["vocab_size"], (1, 8))
+    first = int(target(prompt).logits[0, -1].argmax())
+    target.generation_config.eos_token_id = target.config.eos_token_id = first  # the very first token ends it
+    forwards = []
+    handle = target.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        assert shapes.plain_seconds(target, prompt, 5) > 0
+    finally:
+        handle.remove()
+    assert len(forwards) == 5
