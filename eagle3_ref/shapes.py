@@ -127,6 +127,14 @@ class ShapeTiming:
         """The speedup over plain decoding of this tree's cycles if they appended ``tau`` tokens."""
         return tau * self.plain_ms / self.cycles[name]["cycle"]
 
+    def predicted(self, name: str) -> float | None:
+        """ms of this tree's cycle as the cost model prices it (what ``TreeConfig.auto`` weighs),
+        for a tree as wide as the model's drafting was measured (``top_k``), else None."""
+        tree = self.trees[name]
+        if tree["top_k"] != self.costs.top_k:
+            return None
+        return self.costs.cycle(tree["max_depth"], tree["num_nodes"])
+
     def to_json(self) -> dict:
         return {"meta": self.meta, "plain_ms": self.plain_ms, "cycles_ms": self.cycles, "trees": self.trees,
                 "costs": asdict(self.costs)}
@@ -235,6 +243,11 @@ def shape_report(timing: ShapeTiming, shape: str, taus: tuple[float, ...] = (2.0
         lines.append(f"| {name} | {ms['cycle']:.2f} | {ms['draft']:.2f} | {ms['verify']:.2f} | {ms['accept']:.2f} | "
                      f"{timing.break_even(name):.2f} | "
                      + " | ".join(f"{timing.speedup(name, t):.2f}x" for t in taus) + " |")
+    for name in timing.cycles:
+        predicted = timing.predicted(name)
+        if predicted is not None:
+            lines += ["", f"The cost model below prices a cycle of {name} at {predicted:.2f} ms "
+                          f"({predicted / timing.cycles[name]['cycle']:.2f}x the measured one)."]
     sizes = sorted(c.verify_ms)
     levels = sorted(c.draft_ms)
     lines += ["", "The cost model (`costs.json`; `TreeConfig.auto` decides from it):", "",

@@ -125,6 +125,10 @@ def test_a_plain_step_and_a_cycle_are_timed_without_what_happens_once(monkeypatc
     assert timing.speedup("deep", 4.75) == pytest.approx(1.0)
     assert timing.speedup("chain", 3.0) == pytest.approx(0.8)
     assert timing.costs is costs and timing.meta["layers"] == 3
+    assert timing.predicted("deep") is None  # 2 wide: the cost model's drafting was measured 10 wide
+    wide = shapes.ShapeTiming(2.0, {"wide": {"cycle": 20.0}}, {"wide": TreeConfig(21, 4, 10).describe()},
+                              CostModel({1: 4.0, 41: 12.0}, {1: 1.0, 5: 5.0}, 0.5, 10), {})
+    assert wide.predicted("wide") == pytest.approx(4.0 + 8.0 + 0.5)  # draft 4 levels, verify 21 tokens, accept
     with pytest.raises(ValueError, match="new_tokens must be at least 4"):
         shapes.time_shape(target, None, {}, new_tokens=3)
     monkeypatch.setattr(shapes, "speculative_generate", lambda *a, **k: GenerationOutput(torch.zeros(1, 1), [8], {
@@ -142,6 +146,8 @@ def test_bench_shape_times_each_fixed_tree_and_saves_a_cost_model(tiny, tmp_path
     data = json.loads((out / "shape.json").read_text())
     assert set(data["cycles_ms"]) == {"EAGLE-3 chain (top_k=1, 7 deep)", "EAGLE-3 tree 24/6/4",
                                       "EAGLE-3 tree 60/8/10 (default)"}
+    assert "The cost model below prices a cycle of EAGLE-3 tree 60/8/10 (default) at" in text
+    assert text.count("The cost model below prices") == 1  # the one tree as wide as its drafting was measured
     for name, ms in data["cycles_ms"].items():
         assert f"| {name} | {ms['cycle']:.2f} |" in text
         assert ms["cycle"] == pytest.approx(ms["draft"] + ms["verify"] + ms["accept"])
