@@ -165,11 +165,14 @@ def time_shape(target: nn.Module, head: Eagle3DraftHead, trees: dict[str, TreeCo
     ``prompt_len`` tokens, ``new_tokens`` each, ``runs`` times after a warm-up; every run times
     every method in turn, so a machine that drifts hits them alike. Then measure the cost model.
 
-    Both are differences, so that what happens once per prompt is left out: a plain step (with
-    transformers' ``generate``, the bench's baseline) is the time of decoding ``new_tokens`` less
-    that of decoding one (the prefill), over ``new_tokens - 1``; a cycle is the time of generating ``new_tokens`` less that of generating 2 (the prefill
-    and a first cycle, whose head forward reads the whole prompt), over the difference in cycles.
-    The phases are differenced alike; "accept" is the rest of the cycle (acceptance and the loop)."""
+    Both are differences, so that what happens once per prompt is left out:
+
+    * a plain step (transformers' ``generate``, the bench's baseline) is the time of decoding
+      ``new_tokens`` less that of decoding one (the prefill), over ``new_tokens - 1``;
+    * a cycle is the time of generating ``new_tokens`` less that of generating 2 (the prefill and
+      a first cycle, whose head forward reads the whole prompt), over the difference in cycles.
+      The phases are differenced alike; "accept" is the rest of the cycle (acceptance and the
+      loop)."""
     if new_tokens < 4:
         raise ValueError(f"new_tokens must be at least 4 (cycles are timed between 2 new tokens and new_tokens), "
                          f"got {new_tokens}")
@@ -231,8 +234,9 @@ def time_shape(target: nn.Module, head: Eagle3DraftHead, trees: dict[str, TreeCo
 def shape_report(timing: ShapeTiming, shape: str, taus: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0)) -> str:
     """Markdown: what was timed, each tree's cycle against a plain step, and the cost model."""
     m, c = timing.meta, timing.costs
-    lines = [f"Timing only: random weights shaped like {shape} ({m['layers']} decoder layers), {m['dtype']}, on "
-             f"{m['machine']}; {m['prompts']} random prompts of {m['prompt_len']} tokens x {m['new_tokens']} new "
+    layers = f"{m['layers']} decoder layer{'s' if m['layers'] > 1 else ''}"
+    lines = [f"Timing only: random weights shaped like {shape} ({layers}), {m['dtype']}, on {m['machine']}; "
+             f"{m['prompts']} random prompts of {m['prompt_len']} tokens x {m['new_tokens']} new "
              f"tokens, {m['runs']} run(s) after a warm-up. A random head's drafts are rejected, so tau is not "
              "measured here: the speedups below are tau x plain step / cycle for the tau a trained head reaches.",
              "", f"A plain decoding step: {timing.plain_ms:.2f} ms.", "",
