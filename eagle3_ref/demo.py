@@ -101,12 +101,15 @@ def encode_prompt(tokenizer, prompt: str, chat: bool, device) -> Tensor:
 
 @torch.no_grad()
 def plain_generate(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0,
-                   top_p: float = 1.0, top_k: int = 0, eos_token_id=None, assistant: nn.Module | None = None) -> Tensor:
+                   top_p: float = 1.0, top_k: int = 0, eos_token_id=None, assistant: nn.Module | None = None,
+                   min_new_tokens: int = 0) -> Tensor:
     """transformers' own ``generate`` (the baseline), or its assisted generation with a small
-    draft LM (``assistant``, the field's SpS baseline). Returns the full sequence ``(1, T)``."""
+    draft LM (``assistant``, the field's SpS baseline). Returns the full sequence ``(1, T)``.
+    ``min_new_tokens``: no EOS before this many (the model's own config may name one)."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0, eos_token_id=eos_token_id,
+    config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                              do_sample=temperature > 0, eos_token_id=eos_token_id,
                               pad_token_id=eos_token_id if eos_token_id is not None else 0,
                               **({"temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 else {}))
     return target.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from .costs import CostModel, measure_costs
+from .demo import plain_generate
 from .draft_head import Eagle3Config, Eagle3DraftHead
-from .generate import speculative_generate
+from .generate import _sync, speculative_generate
 from .tree import TreeConfig
 
 __all__ = ["SHAPES", "DRAFT_VOCAB", "shape_config", "random_pair", "ShapeTiming", "plain_seconds", "time_shape",
@@ -140,19 +141,11 @@ class ShapeTiming:
                 "costs": asdict(self.costs)}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def plain_seconds(target: nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
     """Seconds of plain greedy decoding of exactly ``new_tokens`` with transformers' ``generate``,
     the bench's baseline (no EOS stops random text early)."""
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     start = time.perf_counter()
-    target.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+    plain_generate(target, prompt, new_tokens, min_new_tokens=new_tokens)
     _sync(prompt.device)
     return time.perf_counter() - start
 
