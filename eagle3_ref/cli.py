@@ -331,6 +331,9 @@ def _bench_batches(args, sizes, bench, target, head, prompts, tokenizer, device,
     return 0
 
 
+CALIBRATION_PROMPTS, TEMPERATURES = 8, "0,1"  # bench's defaults, which --shape does not use
+
+
 def _bench_shape(args: argparse.Namespace) -> int:
     """``bench --shape``: the cost side of a target shape with random weights (eagle3_ref.shapes)."""
     import json
@@ -339,11 +342,13 @@ def _bench_shape(args: argparse.Namespace) -> int:
     from eagle3_ref import bench, shapes
 
     given = {"--target": args.target, "--draft": args.draft, "--prompts-file": args.prompts_file,
-             "--assistant": args.assistant, "--batch-sizes": args.batch_sizes, "--chat": args.chat}
+             "--assistant": args.assistant, "--batch-sizes": args.batch_sizes, "--chat": args.chat,
+             "--no-profile": args.no_profile, "--no-auto": args.no_auto,
+             "--calibration-prompts": args.calibration_prompts != CALIBRATION_PROMPTS}
     for flag, value in given.items():
         if value:
             raise OptionError(f"{flag} does not apply with --shape: it times a random-weight target and head")
-    if args.temperatures != "0,1":
+    if args.temperatures != TEMPERATURES:
         raise OptionError("--temperatures does not apply with --shape: it times greedy cycles (a fixed tree drafts and "
                           "verifies as much at any temperature)")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -741,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompts-file", help="JSON lines with a \"prompt\" field, or one prompt per line")
     bench.add_argument("--chat", action="store_true", help="wrap --prompts-file prompts in the chat template")
     bench.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
-    bench.add_argument("--temperatures", default="0,1", help="comma-separated (default 0,1)")
+    bench.add_argument("--temperatures", default=TEMPERATURES, help=f"comma-separated (default {TEMPERATURES})")
     bench.add_argument("--out", help="write bench.md, bench.json and bench.png here")
     bench.add_argument("--batch-sizes", help="e.g. 1,2,4,8: greedy total tokens/s of batched plain decoding and "
                                              "EAGLE-3 at each batch size instead (each must divide --prompts)")
@@ -749,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-auto", action="store_true",
                        help="skip the cost-aware tree (its cost model and per-temperature calibration take ~1 min "
                             "on a CPU)")
-    bench.add_argument("--calibration-prompts", type=int, default=8,
+    bench.add_argument("--calibration-prompts", type=int, default=CALIBRATION_PROMPTS,
                        help="held-out prompts the cost-aware tree calibrates on, taken from the end of the held-out "
                             "list (default 8; with --prompts above 40 minus this, they overlap the measured ones)")
     bench.add_argument("--shape", help="timing only: a target of this shape with random weights and its head "

@@ -160,7 +160,8 @@ def test_bench_shape_times_each_fixed_tree_and_saves_a_cost_model(tiny, tmp_path
 
 @pytest.mark.parametrize("flag, value", [("--target", "x"), ("--draft", "x"), ("--prompts-file", "x"),
                                          ("--assistant", "x"), ("--batch-sizes", "1,2"), ("--chat", None),
-                                         ("--temperatures", "0")])
+                                         ("--no-profile", None), ("--no-auto", None),
+                                         ("--calibration-prompts", "4"), ("--temperatures", "0")])
 def test_bench_shape_refuses_what_does_not_apply(flag, value, tiny, capsys):
     argv = ["bench", "--shape", tiny, flag] + ([value] if value else [])
     assert main(argv) == 2
