@@ -355,8 +355,12 @@ def _bench_shape(args: argparse.Namespace) -> int:
         raise OptionError(f"--out {args.out} is a file, not a directory")
     config = shapes.shape_config(args.shape, args.shape_layers)
     device, dtype = _device_dtype(args)
-    target, head = shapes.random_pair(config, device=device, dtype=dtype, seed=args.seed,
-                                      draft_vocab_size=shapes.DRAFT_VOCAB.get(args.shape))
+    try:
+        target, head = shapes.random_pair(config, device=device, dtype=dtype, seed=args.seed,
+                                          draft_vocab_size=shapes.DRAFT_VOCAB.get(args.shape))
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds here
+        raise OptionError(f"--shape {args.shape}: cannot build a causal LM and an EAGLE-3 head of this shape "
+                          f"({str(err).strip().splitlines()[0]})") from None
     trees = {m.name: m.tree for m in bench.default_methods(with_sps=False, with_auto=False) if m.kind == "eagle3"}
     log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
     timing = shapes.time_shape(target, head, trees, prompts=args.prompts, new_tokens=args.max_new_tokens,

@@ -30,10 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import check_head_fits_target
 from .costs import CostModel, measure_costs
 from .demo import plain_generate
 from .draft_head import Eagle3Config, Eagle3DraftHead
 from .generate import _sync, speculative_generate
+from .targets import check_tree_verifiable
 from .tree import TreeConfig
 
 __all__ = ["SHAPES", "DRAFT_VOCAB", "shape_config", "random_pair", "ShapeTiming", "plain_seconds", "time_shape",
@@ -72,10 +74,13 @@ def shape_config(shape: str, num_layers: int | None = None):
             raise ValueError(f"--shape {shape}: {path} is not valid JSON ({err})") from None
         if not isinstance(data, dict) or "model_type" not in data:
             raise ValueError(f"--shape {shape}: {path} has no model_type (not a transformers config.json)")
+    model_type = data.pop("model_type")
     try:
-        config = AutoConfig.for_model(data.pop("model_type"), **data)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"--shape {shape}: {err}") from None
+        config = AutoConfig.for_model(model_type, **data)
+    except Exception as err:  # noqa: BLE001 - transformers and huggingface_hub raise many kinds here
+        known = "Unrecognized model identifier" not in str(err)
+        reason = str(err).strip().splitlines()[-1].strip() if known else "not a model type transformers knows"
+        raise ValueError(f"--shape {shape}: model_type {model_type!r}: {reason}") from None
     if num_layers is not None:
         total = config.num_hidden_layers
         if not isinstance(num_layers, int) or isinstance(num_layers, bool) or not 1 <= num_layers <= total:
@@ -97,7 +102,8 @@ def random_pair(config, *, device: str | torch.device = "cpu", dtype: torch.dtyp
                 draft_vocab_size: int | None = None, seed: int = 0) -> tuple[nn.Module, Eagle3DraftHead]:
     """A target of ``config``'s shape and an EAGLE-3 head shaped like one of its decoder layers
     (the released heads' shape), both with random weights, built directly on ``device`` (an 8B
-    target in float32 on the CPU first would need 32 GB)."""
+    target in float32 on the CPU first would need 32 GB). Raises where the loop could not draft
+    for such a target (no decoder layers to tap, or layers a tree mask cannot verify)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -107,6 +113,8 @@ def random_pair(config, *, device: str | torch.device = "cpu", dtype: torch.dtyp
                                               aux_layer_ids=_aux_layer_ids(config.get_text_config().num_hidden_layers))
         head = Eagle3DraftHead(head_config).to(dtype).eval()
     head.attach_embedding(target.get_input_embeddings().weight)
+    check_head_fits_target(head.config, target)  # as loading a real pair checks it
+    check_tree_verifiable(target)
     return target, head
 
 

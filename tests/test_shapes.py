@@ -56,6 +56,9 @@ def test_a_config_file_or_directory_is_a_shape_and_layers_can_be_cut(tmp_path):
     ("llama-3.1-9b", None, "neither a known shape (llama-3.1-8b) nor a config.json"),
     ("<not json>", None, "is not valid JSON"),
     ("<no model_type>", None, "has no model_type"),
+    ('{"model_type": "nonesuch"}', None, "model_type 'nonesuch': not a model type transformers knows"),
+    ('{"model_type": "llama", "hidden_size": 30, "num_attention_heads": 4}', None,
+     "not a multiple of the number of attention heads"),
     ("llama-3.1-8b", 0, "--shape-layers must be in [1, 32]"),
     ("llama-3.1-8b", 33, "--shape-layers must be in [1, 32]"),
 ])
@@ -64,6 +67,9 @@ def test_a_shape_that_cannot_be_built_is_named(shape, layers, message, tmp_path)
     (tmp_path / "untyped.json").write_text(json.dumps({"hidden_size": 8}))
     shape = {"<not json>": str(tmp_path / "bad.json"), "<no model_type>": str(tmp_path / "untyped.json")}.get(shape,
                                                                                                             shape)
+    if shape.startswith("{"):
+        (tmp_path / "given.json").write_text(shape)
+        shape = str(tmp_path / "given.json")
     with pytest.raises(ValueError) as err:
         shapes.shape_config(shape, layers)
     assert message in str(err.value)
@@ -182,3 +188,17 @@ def test_a_plain_step_is_timed_over_exactly_the_tokens_asked_for(tiny):
     finally:
         handle.remove()
     assert len(forwards) == 5
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "bert", "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64,
+      "num_hidden_layers": 2, "vocab_size": 100}, "cannot find the decoder layers of BertLMHeadModel"),
+    ({"model_type": "qwen3_next", "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 100, "head_dim": 8},
+     "Qwen3NextForCausalLM cannot verify a draft tree: layers [0, 1, 2] are 'linear_attention'"),
+])
+def test_bench_shape_refuses_a_shape_the_loop_cannot_draft_for(config, message, tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["bench", "--shape", str(tmp_path), "--prompts", "1", "--runs", "1", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot build a causal LM and an EAGLE-3 head of this shape" in err and message in err
