@@ -97,8 +97,9 @@ def test_a_target_of_few_layers_still_has_a_head_that_drafts(layers, tiny):
 
 
 def test_a_plain_step_and_a_cycle_are_timed_without_what_happens_once(monkeypatch):
-    """The arithmetic, on a scripted clock: a prefill of 50 ms, plain steps of 2 ms, a first cycle
-    whose head forward reads the prompt (30 ms more), then cycles whose phases are known. A plain
+    """The arithmetic, on a scripted clock: a prefill of 50 ms (70 in a longer run: noise), plain
+    steps of 2 ms, a first cycle whose head forward reads the prompt (30 ms more), then cycles
+    whose phases are known. A plain
     step timed over all new tokens would read (50 + 2 (n - 1)) / n; a cycle timed with the prefill
     or the first cycle would read more, by less the more tokens follow."""
     clock = [0.0]
@@ -110,7 +111,8 @@ def test_a_plain_step_and_a_cycle_are_timed_without_what_happens_once(monkeypatc
     def speculative(target, head, prompt, *, max_new_tokens, tree):
         cycles = max_new_tokens - 1  # one token each, as a random head's
         levels = tree.max_depth  # each cycle: 1 ms a level drafting, 5 ms verifying, 1 accepting, 0.5 of loop
-        timings = {"prefill": 0.050, "draft": 0.030 + cycles * 0.001 * levels, "verify": cycles * 0.005,
+        prefill = 0.050 if max_new_tokens == 2 else 0.070  # a prefill's time varies from run to run
+        timings = {"prefill": prefill, "draft": 0.030 + cycles * 0.001 * levels, "verify": cycles * 0.005,
                    "accept": cycles * 0.001}
         clock[0] += sum(timings.values()) + cycles * 0.0005
         return GenerationOutput(prompt, [1] * cycles, timings)
