@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .demo import plain_generate
 from .draft_head import Eagle3DraftHead
-from .generate import autoregressive_generate, speculative_generate
+from .generate import _sync, autoregressive_generate, speculative_generate
 from .tree import TreeConfig
 
 __all__ = ["Method", "default_methods", "AUTO", "auto_trees", "bound_lines", "run_bench", "profile_cycles",
@@ -103,11 +103,6 @@ class _ForwardCounter:
 
     def close(self) -> None:
         self._handle.remove()
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _generate_once(method: Method, target, head, assistant, prompt: Tensor, max_new_tokens: int, temperature: float,

@@ -120,7 +120,7 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
     cycles."""
     from .bench import machine_description
     from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
-    from .generate import compact_cache, speculative_generate, tree_attention_mask
+    from .generate import _sync, compact_cache, speculative_generate, tree_attention_mask
     from .targets import new_target_cache
     from .tree import TreeConfig, build_draft_tree
 
@@ -192,8 +192,3 @@ def _nondecreasing(table: dict[int, float]) -> dict[int, float]:
 
     keys = sorted(table)
     return dict(zip(keys, (-v for v in _monotone([-table[key] for key in keys], [1] * len(keys)))))
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
