@@ -351,6 +351,9 @@ def _bench_shape(args: argparse.Namespace) -> int:
     if args.temperatures != TEMPERATURES:
         raise OptionError("--temperatures does not apply with --shape: it times greedy cycles (a fixed tree drafts and "
                           "verifies as much at any temperature)")
+    if args.max_new_tokens < shapes.MIN_NEW_TOKENS:
+        raise OptionError(f"--max-new-tokens must be at least {shapes.MIN_NEW_TOKENS} with --shape (cycles are timed "
+                          f"between 2 new tokens and it), got {args.max_new_tokens}")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise OptionError(f"--out {args.out} is a file, not a directory")
     config = shapes.shape_config(args.shape, args.shape_layers)
@@ -760,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "on a CPU)")
     bench.add_argument("--calibration-prompts", type=int, default=CALIBRATION_PROMPTS,
                        help="held-out prompts the cost-aware tree calibrates on, taken from the end of the held-out "
-                            "list (default 8; with --prompts above 40 minus this, they overlap the measured ones)")
+                            f"list (default {CALIBRATION_PROMPTS}; with --prompts above 40 minus this, they overlap "
+                            "the measured ones)")
     bench.add_argument("--shape", help="timing only: a target of this shape with random weights and its head "
                                        "(llama-3.1-8b, or a config.json): each fixed tree's cycle against a plain "
                                        "step, and the cost model; tau is a parameter, not measured")

@@ -38,8 +38,8 @@ from .generate import _sync, speculative_generate
 from .targets import check_tree_verifiable
 from .tree import TreeConfig
 
-__all__ = ["SHAPES", "DRAFT_VOCAB", "shape_config", "random_pair", "ShapeTiming", "plain_seconds", "time_shape",
-           "shape_report"]
+__all__ = ["SHAPES", "DRAFT_VOCAB", "MIN_NEW_TOKENS", "shape_config", "random_pair", "ShapeTiming", "plain_seconds",
+           "time_shape", "shape_report"]
 
 # Shapes of targets that EAGLE-3 heads are released for (their config.json's fields that set a
 # forward's cost). RoPE scaling is left out: it changes the rotary frequencies, not the work.
@@ -49,6 +49,8 @@ SHAPES: dict[str, dict] = {
                          max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
                          tie_word_embeddings=False),
 }
+MIN_NEW_TOKENS = 4  # time_shape differences generations of 2 and of new_tokens tokens
+
 # The released head's draft vocabulary for each shape (yuhuili/EAGLE3-LLaMA3.1-Instruct-8B: 32000).
 DRAFT_VOCAB: dict[str, int] = {"llama-3.1-8b": 32000}
 
@@ -174,9 +176,9 @@ def time_shape(target: nn.Module, head: Eagle3DraftHead, trees: dict[str, TreeCo
       whose head forward reads the whole prompt), each without its prefill, over the difference
       in cycles. The phases are differenced alike; "accept" is the rest of the cycle (acceptance
       and the loop)."""
-    if new_tokens < 4:
-        raise ValueError(f"new_tokens must be at least 4 (cycles are timed between 2 new tokens and new_tokens), "
-                         f"got {new_tokens}")
+    if new_tokens < MIN_NEW_TOKENS:
+        raise ValueError(f"new_tokens must be at least {MIN_NEW_TOKENS} (cycles are timed between 2 new tokens and "
+                         f"new_tokens), got {new_tokens}")
     device = next(target.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     vocab = target.config.get_text_config().vocab_size

@@ -204,3 +204,9 @@ def test_bench_shape_refuses_a_shape_the_loop_cannot_draft_for(config, message, 
     assert main(["bench", "--shape", str(tmp_path), "--prompts", "1", "--runs", "1", "--max-new-tokens", "4"]) == 2
     err = capsys.readouterr().err
     assert "cannot build a causal LM and an EAGLE-3 head of this shape" in err and message in err
+
+
+def test_bench_shape_refuses_too_few_new_tokens_by_name_before_building_anything(tiny, capsys, monkeypatch):
+    monkeypatch.setattr(shapes, "random_pair", lambda *a, **k: pytest.fail("built a model before refusing"))
+    assert main(["bench", "--shape", tiny, "--max-new-tokens", "3"]) == 2
+    assert "error: --max-new-tokens must be at least 4 with --shape" in capsys.readouterr().err
