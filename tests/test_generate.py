@@ -67,7 +67,12 @@ class CacheMachine(RuleBasedStateMachine):
     @initialize(data=st.data(), seed=seeds)
     def setup(self, data, seed):
         tc = data.draw(target_configs(architectures=self.architectures, min_layers=7, max_layers=8))
-        self.atol = ARCHITECTURES[tc.model_type].atol
+        arch = ARCHITECTURES[tc.model_type]
+        # float32 rounding inside transformers grows through each random layer of these 7-8 layer
+        # targets. Measured (llama4_text, 7 layers, two cycles): the keys' error rose from 1.2e-7 at
+        # layer 2 to 1.6e-5 at layer 6, past the 1e-5 of the 2-5 layer matrix tests. A stale or
+        # misplaced slot is off by O(1) (keys here are about 2), so 1e-3 still catches it.
+        self.atol = 100 * arch.atol if arch.float32_inside else arch.atol
         self.target = build_target(tc, seed)
         self.layer_ids = default_aux_layer_ids(tc.num_hidden_layers)
         self.head = build_draft_head(Eagle3Config.for_target(tc, draft_vocab_size=data.draw(st.integers(3, tc.vocab_size))),
