@@ -614,6 +614,21 @@ def cmd_assignment_grade(args: argparse.Namespace) -> int:
     return 0 if all(g.passed == g.total and not g.problem for g in per_task.values()) else 1
 
 
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from eagle3_ref import gpu_check
+
+    only = tuple(name.strip() for name in args.only.split(",") if name.strip()) if args.only else ()
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        return _fail(args, OptionError(f"--out {args.out} is a file, not a directory"))
+    try:
+        code = gpu_check.run_gpu_check(args.out, dry=args.dry, only=only, suite_args=tuple(args.suite_args or ()))
+    except ValueError as err:
+        return _fail(args, err)
+    print(Path(args.out, "gpu_check.md").read_text())
+    print(f"written: {Path(args.out) / 'gpu_check.md'}, {Path(args.out) / 'gpu_check.json'}, and each step's folder")
+    return code
+
+
 def cmd_toy_train_target(args: argparse.Namespace) -> int:
     from eagle3_ref.toy import train_target
 
@@ -842,6 +857,19 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--seed", type=int, default=0)
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
     ab.set_defaults(func=cmd_ablate)
+
+    gc = sub.add_parser(
+        "gpu-check", help="on a lent GPU, in one bounded command: the CUDA half of the suite, the toy bench, the 8B shape",
+        description="Run, each as a subprocess with its own time limit (about 8 minutes in all): the suite's gpu tests "
+                    "(every test that takes the device parameter) on cuda only; eagle3-ref bench on the toy pair on "
+                    "cuda; bench --shape llama-3.1-8b --dtype bfloat16. Writes OUT/gpu_check.md, OUT/gpu_check.json "
+                    "and a folder per step. --dry runs the same steps on the CPU, small (a minute or two).")
+    gc.add_argument("--out", required=True, help="output directory")
+    gc.add_argument("--dry", action="store_true", help="the same steps on the CPU, small: proves the command works")
+    gc.add_argument("--only", help="comma-separated steps to run (suite, toy_bench, shape; default all)")
+    gc.add_argument("--suite-args", nargs=argparse.REMAINDER, help="the rest of the line goes to the suite's pytest "
+                    "(e.g. -k head)")
+    gc.set_defaults(func=cmd_gpu_check)
 
     toy = sub.add_parser("toy", help="the toy world: a small target trained on the Python standard library")
     toy_sub = toy.add_subparsers(dest="toy_command", metavar="TOY_COMMAND", required=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
-from eagle3_ref.testing.plugin import devices, load_profile
+from eagle3_ref.testing.plugin import devices, load_profile, mark_device_tests
 
 load_profile()
 DEVICES = devices()
@@ -75,3 +75,7 @@ def run_conformance():
         return done.returncode, done.stdout + done.stderr
 
     return run
+
+
+def pytest_collection_modifyitems(items):
+    mark_device_tests(items)  # -m gpu: the tests that take the device parameter

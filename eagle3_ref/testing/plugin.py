@@ -74,11 +74,40 @@ def examples_per_architecture() -> int:
     return EXAMPLES_PER_ARCHITECTURE.get(os.environ.get(PROFILE_VAR, "ci"), 3)
 
 
+DEVICES_VAR = "EAGLE3_DEVICES"
+DEVICE_MARKER = "gpu"
+
+
 def devices() -> list[str]:
-    """``cpu``, and ``cuda`` when one is available: the suites' ``device`` parameters."""
+    """The suites' ``device`` parameters: ``cpu``, and ``cuda`` when one is available; or the
+    comma-separated list in ``$EAGLE3_DEVICES`` (``cuda`` alone is the CUDA half of the suite,
+    as ``eagle3-ref gpu-check`` runs it). A device named there that this machine lacks is an
+    error, not a silent skip: a GPU check must not pass by running nothing."""
     import torch
 
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    asked = os.environ.get(DEVICES_VAR, "").strip()
+    if not asked:
+        return available
+    names = [name.strip() for name in asked.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ("cpu", "cuda")]
+    if unknown or not names:
+        raise pytest.UsageError(f"${DEVICES_VAR}={asked!r}: expected a comma-separated list of cpu and cuda")
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise pytest.UsageError(f"${DEVICES_VAR}={asked!r}: this machine has no {', '.join(missing)} "
+                                f"(torch.cuda.is_available() is False)")
+    return list(dict.fromkeys(names))
+
+
+def mark_device_tests(items) -> None:
+    """Give every test that takes the ``device`` parameter the ``gpu`` marker: the subset that
+    proves each piece on a device (``-m gpu``), found from the fixture itself so it cannot drift
+    from what is parametrised. Called by the suites' conftests from
+    ``pytest_collection_modifyitems``."""
+    for item in items:
+        if "device" in getattr(getattr(item, "callspec", None), "params", {}):
+            item.add_marker(DEVICE_MARKER)
 
 
 def impl_spec(config) -> str:
@@ -130,6 +159,8 @@ def pytest_runtest_call(item):
 def pytest_configure(config):
     for name, text in CONFORMANCE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    config.addinivalue_line("markers", f"{DEVICE_MARKER}: every test that takes the device parameter (cpu, cuda): the "
+                                       "subset eagle3-ref gpu-check runs on CUDA")
     config.addinivalue_line("markers", "ungraded: tests no solution region of the course assignment (batches, the TTT "
                                        "loss); eagle3-ref assignment grade leaves it out")
 

@@ -82,8 +82,9 @@ def test_greedy_accepts_argmax_children_until_none_is(impl, vocab, data, seed):
 
 # --- not in the skeleton: compared with the naive twin (held back from the assignment)
 @given(vocab=st.integers(2, 6), data=st.data(), seed=seeds)
-def test_greedy_follows_the_argmax_chain(impl, vocab, data, seed):
+def test_greedy_follows_the_argmax_chain(impl, device, vocab, data, seed):
     tree, logits = greedy_case(vocab, data, seed)
+    tree, logits = DraftTree(*(t.to(device) for t in tree[:6])), logits.to(device)  # the target's logits stay on it
     accepted, bonus = impl.verify_greedy(tree, logits)
     want_accepted, want_bonus = verify_greedy_naive(tree, logits)
     n = max(len(accepted), len(want_accepted))
