@@ -85,7 +85,7 @@ def ttt_attention_mask(seq_len: int, steps: int, attention_mask: Tensor | None =
     if attention_mask is not None:
         real = attention_mask.bool()  # (B, T)
         keys_real = torch.cat([real] + [torch.ones_like(real)] * (K - 1), dim=1)  # later steps: own slot
-        own_step0 = torch.zeros(K * T, K * T, dtype=torch.bool)
+        own_step0 = torch.zeros(K * T, K * T, dtype=torch.bool, device=real.device)
         for k in range(K):
             own_step0[k * T:(k + 1) * T, :T] = diagonal
         mask = mask & (keys_real[:, None, None, :] | own_step0[None, None])

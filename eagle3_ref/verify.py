@@ -124,7 +124,9 @@ class TorchSampler:
         self.generator = generator
 
     def accept(self, prob: float) -> bool:
-        return bool(torch.rand((), generator=self.generator, dtype=torch.float64) < prob)
+        # A CUDA generator draws only on its device (a CPU one, or none, on the CPU).
+        device = self.generator.device if self.generator is not None else "cpu"
+        return bool(torch.rand((), generator=self.generator, dtype=torch.float64, device=device) < prob)
 
     def draw(self, probs: Tensor) -> int:
         device = self.generator.device if self.generator is not None else probs.device

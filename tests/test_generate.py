@@ -182,6 +182,28 @@ def test_low_precision_greedy_is_tie_aware_equal(device, dtype, tc, seed, data):
         print(f"{dtype} near-tie divergences: {divergences}")
 
 
+def test_sampled_decoding_with_a_generator_on_the_device_is_reproducible(device):
+    # The generator lives where the target does (as demo, bench and calibrate create it): every
+    # draw of the verifier, the acceptance test included, must be made on that device. (Found
+    # by the first gpu-check: torch.rand drew on the CPU from a CUDA generator and raised.)
+    tc = LlamaConfig(vocab_size=12, hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=64)
+    target = build_target(tc, 0, torch.float32, device)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(0.2)  # a flat law: drafts are accepted and rejected at random
+    head = build_draft_head(Eagle3Config.for_target(tc, aux_layer_ids=(0, 1, 2)), 0,
+                            target.get_input_embeddings().weight, torch.float32, device)
+    prompt = torch.tensor([[1, 2, 3]], device=device)
+
+    def sample(seed):
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return speculative_generate(target, head, prompt, max_new_tokens=12, tree=TreeConfig(6, 2, 2),
+                                    temperature=1.0, generator=generator).sequences
+
+    first = sample(0)
+    assert first.shape == (1, 15) and torch.equal(first, sample(0)), "one seed, two different samples"
+
+
 def test_tie_aware_check_rejects_a_real_divergence():
     from eagle3_ref.testing.ties import tie_aware_greedy_check
 
