@@ -72,10 +72,11 @@ def ttt_attention_mask(seq_len: int, steps: int, attention_mask: Tensor | None =
     padding slot's outputs are never counted; an all-masked row would be NaN).
     """
     T, K = seq_len, steps
-    slot = torch.arange(T)
+    device = attention_mask.device if attention_mask is not None else None  # built where the mask lives
+    slot = torch.arange(T, device=device)
     causal = slot[None, :] <= slot[:, None]  # (T, T) [i, j]: j <= i
-    diagonal = torch.eye(T, dtype=torch.bool)
-    mask = torch.zeros(K * T, K * T, dtype=torch.bool)
+    diagonal = torch.eye(T, dtype=torch.bool, device=device)
+    mask = torch.zeros(K * T, K * T, dtype=torch.bool, device=device)
     for k in range(K):
         rows = slice(k * T, (k + 1) * T)
         mask[rows, :T] = causal  # step-0 keys at slots j <= i
@@ -85,7 +86,7 @@ def ttt_attention_mask(seq_len: int, steps: int, attention_mask: Tensor | None =
     if attention_mask is not None:
         real = attention_mask.bool()  # (B, T)
         keys_real = torch.cat([real] + [torch.ones_like(real)] * (K - 1), dim=1)  # later steps: own slot
-        own_step0 = torch.zeros(K * T, K * T, dtype=torch.bool, device=real.device)
+        own_step0 = torch.zeros(K * T, K * T, dtype=torch.bool, device=device)
         for k in range(K):
             own_step0[k * T:(k + 1) * T, :T] = diagonal
         mask = mask & (keys_real[:, None, None, :] | own_step0[None, None])

@@ -39,6 +39,14 @@ def test_the_mask_as_drawn():
     assert padded[1].tolist() == [1, 1, 0, 0, 0, 0]  # padding slot 1: the real keys before it, and itself
 
 
+def test_the_mask_is_built_on_the_attention_masks_device():
+    # The first gpu-check (H200) found the padded mask built on the CPU for a CUDA attention
+    # mask: training with padding on a GPU raised. The meta device stands in for CUDA here: a
+    # CPU tensor met on the way raises as it does there.
+    mask = ttt_attention_mask(4, 3, torch.ones(2, 4, device="meta"))
+    assert mask.device.type == "meta" and mask.shape == (2, 1, 12, 12)
+
+
 def _broken(kind: str, T: int, K: int) -> torch.Tensor:
     mask = ttt_attention_mask(T, K).clone()
     k, i = 1, 1
