@@ -617,11 +617,17 @@ def cmd_assignment_grade(args: argparse.Namespace) -> int:
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     from eagle3_ref import gpu_check
 
-    only = tuple(name.strip() for name in args.only.split(",") if name.strip()) if args.only else ()
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        return _fail(args, OptionError(f"--out {args.out} is a file, not a directory"))
     try:
-        code = gpu_check.run_gpu_check(args.out, dry=args.dry, only=only, suite_args=tuple(args.suite_args or ()))
+        only = tuple(name.strip() for name in args.only.split(",")) if args.only is not None else ()
+        if args.only is not None and not all(only):
+            raise OptionError(f"--only must be comma-separated step names ({', '.join(gpu_check.STEPS)}), "
+                              f"got {args.only!r}")
+        if args.suite_filter is not None and not args.suite_filter.strip():
+            raise OptionError("--suite-filter must be a pytest -k expression, got an empty one")
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise OptionError(f"--out {args.out} is a file, not a directory")
+        suite_args = ("-k", args.suite_filter) if args.suite_filter is not None else ()
+        code = gpu_check.run_gpu_check(args.out, dry=args.dry, only=only, suite_args=suite_args)
     except ValueError as err:
         return _fail(args, err)
     print(Path(args.out, "gpu_check.md").read_text())
@@ -859,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.set_defaults(func=cmd_ablate)
 
     gc = sub.add_parser(
-        "gpu-check", help="on a lent GPU, in one bounded command: the CUDA half of the suite, the toy bench, the 8B shape",
+        "gpu-check", help="on a lent GPU, one bounded command: the CUDA half of the suite, the toy bench, the 8B shape",
         description="Run, each as a subprocess with its own time limit (about 8 minutes in all): the suite's gpu tests "
                     "(every test that takes the device parameter) on cuda only; eagle3-ref bench on the toy pair on "
                     "cuda; bench --shape llama-3.1-8b --dtype bfloat16. Writes OUT/gpu_check.md, OUT/gpu_check.json "
@@ -867,8 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--out", required=True, help="output directory")
     gc.add_argument("--dry", action="store_true", help="the same steps on the CPU, small: proves the command works")
     gc.add_argument("--only", help="comma-separated steps to run (suite, toy_bench, shape; default all)")
-    gc.add_argument("--suite-args", nargs=argparse.REMAINDER, help="the rest of the line goes to the suite's pytest "
-                    "(e.g. -k head)")
+    gc.add_argument("--suite-filter", metavar="EXPR", help="run the suite's gpu tests that match this pytest -k "
+                    "expression (default: all)")
     gc.set_defaults(func=cmd_gpu_check)
 
     toy = sub.add_parser("toy", help="the toy world: a small target trained on the Python standard library")

@@ -65,7 +65,8 @@ def plan(out: Path, *, dry: bool = False, suite_args: tuple[str, ...] = ()) -> l
     cli = [sys.executable, "-m", "eagle3_ref.cli"]
     device = "cpu" if dry else "cuda"
     suite_dir = out / "suite"
-    tests = [str(path) for path in device_test_files(REPO / "tests")] + [str(REPO / "eagle3_ref" / "testing" / "conformance")]
+    tests = [str(path) for path in device_test_files(REPO / "tests")]
+    tests.append(str(REPO / "eagle3_ref" / "testing" / "conformance"))
     suite = Step(
         "suite", f"the suite's `gpu` tests (every test that takes the device parameter), on {device} only",
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "eagle3_ref.testing.plugin",
@@ -208,7 +209,7 @@ def run_gpu_check(out: str | Path, *, dry: bool = False, only: tuple[str, ...] =
     steps = plan(out, dry=dry, suite_args=suite_args)
     unknown = sorted(set(only) - {s.name for s in steps})
     if unknown:
-        raise ValueError(f"gpu-check --only: no step named {', '.join(unknown)} (steps: "
+        raise ValueError(f"--only: no step named {', '.join(unknown)} (steps: "
                          f"{', '.join(s.name for s in steps)})")
     out.mkdir(parents=True, exist_ok=True)
     env = environment()

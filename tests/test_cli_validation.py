@@ -126,6 +126,11 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--save-every": COUNTS,
         "--seed": ["x"],
     }),
+    "gpu-check": (["--dry", "--out", "<out>"], {
+        "--out": [FILE],
+        "--only": ["bench", "suite,", ""],
+        "--suite-filter": ["", " "],
+    }),
     "toy train-target": (["--out", "<out>"], {
         "--out": [FILE],
         "--layers": COUNTS,
