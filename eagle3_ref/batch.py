@@ -57,7 +57,8 @@ from transformers import DynamicCache
 from .draft_head import Eagle3DraftHead, KVCache
 from .fusion import select_features
 from .generate import _Picker, _stop_index, _sync
-from .targets import _text_config, held_prefix_slots, layer_rules, new_target_cache, trim_to_window, visible
+from .targets import (_text_config, cache_kwargs, held_prefix_slots, layer_rules, new_target_cache, trim_to_window,
+                      visible)
 from .tree import DraftTree, TreeConfig, _best, tree_buffers
 
 __all__ = ["BatchGenerationOutput", "RaggedKV", "left_padding_lengths", "squeeze_left", "right_aligned_positions",
@@ -398,8 +399,8 @@ def _prefill(target, input_ids, attention_mask, layer_ids, pickers, eos, max_new
     lengths = left_padding_lengths(attention_mask)
     cache = new_target_cache(target)
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # as generate does
-    out = target(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
-                 use_cache=True, output_hidden_states=True)
+    out = target(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 **cache_kwargs(target, cache), use_cache=True, output_hidden_states=True)
     _cut_cache(cache, int(lengths.max()))
     features = select_features(out.hidden_states, layer_ids)[:, -int(lengths.max()):]
     tokens, done = [], []
@@ -426,7 +427,7 @@ def _cycle(target, drafter, batch: _Batch, config: TreeConfig, layer_ids, picker
     clock = time.perf_counter()
     lengths = batch.lengths
     dtype = next(target.parameters()).dtype
-    out = target(input_ids=tokens, past_key_values=batch.cache, use_cache=True, output_hidden_states=True,
+    out = target(input_ids=tokens, **cache_kwargs(target, batch.cache), use_cache=True, output_hidden_states=True,
                  attention_mask=ragged_tree_masks(target, batch.cache, tree_mask, depth, lengths, dtype),
                  position_ids=tree_positions(lengths, depth))
     _sync(device)
@@ -558,7 +559,7 @@ def batched_autoregressive_generate(target: nn.Module, input_ids: Tensor, attent
     done = [False] * B
     clock = time.perf_counter()
     for i in range(max_new_tokens):
-        logits = target(input_ids=step, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+        logits = target(input_ids=step, attention_mask=mask, position_ids=position_ids, **cache_kwargs(target, cache),
                         use_cache=True).logits[:, -1]
         for b in range(B):
             if not done[b]:

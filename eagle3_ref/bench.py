@@ -233,6 +233,7 @@ def forward_costs(target: nn.Module, head: Eagle3DraftHead, sizes: tuple[int, ..
     from transformers import DynamicCache
 
     from .generate import compact_cache, tree_attention_mask
+    from .targets import cache_kwargs
 
     device = next(target.parameters()).device
     dtype = next(target.parameters()).dtype
@@ -251,13 +252,13 @@ def forward_costs(target: nn.Module, head: Eagle3DraftHead, sizes: tuple[int, ..
 
     for n in sizes:
         cache = DynamicCache(config=target.config)
-        target(input_ids=ids[:, :prefix], past_key_values=cache, use_cache=True)
+        target(input_ids=ids[:, :prefix], **cache_kwargs(target, cache), use_cache=True)
         mask = tree_attention_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril(), prefix, dtype)
         position_ids = torch.arange(prefix, prefix + n, device=device)[None]
 
         def verify():
-            target(input_ids=ids[:, prefix:prefix + n], past_key_values=cache, use_cache=True, attention_mask=mask,
-                   position_ids=position_ids, output_hidden_states=True)
+            target(input_ids=ids[:, prefix:prefix + n], **cache_kwargs(target, cache), use_cache=True,
+                   attention_mask=mask, position_ids=position_ids, output_hidden_states=True)
             compact_cache(cache, prefix, [])  # back to the prefix (Cache.crop's meaning differs across versions)
 
         out[f"target forward, {n} token{'s' if n > 1 else ''}"] = clock(verify)

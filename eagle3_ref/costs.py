@@ -121,7 +121,7 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
     from .bench import machine_description
     from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
     from .generate import _sync, compact_cache, speculative_generate, tree_attention_mask
-    from .targets import new_target_cache
+    from .targets import cache_kwargs, new_target_cache
     from .tree import TreeConfig, build_draft_tree
 
     check_int("top_k", top_k, 1)
@@ -147,15 +147,15 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
         return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
 
     cache = new_target_cache(target)
-    out = target(input_ids=ids[:, :prefix], past_key_values=cache, use_cache=True, output_hidden_states=True)
+    out = target(input_ids=ids[:, :prefix], **cache_kwargs(target, cache), use_cache=True, output_hidden_states=True)
 
     def verify(n: int):
         mask = tree_attention_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril(), prefix, dtype)
         position_ids = torch.arange(prefix, prefix + n, device=device)[None]
 
         def run():
-            target(input_ids=ids[:, prefix:prefix + n], past_key_values=cache, use_cache=True, attention_mask=mask,
-                   position_ids=position_ids, output_hidden_states=True)
+            target(input_ids=ids[:, prefix:prefix + n], **cache_kwargs(target, cache), use_cache=True,
+                   attention_mask=mask, position_ids=position_ids, output_hidden_states=True)
             compact_cache(cache, prefix, [])
 
         return run

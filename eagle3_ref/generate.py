@@ -30,8 +30,8 @@ from transformers import DynamicCache
 from ._checks import check_instance, check_int, check_sampling, check_token_ids
 from .checkpoint import check_head_fits_target
 from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
-from .targets import (check_tree_verifiable, exact_tree_nodes, held_prefix_slots, keep_first_nodes, layer_rules,
-                      new_target_cache, trim_to_window, visible)
+from .targets import (cache_kwargs, check_tree_verifiable, exact_tree_nodes, held_prefix_slots, keep_first_nodes,
+                      layer_rules, new_target_cache, trim_to_window, visible)
 from .tree import HeadDrafter, TreeConfig
 from .verify import TorchSampler, target_probs, verify_greedy, verify_sampling
 
@@ -194,7 +194,7 @@ def prefill(target: nn.Module, input_ids: Tensor, layer_ids: Sequence[int], pick
     """One plain target forward over the prompt: its cache, its tapped features, and the
     first new token (the first root)."""
     cache = new_target_cache(target)  # generate's cache, windowed layers recording until trimmed
-    out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
+    out = target(input_ids=input_ids, **cache_kwargs(target, cache), use_cache=True, output_hidden_states=True)
     for layer in cache.layers:
         trim_to_window(layer, input_ids.shape[1])
     tokens, done = _stop_index([pick(out.logits[0, -1])], eos, max_new_tokens)
@@ -222,7 +222,7 @@ def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfi
     clock = time.perf_counter()
     cache = state.target_cache
     dtype = next(target.parameters()).dtype
-    out = target(input_ids=draft_tree.tokens[None], past_key_values=cache, use_cache=True,
+    out = target(input_ids=draft_tree.tokens[None], **cache_kwargs(target, cache), use_cache=True,
                  attention_mask=tree_attention_masks(target, cache, draft_tree.tree_mask, draft_tree.tree_position_ids,
                                                      prefix_len, dtype),
                  position_ids=(prefix_len + draft_tree.tree_position_ids)[None], output_hidden_states=True)
@@ -361,7 +361,7 @@ def autoregressive_generate(target: nn.Module, input_ids: Tensor, *, max_new_tok
     sequence, cache, step_input, lengths = input_ids, DynamicCache(config=target.config), input_ids, []
     clock = time.perf_counter()
     for _ in range(max_new_tokens):
-        logits = target(input_ids=step_input, past_key_values=cache, use_cache=True).logits
+        logits = target(input_ids=step_input, **cache_kwargs(target, cache), use_cache=True).logits
         token = pick(logits[0, -1])
         step_input = torch.tensor([[token]], device=device)
         sequence = torch.cat([sequence, step_input], dim=1)

@@ -48,7 +48,9 @@ layers nor multi-head latent attention (DeepSeek-V3).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache as _memoize
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +60,8 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from .tree import DraftTree, tree_buffers
 
 __all__ = ["LayerRule", "TREE_LAYER_TYPES", "layer_types", "layer_rules", "check_tree_verifiable", "visible",
-           "new_target_cache", "trim_to_window", "held_prefix_slots", "exact_tree_nodes", "keep_first_nodes"]
+           "cache_kwargs", "new_target_cache", "trim_to_window", "held_prefix_slots", "exact_tree_nodes",
+           "keep_first_nodes"]
 
 # The layer types a tree mask can express. Anything else is refused by name.
 TREE_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
@@ -141,6 +144,22 @@ def visible(rule: LayerRule, q_positions: Tensor, k_positions: Tensor) -> Tensor
 # ----------------------------------------------------------------------------------------
 # The cache
 # ----------------------------------------------------------------------------------------
+
+
+@_memoize
+def _cache_argument(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters  # through transformers' deprecation wrapper
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_kwargs(target: nn.Module, cache: DynamicCache | None) -> dict[str, DynamicCache | None]:
+    """The keyword that hands ``cache`` to a forward of ``target``: ``{"cache": cache}``.
+
+    transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns on
+    every call and goes in 5.40); the releases before take only ``past_key_values``. Read from the
+    forward's own signature, per model class, so every version the project allows gets the name it
+    takes: ``target(input_ids=ids, **cache_kwargs(target, cache), use_cache=True)``."""
+    return {_cache_argument(type(target)): cache}
 
 
 def new_target_cache(target: nn.Module) -> DynamicCache:

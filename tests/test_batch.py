@@ -29,6 +29,7 @@ from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, 
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
 from eagle3_ref.testing.plugin import examples_per_architecture
 from eagle3_ref.testing.sampling import enumerate_verifier
+from eagle3_ref.targets import cache_kwargs
 from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
 from eagle3_ref.tree import HeadDrafter, TreeConfig, build_draft_tree
 
@@ -277,7 +278,7 @@ class RaggedMachine(RuleBasedStateMachine):
             seq = torch.tensor([tokens[:-1]])
             fresh = DynamicCache(config=self.target.config)
             with torch.no_grad():
-                self.target(seq, past_key_values=fresh, use_cache=True)
+                self.target(seq, **cache_kwargs(self.target, fresh), use_cache=True)
             for j, (got, want) in enumerate(zip(batch.cache.layers, fresh.layers)):
                 n = want.keys.shape[-2]
                 assert got.keys.shape[-2] == min(width, got.keys.shape[-2]) and got.keys.shape[-2] >= n, f"layer {j}"

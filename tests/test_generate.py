@@ -23,6 +23,7 @@ from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, 
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
 from eagle3_ref.testing.plugin import examples_per_architecture
 from eagle3_ref.testing.strategies import ARCHITECTURES, build_draft_head, build_target, seeds, target_configs
+from eagle3_ref.targets import cache_kwargs
 from eagle3_ref.testing.drafters import OracleDrafter
 from eagle3_ref.tree import TreeConfig
 
@@ -94,7 +95,7 @@ class CacheMachine(RuleBasedStateMachine):
         seq = self.state.sequence[:, :-1]
         fresh = DynamicCache(config=self.target.config)  # generate's own cache: windows hold w - 1 keys
         with torch.no_grad():
-            self.target(seq, past_key_values=fresh, use_cache=True)
+            self.target(seq, **cache_kwargs(self.target, fresh), use_cache=True)
         assert self.state.target_cache.get_seq_length() == seq.shape[1]
         for i, (got, want) in enumerate(zip(self.state.target_cache.layers, fresh.layers)):
             assert got.get_seq_length() == want.get_seq_length(), f"layer {i}: length"

@@ -19,8 +19,8 @@ from transformers import DynamicCache
 
 from eagle3_ref.fusion import decoder_layers
 from eagle3_ref.generate import compact_cache, speculative_generate, tree_attention_masks
-from eagle3_ref.targets import (LayerRule, check_tree_verifiable, exact_tree_nodes, keep_first_nodes, layer_rules,
-                                new_target_cache, trim_to_window, visible)
+from eagle3_ref.targets import (LayerRule, cache_kwargs, check_tree_verifiable, exact_tree_nodes, keep_first_nodes,
+                                layer_rules, new_target_cache, trim_to_window, visible)
 from eagle3_ref.testing.conformance.test_verify import token_trees
 from eagle3_ref.testing.divergence import assert_same
 from eagle3_ref.testing.plugin import examples_per_architecture
@@ -63,11 +63,11 @@ def test_a_tree_forward_gives_every_node_its_plain_decoding_state(arch, device, 
                          tree_position_ids=tree.tree_position_ids.to(device))
     with torch.no_grad():
         cache = new_target_cache(target)
-        target(prompt, past_key_values=cache, use_cache=True)
+        target(prompt, **cache_kwargs(target, cache), use_cache=True)
         for layer in cache.layers:
             trim_to_window(layer, P)
         masks = tree_attention_masks(target, cache, tree.tree_mask, tree.tree_position_ids, P, MATRIX_DTYPE)
-        out = target(input_ids=tree.tokens[None], past_key_values=cache, use_cache=True, attention_mask=masks,
+        out = target(input_ids=tree.tokens[None], **cache_kwargs(target, cache), use_cache=True, attention_mask=masks,
                      position_ids=(P + tree.tree_position_ids)[None], output_hidden_states=True)
         for node in range(tree.num_nodes):
             path = tree.tokens[_lineage(tree, node)]
@@ -85,7 +85,7 @@ def test_a_tree_forward_gives_every_node_its_plain_decoding_state(arch, device, 
         keep = _lineage(tree, node)
         compact_cache(cache, P, keep)
         fresh = DynamicCache(config=target.config)
-        target(torch.cat([prompt, tree.tokens[keep][None]], 1), past_key_values=fresh, use_cache=True)
+        target(torch.cat([prompt, tree.tokens[keep][None]], 1), **cache_kwargs(target, fresh), use_cache=True)
     for i, (got, want) in enumerate(zip(cache.layers, fresh.layers)):
         assert got.get_seq_length() == want.get_seq_length(), f"layer {i}: cache length after accepting {keep}"
         assert_same(got.keys, want.keys, f"layer {i} ({type(want).__name__}) keys after accepting nodes {keep}",
@@ -181,11 +181,11 @@ def test_llama4_quirk_is_real_and_the_cut_tree_is_exact():
     def tree_logits(tree):
         with torch.no_grad():
             cache = new_target_cache(target)
-            target(prompt, past_key_values=cache, use_cache=True)
+            target(prompt, **cache_kwargs(target, cache), use_cache=True)
             for layer in cache.layers:
                 trim_to_window(layer, P)
             masks = tree_attention_masks(target, cache, tree.tree_mask, tree.tree_position_ids, P, torch.float64)
-            return target(input_ids=tree.tokens[None], past_key_values=cache, attention_mask=masks,
+            return target(input_ids=tree.tokens[None], **cache_kwargs(target, cache), attention_mask=masks,
                           position_ids=(P + tree.tree_position_ids)[None]).logits[0]
 
     def plain_logits(tree, node):
@@ -199,3 +199,58 @@ def test_llama4_quirk_is_real_and_the_cut_tree_is_exact():
     cut = tree_logits(kept)
     for node in range(kept.num_nodes):
         assert_same(cut[node], plain_logits(kept, node), f"Llama 4 tree node {node} after the cut", atol=1e-5)
+
+
+def test_the_cache_keyword_is_the_one_the_forward_takes():
+    # transformers 5.24 renamed the forward's past_key_values to cache; the floor (5.15) and the
+    # GPU machine's 5.17 take only the old name. Handing the new name to an old forward would
+    # drop the cache silently (it lands in **kwargs): each class gets the name it declares.
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, **kwargs):
+            return past_key_values
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, **kwargs):
+            return cache
+
+    marker = object()
+    for model in (Old(), New()):
+        assert model(**cache_kwargs(model, marker)) is marker
+
+
+def test_the_project_calls_transformers_without_deprecated_arguments():
+    # Every call the project makes into a target, single and batched, greedy and sampled, the
+    # plain loop, the bench's and the cost model's timings: none may raise a DeprecationWarning or
+    # FutureWarning (transformers 5.25 warned on every forward given past_key_values, an argument
+    # that goes in 5.40: the day it ships, a fresh install would break).
+    import warnings
+
+    from transformers import LlamaConfig
+
+    from eagle3_ref import bench, costs
+    from eagle3_ref.draft_head import Eagle3Config
+    from eagle3_ref.generate import autoregressive_generate
+    from eagle3_ref.testing.strategies import build_draft_head
+    from eagle3_ref.tree import TreeConfig
+
+    tc = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=256)
+    target = build_target(tc, 0, torch.float32)
+    head = build_draft_head(Eagle3Config.for_target(tc, aux_layer_ids=(0, 1, 2)), 0,
+                            target.get_input_embeddings().weight, torch.float32)
+    prompt, tree = torch.tensor([[1, 2, 3]]), TreeConfig(6, 2, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        speculative_generate(target, head, prompt, max_new_tokens=6, tree=tree)
+        speculative_generate(target, head, prompt, max_new_tokens=6, tree=tree, temperature=1.0,
+                             generator=torch.Generator().manual_seed(0))
+        speculative_generate(target, head, torch.tensor([[0, 1, 2], [3, 4, 5]]), max_new_tokens=6, tree=tree,
+                             attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]), pad_token_id=0)
+        autoregressive_generate(target, prompt, max_new_tokens=3)
+        autoregressive_generate(target, torch.tensor([[0, 1], [2, 3]]), max_new_tokens=3,
+                                attention_mask=torch.tensor([[0, 1], [1, 1]]), pad_token_id=0)
+        bench.forward_costs(target, head, sizes=(1, 4), prefix=8, repeats=1)
+        costs.measure_costs(target, head, top_k=2, max_depth=2, sizes=(1, 2), prefix=8, repeats=1)
+    deprecated = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
+                  if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert deprecated == []
