@@ -66,7 +66,7 @@ __all__ = ["TASKS", "PROFILES", "LEFT_OUT", "TaskGrade", "strip_solutions", "gra
 # decoding needs fusion, the head, the tree and verification). Graded, each stands alone:
 # the reference provides every module but the task's own.
 TASKS = ("fusion", "head", "ttt", "tree", "verify", "generate")
-PROFILES = ("smoke", "quick", "ci", "dev", "thorough")  # hypothesis profiles (eagle3_ref.testing.plugin)
+PROFILES = ("smoke", "student", "quick", "ci", "dev", "thorough")  # hypothesis profiles (eagle3_ref.testing.plugin)
 _BEGIN = re.compile(r"^(?P<indent>\s*)# --- assignment (?P<task>\w+): (?P<hint>.*)$")
 _END = "# --- end assignment"
 _DROP_BEGIN = re.compile(r"^\s*# --- not in the skeleton: ")
@@ -85,9 +85,10 @@ def __getattr__(name):
 '''
 
 
-def strip_solutions(source: str, filename: str = "<source>") -> tuple[str, list[str]]:
+def strip_solutions(source: str, filename: str = "<source>", keep_solutions: bool = False) -> tuple[str, list[str]]:
     """Replace every solution region of ``source`` and remove every region not in the skeleton;
-    return the new text and the tasks found."""
+    return the new text and the tasks found. ``keep_solutions``: leave the solution regions as
+    they are (a module as a student who solved it would hand it in: the skeleton's names only)."""
     lines, out, tasks = source.split("\n"), [], []
     i = 0
     while i < len(lines):
@@ -122,7 +123,10 @@ def strip_solutions(source: str, filename: str = "<source>") -> tuple[str, list[
         if i == len(lines):
             raise ValueError(f"{filename}:{start}: assignment region {task!r} is never closed with {_END!r}")
         text = " ".join(hint).replace("\\", "\\\\").replace('"', '\\"')
-        out.append(f'{indent}raise NotImplementedError("{task}: {text}")')
+        if keep_solutions:
+            out += lines[start:i]
+        else:
+            out.append(f'{indent}raise NotImplementedError("{task}: {text}")')
         tasks.append(task)
         i += 1
     return "\n".join(out), tasks
@@ -151,7 +155,10 @@ is yours to replace; its message is the hint. Tasks, in order (each builds on th
 {tasks}
 
 Set up, in a fresh virtual environment (this package is called `eagle3_ref`, like the
-reference, and brings its test tools, pytest and hypothesis, with it):
+reference, and brings its test tools, pytest and hypothesis, with it). Install PyTorch
+first: without it, pip takes the default build, CUDA's, several gigabytes. On a machine
+without a GPU, take PyTorch's CPU-only build (its install page has the command; any
+torch >= 2.5 works), then:
 
     pip install -e .
 
@@ -163,8 +170,15 @@ Run one task's tests, or check them all:
 The tests are eagle3-ref's conformance suite: property-based (hypothesis) proofs against
 oracles that are *not* yours to write (transformers' own `generate`, the unrolled drafting
 loop, the rules checked on your answer). A failure names the first divergence with both
-values and the smallest counterexample hypothesis found. `HYPOTHESIS_PROFILE=dev` tries
-more examples.
+values and the counterexample hypothesis found.
+
+Your runs use the hypothesis profile `student` (set in `conftest.py`): 10 examples a property,
+and a failing one reports the first counterexample it meets and stops, so a first run with
+everything red ends in a minute or so. Once a task's tests pass, run them thoroughly, and
+when one fails, ask for its smallest counterexample:
+
+    HYPOTHESIS_PROFILE=quick python -m pytest -m tree   # the grader's: 20 examples, shrunk
+    HYPOTHESIS_PROFILE=dev python -m pytest -m tree     # 60 examples
 
 `grade.py` is your own check. Your course grades with its own copy of the tests, which
 includes tests held back from this skeleton because their oracle would be an answer:
@@ -172,6 +186,13 @@ includes tests held back from this skeleton because their oracle would be an ans
 It grades each task on its own, using only your module for that task (the other modules
 are the reference's), stops a test that runs longer than its limit (an endless loop), and
 counts only the modules listed above: edits anywhere else change nothing.
+"""
+
+_CONFTEST = """\"\"\"The skeleton's default hypothesis profile: `student` (see README.md). Set
+HYPOTHESIS_PROFILE to choose another (quick, ci, dev, thorough).\"\"\"
+import os
+
+os.environ.setdefault("HYPOTHESIS_PROFILE", "student")
 """
 
 _GRADE = """\"\"\"Your local check: the number of each task's tests that pass in this skeleton.\"\"\"
@@ -274,6 +295,7 @@ def make(out: str | Path, source: str | Path = PACKAGE) -> dict[str, list[str]]:
     held = "\n".join(f"- `{name}`" for name in _held_back(source)) or "- none"
     (out / "README.md").write_text(_README.format(tasks=per_task, held_back=held))
     (out / "grade.py").write_text(_GRADE)
+    (out / "conftest.py").write_text(_CONFTEST)  # loaded before the suite's own conftest reads the profile
     return regions
 
 
@@ -439,6 +461,13 @@ def _grade_task(task: str, files: list[str], package: Path, work: Path, profile:
     name = f"eagle3_graded_{task}"
     copy = work / task / name
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "toy_model", "testing"))
+    # The other modules as the skeleton has them, solved: without what the skeleton holds back, so
+    # that none imports a name only the reference's version of a graded module has (the package's
+    # __init__ imported tree.build_draft_tree_naive: the first tree test of every hand-in failed).
+    for path in copy.rglob("*.py"):
+        if path.name != "assignment.py":  # its docstring shows the markers
+            path.write_text(strip_solutions(path.read_text(), str(path), keep_solutions=True)[0])
+    (copy / "batch.py").write_text(_BATCH_STUB)
     for f in files:
         shutil.copy(package / f, copy / f)
     (work / task / "pytest.ini").write_text("[pytest]\naddopts =\n")

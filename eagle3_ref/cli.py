@@ -826,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(with --many: a folder of them)")
     ag.add_argument("--many", action="store_true", help="DIR holds one submission per sub-folder or .zip")
     ag.add_argument("--csv", metavar="OUT", help="with --many: write one row of per-task scores per student")
-    ag.add_argument("--profile", default="quick", help="hypothesis profile: smoke, quick (default), ci, dev, thorough")
+    ag.add_argument("--profile", default="quick", help="hypothesis profile: smoke, student, quick (default), ci, dev, thorough")
     ag.add_argument("--test-timeout", type=float, default=120.0, metavar="SECONDS",
                     help="stop and fail one test after this long (an endless loop); default 120")
     ag.add_argument("--jobs", type=int, default=None, help="tasks graded at once (default: one per CPU core)")

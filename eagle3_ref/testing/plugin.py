@@ -43,7 +43,8 @@ CONFORMANCE_MARKERS = {
 def load_profile() -> str:
     """Register the hypothesis profiles ``ci`` (20 examples per property), ``dev`` (60),
     ``thorough`` (400), ``quick`` (``ci`` without the explain phase: for grading and the
-    oracle runs) and ``smoke`` (5 examples, no shrinking: the suite's own round trips), and
+    oracle runs), ``smoke`` (5 examples, no shrinking: the suite's own round trips) and
+    ``student`` (10 examples, no shrinking, one failure a test: a skeleton's default), and
     load the one ``$HYPOTHESIS_PROFILE`` names (default ``ci``).
     Called by the conftest of each suite that uses them."""
     from hypothesis import HealthCheck, Phase, settings
@@ -59,6 +60,11 @@ def load_profile() -> str:
     # For the suite's own round trips (a skeleton must fail, a solution must pass): few
     # examples, no shrinking. Never for a real check.
     settings.register_profile("smoke", max_examples=5, phases=[Phase.explicit, Phase.reuse, Phase.generate], **common)
+    # The default in a student's skeleton (eagle3-ref assignment make): its first run is all red, and
+    # must end in seconds: each property reports the first failing example it meets, unshrunk, and
+    # stops there. `quick` (the grader's) shrinks to the smallest counterexample.
+    settings.register_profile("student", max_examples=10, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                              report_multiple_bugs=False, **common)
     name = os.environ.get(PROFILE_VAR, "ci")
     settings.load_profile(name)
     return name
@@ -66,7 +72,7 @@ def load_profile() -> str:
 
 # Examples per architecture in the architecture-matrix properties, which run once for every
 # architecture (so each is proven in every profile) rather than drawing one per example.
-EXAMPLES_PER_ARCHITECTURE = {"ci": 3, "quick": 2, "smoke": 1, "dev": 10, "thorough": 50}
+EXAMPLES_PER_ARCHITECTURE = {"ci": 3, "quick": 2, "smoke": 1, "student": 1, "dev": 10, "thorough": 50}
 
 
 def examples_per_architecture() -> int:
