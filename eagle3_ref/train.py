@@ -118,6 +118,9 @@ class TrainConfig:
                 (value > 0 if positive else value >= 0)
             if not ok:
                 raise TrainingError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+        if self.ttt_steps > self.seq_len:
+            raise TrainingError(f"ttt_steps ({self.ttt_steps}) must be at most seq_len ({self.seq_len}): a step past "
+                                "the sequence has no token to read")
         if self.regenerate_prompt_tokens >= self.seq_len:
             raise TrainingError(f"regenerate_prompt_tokens ({self.regenerate_prompt_tokens}) must be below seq_len "
                                 f"({self.seq_len}): the target needs room to write")
@@ -467,6 +470,26 @@ def _new_head(target: nn.Module, data: TrainData, config: TrainConfig, layer_ids
     return head
 
 
+def ttt_logits_bytes(config: TrainConfig, target_vocab: int) -> int:
+    """A lower bound on what one training step holds: the ``K`` steps' draft logits
+    ``(B, T, V_draft)`` in float32, each with its softmax and its gradient (3 copies), and the
+    target's distribution ``(B, T, V)``. The head's own activations come on top."""
+    draft_vocab = config.draft_vocab_size or target_vocab
+    B, T, K = config.batch_size, config.seq_len, config.ttt_steps
+    return 4 * B * T * (3 * K * draft_vocab + target_vocab)
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory a training run on ``device`` may use: the GPU's free memory, or the machine's
+    available RAM (None where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_config_fits_target(config: TrainConfig, target: nn.Module) -> tuple[int, ...]:
     """What a config asks of the target: its layers, vocabulary and positions. Returns the
     tapped ``hidden_states`` indices. ``eagle3-ref train`` calls it before the data is made."""
@@ -484,6 +507,11 @@ def check_config_fits_target(config: TrainConfig, target: nn.Module) -> tuple[in
     limit = getattr(target.config, "max_position_embeddings", None)
     if limit is not None and config.seq_len > limit:
         raise TrainingError(f"seq_len ({config.seq_len}) exceeds the target's max_position_embeddings ({limit})")
+    need, have = ttt_logits_bytes(config, vocab), memory_bytes(target.device)
+    if have is not None and need > have:
+        raise TrainingError(f"batch_size {config.batch_size} x seq_len {config.seq_len} x ttt_steps {config.ttt_steps}: "
+                            f"the draft logits of its steps alone need about {need / 2**30:.1f} GiB with their gradients, "
+                            f"and {target.device} has {have / 2**30:.1f} GiB: lower one of them")
     try:
         if config.head == "eagle2":
             return (top_feature_id(n_layers),)

@@ -127,6 +127,9 @@ def ttt_forward(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor, step
     check_token_ids("input_ids", input_ids, head.config.vocab_size)
     check_float_tensor("features", features, 3, head.fc.weight.dtype)
     B, T = input_ids.shape
+    if steps > T:  # and K*T queries each: a step count typed wrong would allocate without end
+        raise ValueError(f"steps ({steps}) must be at most the sequence length ({T}): slot i of step k reads "
+                         f"x_(i+k+1), so a step past the sequence has no token to read")
     if tuple(features.shape[:2]) != (B, T):
         raise ValueError(f"features cover {tuple(features.shape[:2])} (B, T), input_ids {(B, T)}: they must match")
     if attention_mask is not None and tuple(attention_mask.shape) != (B, T):

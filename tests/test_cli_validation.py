@@ -38,11 +38,11 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--out": [FILE],
         "--eval-data": [MISSING],
         "--steps": COUNTS,
-        "--batch-size": COUNTS,
+        "--batch-size": COUNTS + ["100000000"],  # more memory than the machine has
         "--seq-len": COUNTS + ["100000"],  # past the toy target's positions
         "--lr": ["0", "-1", "nan", "inf", "fast"],
         "--warmup": NON_NEGATIVE,
-        "--ttt-steps": COUNTS,
+        "--ttt-steps": COUNTS + ["100000"],  # past --seq-len: a step with no token to read
         "--head": ["eagle4"],
         "--draft-vocab-size": ["0", "-1", "100000", "x"],
         "--aux-layer-ids": ["a,b", "1,2,99", "-1,2,3"],

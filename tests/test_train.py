@@ -268,6 +268,13 @@ def test_bad_inputs_are_named_and_write_nothing(tiny, tmp_path, capsys):
     with pytest.raises(TrainingError, match="head must be 'eagle3' or 'eagle2'"):
         train_head(target, data, _config(tmp_path / "e4", head="eagle4"), progress=False)
     assert not (tmp_path / "e2").exists() and not (tmp_path / "e4").exists()
+    # Steps past the sequence, and a step that cannot fit in memory (--ttt-steps 100000 --seq-len 64
+    # once ended in an allocator traceback after two minutes, leaving train_config.json behind).
+    with pytest.raises(TrainingError, match=r"ttt_steps \(100\) must be at most seq_len \(32\)"):
+        _config(tmp_path / "long", ttt_steps=100)
+    with pytest.raises(TrainingError, match=r"batch_size 100000000 x seq_len 32 x ttt_steps 3: .* GiB"):
+        train_head(target, data, _config(tmp_path / "huge", batch_size=10**8), progress=False)
+    assert not (tmp_path / "huge").exists()
     # The command line says the same, on stderr, with exit code 2.
     (tmp_path / "empty.txt").write_text("")
     for extra, message in [(["--data", str(tmp_path / "nope.txt")], "no such file"),

@@ -94,3 +94,16 @@ def test_loss_reports_accuracy_in_target_ids():
     logits[0, 0, 2] = 1.0  # ... and predicts draft id 2, i.e. target id kept[2]
     out = ttt_loss([logits], target, torch.tensor([[1, 0, 0]]), head.t2d, head.d2t)
     assert out.step_counts == [1] and out.step_accuracy == [1.0]
+
+
+def test_steps_past_the_sequence_are_refused_before_any_work():
+    # ttt_forward(..., steps=10**6) on 6 tokens once grew to 22 GB before it was killed.
+    from eagle3_ref.draft_head import Eagle3Config, Eagle3DraftHead
+
+    config = Eagle3Config(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=1,
+                          vocab_size=10, target_hidden_size=8)
+    head = Eagle3DraftHead(config, torch.randn(10, 8))
+    ids, feats = torch.randint(0, 10, (1, 6)), torch.randn(1, 6, 24)
+    assert len(ttt_forward(head, feats, ids, 6).logits) == 6  # as many steps as tokens: allowed
+    with pytest.raises(ValueError, match=r"steps \(1000000\) must be at most the sequence length \(6\)"):
+        ttt_forward(head, feats, ids, 10**6)
