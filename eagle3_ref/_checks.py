@@ -9,11 +9,14 @@ malformed arguments and holds them to that.
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_sampling", "check_int", "check_number", "check_token_ids", "check_float_tensor", "check_instance"]
+__all__ = ["check_sampling", "check_int", "check_number", "check_token_ids", "check_float_tensor", "check_instance",
+           "check_output_dir"]
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
@@ -87,3 +90,24 @@ def check_sampling(temperature, top_p, top_k) -> None:
     check_number("temperature", temperature, 0)
     check_number("top_p", top_p, 0, 1, low_open=True)
     check_int("top_k", top_k, 0)
+
+
+def check_output_dir(name: str, path) -> Path:
+    """A directory a run will write into, checked before the run: refused if a file stands
+    where it goes, or if no file can be created where it would be made (a read-only file
+    system, no permission): the first of it and its parents that exists is tried with a
+    temporary file, removed at once. Creates nothing."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{name} {out} is a file, not a directory")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name} {out}: {existing} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ValueError(f"{name} {out} cannot be written: {err.strerror} in {existing}") from None
+    return out

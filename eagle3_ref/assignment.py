@@ -59,6 +59,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+from ._checks import check_output_dir
+
 __all__ = ["TASKS", "PROFILES", "LEFT_OUT", "TaskGrade", "strip_solutions", "graded_modules", "make", "grade",
            "grade_many", "write_csv", "check", "format_report"]
 
@@ -261,8 +263,7 @@ def _held_back(source: Path) -> list[str]:
 
 
 def _check_out(out: Path, what: str) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{what} {out} is a file, not a directory")
+    check_output_dir(what, out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{what} {out} is not empty")
 

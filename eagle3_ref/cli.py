@@ -318,8 +318,6 @@ def _bench_batches(args, sizes, bench, target, head, prompts, tokenizer, device,
                       "warm-up).", "", bench.batch_table(results), "", bench.crossover_line(results)])
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         meta = {"machine": machine, "device": str(device), "dtype": args.dtype, "prompts": len(prompts),
                 "max_new_tokens": args.max_new_tokens, "runs": args.runs, "batch_sizes": list(sizes)}
         rows = [{**r.__dict__, "mean_tokens_per_second": r.mean_tps} for r in results]
@@ -340,6 +338,7 @@ def _bench_shape(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from eagle3_ref import bench, shapes
+    from eagle3_ref._checks import check_output_dir
 
     given = {"--target": args.target, "--draft": args.draft, "--prompts-file": args.prompts_file,
              "--assistant": args.assistant, "--batch-sizes": args.batch_sizes, "--chat": args.chat,
@@ -354,8 +353,8 @@ def _bench_shape(args: argparse.Namespace) -> int:
     if args.max_new_tokens < shapes.MIN_NEW_TOKENS:
         raise OptionError(f"--max-new-tokens must be at least {shapes.MIN_NEW_TOKENS} with --shape (cycles are timed "
                           f"between 2 new tokens and it), got {args.max_new_tokens}")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise OptionError(f"--out {args.out} is a file, not a directory")
+    if args.out:
+        check_output_dir("--out", args.out)
     config = shapes.shape_config(args.shape, args.shape_layers)
     device, dtype = _device_dtype(args)
     try:
@@ -387,7 +386,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from eagle3_ref import bench
-    from eagle3_ref._checks import check_sampling
+    from eagle3_ref._checks import check_output_dir, check_sampling
     from eagle3_ref.demo import DemoError, encode_prompt, load_pair
     from eagle3_ref.toy import TOY_DIR, held_out_prompts
 
@@ -411,8 +410,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for t in temperatures:
             check_sampling(t, 1.0, 0)
         sizes = _batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None
-        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-            raise DemoError(f"--out {args.out} is a file, not a directory")
+        if args.out:  # before the measurement, which takes minutes
+            check_output_dir("--out", args.out)
         device, dtype = _device_dtype(args)
         target, tokenizer, head = load_pair(args.target, args.draft, device, dtype)
         assistant_dir = args.assistant or (TOY_DIR / "sps" if args.target is None else None)
@@ -491,13 +490,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if trees:
             meta["auto"] = {f"{t:g}": tree.describe() for t, tree in trees.items()}
         data = bench.to_json(results, profile, meta, costs, auto_profile)
-        (out / "bench.json").write_text(json.dumps(data, indent=1))
-        (out / "bench.md").write_text(text + "\n")
-        if trees:  # what the auto rows decided from: reusable with TreeConfig.auto(CostModel.load, Calibration.load)
-            cost_model.save(out / "costs.json")
-            for t, tree in trees.items():
-                tree.calibration.save(out / f"calibration_T{t:g}.json")
-        plotted = bench.plot(results, baseline, out / "bench.png")
+
+        def write(out: Path) -> bool:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "bench.json").write_text(json.dumps(data, indent=1))
+            (out / "bench.md").write_text(text + "\n")
+            if trees:  # what the auto rows decided from: reusable with TreeConfig.auto(CostModel.load, Calibration.load)
+                cost_model.save(out / "costs.json")
+                for t, tree in trees.items():
+                    tree.calibration.save(out / f"calibration_T{t:g}.json")
+            return bench.plot(results, baseline, out / "bench.png")
+
+        out = Path(args.out)
+        try:
+            plotted = write(out)
+        except OSError as err:  # the folder was writable when the bench began: keep minutes of results
+            import tempfile
+
+            out = Path(tempfile.mkdtemp(prefix="eagle3-bench-"))
+            plotted = write(out)
+            print(f"eagle3-ref bench: error: --out {args.out} could not be written ({err.strerror}); the results are "
+                  f"in {out}", file=sys.stderr)
+            return 1
         print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.json'}"
               + (f", {out / 'bench.png'}" if plotted else " (no plot: pip install matplotlib)"))
     return 0
@@ -538,9 +552,13 @@ def cmd_vectors_export(args: argparse.Namespace) -> int:
 
     from eagle3_ref.testing.vectors import export
 
+    from eagle3_ref._checks import check_output_dir
+
     out = Path(args.dir)
-    if out.exists() and not out.is_dir():
-        return _fail(args, f"{out} is a file, not a directory")
+    try:
+        check_output_dir("dir", out)
+    except ValueError as err:
+        return _fail(args, err)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         return _fail(args, f"{out} is not empty (pass --overwrite)")
     manifest = export(out)
@@ -616,6 +634,7 @@ def cmd_assignment_grade(args: argparse.Namespace) -> int:
 
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     from eagle3_ref import gpu_check
+    from eagle3_ref._checks import check_output_dir
 
     try:
         only = tuple(name.strip() for name in args.only.split(",")) if args.only is not None else ()
@@ -624,8 +643,7 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
                               f"got {args.only!r}")
         if args.suite_filter is not None and not args.suite_filter.strip():
             raise OptionError("--suite-filter must be a pytest -k expression, got an empty one")
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise OptionError(f"--out {args.out} is a file, not a directory")
+        check_output_dir("--out", args.out)
         suite_args = ("-k", args.suite_filter) if args.suite_filter is not None else ()
         code = gpu_check.run_gpu_check(args.out, dry=args.dry, only=only, suite_args=suite_args)
     except ValueError as err:
@@ -648,6 +666,7 @@ def cmd_toy_train_target(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     try:
+        from eagle3_ref._checks import check_output_dir
         from eagle3_ref.ablate import AblateConfig
 
         config = AblateConfig(
@@ -655,8 +674,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             data_sizes=tuple(_ints(args.data_sizes, "--data-sizes")), steps=args.steps, batch_size=args.batch_size,
             seq_len=args.seq_len, lr=args.lr, eval_prompts=args.eval_prompts, eval_new_tokens=args.eval_new_tokens,
             seed=args.seed, save_every=args.save_every)
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise ValueError(f"--out {args.out} is a file, not a directory")
+        check_output_dir("--out", args.out)
     except ValueError as err:
         return _fail(args, err)
     from eagle3_ref.ablate import run_ablation

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
+from ._checks import check_output_dir
 from .train import batch_indices
 
 __all__ = ["stdlib_files", "split_modules", "corpus_text", "train_tokenizer", "toy_target_config", "train_target",
@@ -105,9 +106,7 @@ def train_target(out: str | os.PathLike, *, num_layers: int = 16, tokenizer_dir:
 
     ``num_layers=2, tokenizer_dir=<target>`` trains the small draft LM of the SpS baseline
     (transformers' assisted generation), which must share the target's tokenizer."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out {out} is a file, not a directory")
+    out = check_output_dir("out", out)
     for name, value, low in (("num_layers", num_layers, 1), ("steps", steps, 1), ("batch_size", batch_size, 1),
                              ("seq_len", seq_len, 2), ("warmup", warmup, 0), ("save_every", save_every, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

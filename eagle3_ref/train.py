@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ._checks import check_output_dir
 from .checkpoint import load_draft_head, publish, save_draft_head
 from .draft_head import Eagle3Config, Eagle3DraftHead
 from .eagle2 import Eagle2DraftHead, eagle2_config, eagle2_loss, load_eagle2_head, save_eagle2_head
@@ -391,11 +392,12 @@ _RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "save_every", "eval_ever
 
 
 def _check_out_dir(config: TrainConfig) -> Path:
-    out = Path(config.out_dir)
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"out_dir {out} is a file, not a directory")
-    if config.cache_dir is not None and Path(config.cache_dir).exists() and not Path(config.cache_dir).is_dir():
-        raise TrainingError(f"cache_dir {config.cache_dir} is a file, not a directory")
+    try:
+        out = check_output_dir("out_dir", config.out_dir)
+        if config.cache_dir is not None:
+            check_output_dir("cache_dir", config.cache_dir)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
     leftovers = [p for p in out.iterdir() if not any(p.match(g) for g in _NO_CHECKPOINT_YET)] if out.exists() else []
     if config.resume and not (out / "latest").exists():
         raise TrainingError(f"nothing to resume in {out} (no 'latest' checkpoint: the run stopped before its first "

@@ -26,6 +26,21 @@ from eagle3_ref.toy import TOY_DIR
 HEAD = str(TOY_DIR / "head")
 MISSING = "/nonexistent/eagle3-ref-test"
 FILE = "<an existing file>"  # replaced by a real file in the test's temporary directory
+
+
+def _unwritable() -> list[str]:
+    """A folder no file can be made in, even by root (sysfs refuses it), as an output directory;
+    none on a machine where that folder takes files."""
+    import tempfile
+
+    try:
+        tempfile.TemporaryFile(dir="/sys/kernel").close()
+    except OSError:
+        return ["/sys/kernel/eagle3-ref-out"]
+    return []
+
+
+UNWRITABLE = _unwritable()  # every output directory of every command is refused there, before any work
 COUNTS = ["0", "-3", "x", "2.5"]  # an option that counts something: at least 1
 NON_NEGATIVE = ["-1", "x", "1.5"]
 
@@ -35,7 +50,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     "train": (["--target", str(TOY_DIR / "target"), "--data", "<data>", "--out", "<out>"], {
         "--target": [MISSING, FILE],
         "--data": [MISSING],
-        "--out": [FILE],
+        "--out": [FILE] + UNWRITABLE,
         "--eval-data": [MISSING],
         "--steps": COUNTS,
         "--batch-size": COUNTS + ["100000000"],  # more memory than the machine has
@@ -49,7 +64,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--regenerate-prompt-tokens": NON_NEGATIVE + ["256"],  # not below --seq-len
         "--regenerate-temperature": ["-1", "nan", "inf", "warm"],
         "--max-sequences": COUNTS,
-        "--cache-dir": [FILE],
+        "--cache-dir": [FILE] + UNWRITABLE,
         "--save-every": COUNTS,
         "--eval-every": NON_NEGATIVE,
         "--seed": ["x", "1.5"],
@@ -88,7 +103,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--prompts-file": [MISSING],
         "--runs": COUNTS,
         "--temperatures": ["0,hot", "-1", "nan", ""],
-        "--out": [FILE],
+        "--out": [FILE] + UNWRITABLE,
         "--batch-sizes": ["0", "1,x", "-2", ""],
         "--calibration-prompts": COUNTS + ["17"],
         "--shape": [MISSING, FILE, "llama-3.1-9b"],
@@ -99,13 +114,13 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--target-layers": COUNTS,
         "--target": [MISSING, FILE],
     }),
-    "vectors export": ([], {"dir": [FILE]}),
+    "vectors export": ([], {"dir": [FILE] + UNWRITABLE}),
     "vectors check": (["<vectors>"], {
         "dir": [MISSING, FILE],
         "--impl": ["no_such_module_here:Adapter", "eagle3_ref.testing.adapters:NoSuchAdapter"],
         "--only": ["nothing-of-that-name"],
     }),
-    "assignment make": ([], {"out": [FILE]}),
+    "assignment make": ([], {"out": [FILE] + UNWRITABLE}),
     "assignment grade": (["<skeleton>"], {
         "dir": [MISSING],
         "--csv": [MISSING + "/grades.csv"],
@@ -114,7 +129,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--jobs": COUNTS,
     }),
     "ablate": (["--out", "<out>"], {
-        "--out": [FILE],
+        "--out": [FILE] + UNWRITABLE,
         "--variants": ["eagle4", "eagle3,", ""],
         "--data-sizes": ["0", "x", "-5", ""],
         "--steps": COUNTS,
@@ -127,12 +142,12 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--seed": ["x"],
     }),
     "gpu-check": (["--dry", "--out", "<out>"], {
-        "--out": [FILE],
+        "--out": [FILE] + UNWRITABLE,
         "--only": ["bench", "suite,", ""],
         "--suite-filter": ["", " "],
     }),
     "toy train-target": (["--out", "<out>"], {
-        "--out": [FILE],
+        "--out": [FILE] + UNWRITABLE,
         "--layers": COUNTS,
         "--tokenizer": [MISSING, FILE],
         "--steps": COUNTS,

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,6 +132,27 @@ def test_demo_refuses_a_head_of_another_target(tmp_path, capsys):
     assert main(["demo", "--target", str(other), "--draft", str(TOY_DIR / "head")]) == 2
     err = capsys.readouterr().err
     assert f"--draft {TOY_DIR / 'head'} does not fit --target {other}" in err and "vocab" in err
+
+
+def test_bench_keeps_its_results_when_out_cannot_be_written_at_the_end(tmp_path, capsys, monkeypatch):
+    # --out is checked before the measurement; if it still fails at the end (the disk filled,
+    # the folder went), minutes of results are kept in a temporary folder, and the message says where.
+    from eagle3_ref import bench
+
+    out, plot = tmp_path / "out", bench.plot
+
+    def full_disk(results, baseline, path):
+        if out in path.parents:
+            raise OSError(28, "No space left on device")
+        return plot(results, baseline, path)
+
+    monkeypatch.setattr(bench, "plot", full_disk)
+    assert main(["bench", "--prompts", "1", "--max-new-tokens", "6", "--runs", "1", "--temperatures", "0",
+                 "--no-auto", "--no-profile", "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    rescued = Path(re.search(r"the results are in (\S+)", err).group(1))
+    assert f"--out {out} could not be written (No space left on device)" in err
+    assert "| EAGLE-3 chain" in (rescued / "bench.md").read_text() and (rescued / "bench.json").is_file()
 
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):

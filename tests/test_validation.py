@@ -105,3 +105,25 @@ def test_a_damaged_head_directory_is_named(tmp_path):
         load_draft_head(weights)
     with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
         load_draft_head(tmp_path / "head", dtype="dir")
+
+
+def test_an_output_directory_is_checked_before_any_work(tmp_path):
+    # Unwritable output paths ended in raw OSError tracebacks in train, vectors export, assignment
+    # make, ablate and bench (bench after its whole measurement). check_output_dir refuses them
+    # first, and creates nothing where it succeeds.
+    from eagle3_ref._checks import check_output_dir
+
+    deep = tmp_path / "a" / "b"
+    assert check_output_dir("--out", deep) == deep and not (tmp_path / "a").exists() and not list(tmp_path.iterdir())
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match=r"^--out .*/f is a file, not a directory"):
+        check_output_dir("--out", tmp_path / "f")
+    with pytest.raises(ValueError, match=r"^--out .*/f/g: .*/f is a file, not a directory"):
+        check_output_dir("--out", tmp_path / "f" / "g")
+    import tempfile
+
+    try:  # sysfs refuses a new file even to root; a machine where it takes one cannot show this
+        tempfile.TemporaryFile(dir="/sys/kernel").close()
+    except OSError:
+        with pytest.raises(ValueError, match=r"^dir /sys/kernel/out/x cannot be written: Permission denied in /sys/kernel$"):
+            check_output_dir("dir", "/sys/kernel/out/x")
