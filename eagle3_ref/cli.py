@@ -120,8 +120,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_head(target, data, config, prompts, progress=not args.quiet)
     except (TrainingError, OptionError) as err:
         return _fail(args, err)
+    except KeyboardInterrupt:  # Ctrl-C: where the run stands, and how to go on, instead of a traceback
+        print(f"\neagle3-ref train: interrupted. {_resume_hint(args)}", file=sys.stderr)
+        return 130
     print(f"trained head written to {args.out}")
     return 0
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted run left in --out, and the command that continues it."""
+    import shlex
+
+    latest = Path(args.out) / "latest"
+    if not latest.is_file():
+        return f"No checkpoint was written yet ({args.out} has none): start again with --overwrite."
+    words = [w for w in args.argv if w not in ("--overwrite", "--resume")] + ["--resume"]
+    return (f"The last checkpoint is {Path(args.out) / latest.read_text().strip()}; continue with:\n"
+            f"  eagle3-ref {shlex.join(words)}")
 
 
 # The Python names (of TrainConfig, AblateConfig, train_target, the decoding functions) that a
@@ -919,6 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])  # as typed, for the hints that repeat it
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -391,6 +391,55 @@ _NO_CHECKPOINT_YET = ("train_config.json", ".ckpt-tmp-*", ".latest-*")
 _RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "save_every", "eval_every", "eval_max_new_tokens", "cache_dir"}
 
 
+def lock_path(out: Path) -> Path:
+    """The lock of output folder ``out``: ``.NAME.lock`` beside it (not in it, so that
+    ``--overwrite`` clearing the folder does not clear the lock), holding the owner's pid."""
+    return out.parent / f".{out.name}.lock"
+
+
+def _lock_owner(out: Path) -> int | None:
+    """The pid of the live process that holds ``out``'s lock; None if none does (no lock, or
+    a stale one: its process is gone)."""
+    try:
+        pid = int(lock_path(out).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0: is it there?
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # there, another user's
+        pass
+    return pid
+
+
+def _refuse_a_second_writer(out: Path) -> None:
+    owner = _lock_owner(out)
+    if owner is not None and owner != os.getpid():
+        raise TrainingError(f"out_dir {out} is being written by another run (process {owner}, lock "
+                            f"{lock_path(out)}): wait for it to end or stop it; two runs in one folder overwrite "
+                            f"each other's checkpoints")
+
+
+def acquire_output_lock(out: Path) -> Path:
+    """Take ``out``'s lock for the life of a run; a live owner is refused by name, a stale lock
+    (its process gone) is taken over. Release with ``lock.unlink()``."""
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = path.with_name(f"{path.name}.{os.getpid()}")
+    mine.write_text(f"{os.getpid()}\n")  # whole before it is linked: no reader sees an empty lock
+    try:
+        while True:
+            _refuse_a_second_writer(out)
+            try:
+                os.link(mine, path)  # atomic: fails if a lock is there
+                return path
+            except FileExistsError:
+                path.unlink(missing_ok=True)  # stale (its process gone): take it over
+    finally:
+        mine.unlink(missing_ok=True)
+
+
 def _check_out_dir(config: TrainConfig) -> Path:
     try:
         out = check_output_dir("out_dir", config.out_dir)
@@ -398,6 +447,8 @@ def _check_out_dir(config: TrainConfig) -> Path:
             check_output_dir("cache_dir", config.cache_dir)
     except ValueError as err:
         raise TrainingError(str(err)) from None
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, process 0 holds the lock for all
+        _refuse_a_second_writer(out)
     leftovers = [p for p in out.iterdir() if not any(p.match(g) for g in _NO_CHECKPOINT_YET)] if out.exists() else []
     if config.resume and not (out / "latest").exists():
         raise TrainingError(f"nothing to resume in {out} (no 'latest' checkpoint: the run stopped before its first "
@@ -444,12 +495,17 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
     across processes, and leaves the group again if it was the one to create it.
     """
     out = _check_out_dir(config)
-    joined = _join_process_group()
+    lock = acquire_output_lock(out) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        return _train(target, data, config, out, eval_prompts, log, progress)
+        joined = _join_process_group()
+        try:
+            return _train(target, data, config, out, eval_prompts, log, progress)
+        finally:
+            if joined:
+                dist.destroy_process_group()
     finally:
-        if joined:
-            dist.destroy_process_group()
+        if lock is not None:
+            lock.unlink(missing_ok=True)
 
 
 def _new_head(target: nn.Module, data: TrainData, config: TrainConfig, layer_ids: tuple[int, ...]):

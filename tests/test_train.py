@@ -130,6 +130,33 @@ def test_resume_after_kill_minus_nine(tiny, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(tiny, tmp_path):
+    # Ctrl-C printed a KeyboardInterrupt traceback and no hint.
+    import shlex
+
+    from eagle3_ref.train import lock_path
+
+    path, _, _ = tiny
+    (tmp_path / "train.txt").write_text(TRAIN_TEXT)
+    out = tmp_path / "run"
+    args = ["train", "--target", str(path), "--data", str(tmp_path / "train.txt"), "--steps", "5000", "--seq-len", "32",
+            "--batch-size", "8", "--ttt-steps", "2", "--draft-vocab-size", "128", "--save-every", "2", "--quiet",
+            "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "eagle3_ref.cli", *args], env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "latest").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    last = out / (out / "latest").read_text().strip()
+    assert f"interrupted. The last checkpoint is {last}; continue with:" in err, err
+    resume = err.strip().splitlines()[-1].strip()
+    assert resume == "eagle3-ref " + shlex.join(args + ["--resume"]), resume
+    assert not lock_path(out).exists()  # released on the way out
+
+
 def test_ablation_switches(tiny, tmp_path):
     _, target, tokenizer = tiny
     config = _config(tmp_path / "abl", max_steps=3, ttt_steps=1, aux_layer_ids=(5,))
@@ -441,3 +468,34 @@ def test_tau_evaluation_with_a_tiny_draft_vocabulary(tiny, tmp_path):
     head = train_head(target, data, config, [data.input_ids[0, :8]], log=history.append, progress=False)
     assert history[-1]["tau"] >= 1.0
     assert evaluate_tau(target, head, [data.input_ids[1, :8]], 4) >= 1.0
+
+
+def test_one_writer_per_output_folder(tiny, tmp_path):
+    # A second `train --out D --overwrite` while the first ran deleted the first's folder, and the
+    # first finished into the second's. The folder is locked for the life of a run (a lock beside
+    # it, with the owner's pid): a live owner is refused by name before anything is written, a
+    # stale lock (its process gone) is taken over, and the lock goes when the run ends.
+    import subprocess
+    import sys
+
+    from eagle3_ref.train import lock_path
+
+    path, target, tokenizer = tiny
+    data = prepare_data(target, TRAIN_TEXT[:3000], tokenizer, _config(tmp_path / "x"), (2, 3, 4))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ckpt-50").mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_path(out).write_text(f"{other.pid}\n")
+        with pytest.raises(TrainingError, match=rf"out_dir {out} is being written by another run \(process {other.pid}"):
+            train_head(target, data, _config(out, overwrite=True, max_steps=2), progress=False)
+        assert (out / "ckpt-50").is_dir()  # --overwrite deleted nothing
+    finally:
+        other.kill()
+        other.wait()
+    held = []  # stale now: taken over, held while the run logs, gone after it
+    train_head(target, data, _config(out, overwrite=True, max_steps=2, save_every=1),
+               log=lambda record: held.append(lock_path(out).read_text().strip()), progress=False)
+    assert held and set(held) == {str(os.getpid())}
+    assert (out / "latest").exists() and not lock_path(out).exists()
