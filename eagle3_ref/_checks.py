@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["check_sampling", "check_int", "check_number", "check_token_ids", "check_float_tensor", "check_instance",
-           "check_output_dir"]
+           "check_output_dir", "check_device"]
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
@@ -111,3 +111,15 @@ def check_output_dir(name: str, path) -> Path:
     except OSError as err:
         raise ValueError(f"{name} {out} cannot be written: {err.strerror} in {existing}") from None
     return out
+
+
+def check_device(name: str, device) -> torch.device:
+    """A device torch knows and this machine has (``cuda`` needs a GPU torch can see)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a device such as 'cpu' or 'cuda', got {device!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} is {device!r}, but torch sees no CUDA device here (torch.cuda.is_available() is "
+                         f"False; torch {torch.__version__})")
+    return parsed

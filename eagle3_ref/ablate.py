@@ -96,12 +96,17 @@ class AblateConfig:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise ValueError(f"variants must be some of {', '.join(VARIANTS)}, got {list(self.variants)}")
+        repeated = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if repeated:
+            raise ValueError(f"variants name {', '.join(repeated)} twice: each variant is one run")
         for name in ("steps", "batch_size", "seq_len", "eval_prompts", "eval_new_tokens", "save_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not self.data_sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.data_sizes):
             raise ValueError(f"data_sizes must be positive ints, got {list(self.data_sizes)}")
+        if len(set(self.data_sizes)) != len(self.data_sizes):
+            raise ValueError(f"data_sizes must differ from each other, got {list(self.data_sizes)}")
         if not 0 < self.prompt_tokens < self.seq_len:
             raise ValueError(f"prompt_tokens must be in [1, seq_len - 1] = [1, {self.seq_len - 1}], "
                              f"got {self.prompt_tokens}")

@@ -283,12 +283,13 @@ def machine_description(device) -> str:
 
 
 def markdown_table(results: list[Measurement], baseline: str) -> str:
-    lines = ["| method | temperature | tau | tokens/s (mean ± std over runs) | speedup vs plain |",
-             "|---|---|---|---|---|"]
+    spread = all(len(r.tokens_per_second) > 1 for r in results)  # one run has no spread to show
+    lines = [f"| method | temperature | tau | tokens/s ({'mean ± std over runs' if spread else 'one run'}) | "
+             "speedup vs plain |", "|---|---|---|---|---|"]
     for r in results:
         base = next(b for b in results if b.method == baseline and b.temperature == r.temperature)
-        lines.append(f"| {r.method} | {r.temperature:g} | {r.tau:.2f} | {r.mean_tps:.1f} ± {r.std_tps:.1f} | "
-                     f"{r.mean_tps / base.mean_tps:.2f}x |")
+        tps = f"{r.mean_tps:.1f} ± {r.std_tps:.1f}" if spread else f"{r.mean_tps:.1f}"
+        lines.append(f"| {r.method} | {r.temperature:g} | {r.tau:.2f} | {tps} | {r.mean_tps / base.mean_tps:.2f}x |")
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ._checks import check_device
 from .draft_head import Eagle3Config, Eagle3DraftHead
 from .fusion import default_aux_layer_ids, from_convention, num_decoder_layers, to_convention, validate_aux_layer_ids
 from .vocab import validate_vocab_mapping
@@ -278,9 +279,13 @@ def load_draft_head(path: str | os.PathLike, target: nn.Module | None = None, *,
     its dtype and device. ``ignore_keys`` drops keys some exporters add (e.g. an
     ``embed_tokens.weight`` copied from the target).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a head directory (a str or a path), got {type(path).__name__} {path!r:.60}")
     path = Path(path)
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype (e.g. torch.bfloat16), got {type(dtype).__name__} {dtype!r}")
+    if device is not None:
+        check_device("device", device)
     if path.is_file():
         raise ValueError(f"{path} is a file: a head is a directory holding {CONFIG} and its weights")
     if not (path / CONFIG).is_file():

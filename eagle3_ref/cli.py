@@ -97,11 +97,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             save_every=args.save_every, eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite,
             cache_dir=args.cache_dir,
         )
+        if args.warmup > args.steps:  # the learning rate would never finish warming up
+            default = "" if any(a.startswith("--warmup") for a in args.argv) else " (the default)"
+            raise OptionError(f"--warmup {args.warmup}{default} exceeds --steps {args.steps}: the learning rate would "
+                              f"still be warming up when training ends; pass a --warmup below --steps")
         if not (Path(args.target) / "config.json").is_file():
             raise TrainingError(f"--target {args.target}: not a Hugging Face model directory (no config.json)")
-        for option, path in (("--data", args.data), ("--eval-data", args.eval_data)):
-            if path is not None and not Path(path).is_file():
-                raise TrainingError(f"{option} {path}: no such file")
+        texts = {option: _read_text(option, path) for option, path in (("--data", args.data),
+                                                                         ("--eval-data", args.eval_data)) if path}
         _check_out_dir(config)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,10 +115,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.target)
         target = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype).to(device).eval()
         layer_ids = check_config_fits_target(config, target)
-        data = prepare_data(target, Path(args.data).read_text(), tokenizer, config, layer_ids, progress=not args.quiet)
+        data = prepare_data(target, texts["--data"], tokenizer, config, layer_ids, progress=not args.quiet)
         prompts = []
         if args.eval_data:
-            ids = tokenizer(Path(args.eval_data).read_text(), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(texts["--eval-data"], add_special_tokens=False)["input_ids"]
             prompts = [torch.tensor(ids[i:i + 32]) for i in range(0, min(len(ids) - 32, 32 * 4), 32)]
         train_head(target, data, config, prompts, progress=not args.quiet)
     except (TrainingError, OptionError) as err:
@@ -125,6 +128,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     print(f"trained head written to {args.out}")
     return 0
+
+
+def _read_text(option: str, path: str) -> str:
+    """A text file an option names, read whole as UTF-8; refused by name if it is not one."""
+    if Path(path).is_dir():
+        raise OptionError(f"{option} {path} is a directory, not a file")
+    if not Path(path).is_file():
+        raise OptionError(f"{option} {path}: no such file")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise OptionError(f"{option} {path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x})") from None
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
@@ -235,10 +250,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.prompt is not None and args.prompt_file is not None:
             raise DemoError("give --prompt or --prompt-file, not both")
         if args.prompt_file is not None:
-            try:
-                prompt = open(args.prompt_file, encoding="utf-8").read()
-            except OSError as err:
-                raise DemoError(f"--prompt-file {args.prompt_file}: {err.strerror}") from None
+            prompt = _read_text("--prompt-file", args.prompt_file)
+            if not prompt.strip():
+                raise DemoError(f"--prompt-file {args.prompt_file} holds no text")
         else:
             prompt = args.prompt if args.prompt is not None else default_prompt()
         device, dtype = _device_dtype(args)
@@ -272,10 +286,7 @@ def _read_prompts(path: str) -> list[str]:
 
     from eagle3_ref.demo import DemoError
 
-    try:
-        lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
-    except OSError as err:
-        raise DemoError(f"--prompts-file {path}: {err.strerror}") from None
+    lines = [line for line in _read_text("--prompts-file", path).splitlines() if line.strip()]
     if not lines:
         raise DemoError(f"--prompts-file {path}: no prompts in it")
     if not lines[0].lstrip().startswith("{"):
@@ -424,6 +435,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise DemoError(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}") from None
         for t in temperatures:
             check_sampling(t, 1.0, 0)
+        if len(set(temperatures)) != len(temperatures):  # the summary would match neither group
+            raise DemoError(f"--temperatures names a temperature twice: {args.temperatures}")
         sizes = _batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None
         if args.out:  # before the measurement, which takes minutes
             check_output_dir("--out", args.out)

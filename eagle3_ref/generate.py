@@ -121,8 +121,17 @@ def tree_attention_masks(target: nn.Module, cache: DynamicCache, tree_mask: Tens
 
 
 def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float,
-                  top_p: float, top_k: int, attention_mask: Tensor | None = None, eos_token_id=None) -> None:
+                  top_p: float, top_k: int, attention_mask: Tensor | None = None, eos_token_id=None,
+                  generator=None) -> None:
     """Every argument of the decoding entry points, by name, before any forward."""
+    if not isinstance(target, nn.Module) or not callable(getattr(target, "get_input_embeddings", None)):
+        raise TypeError(f"target must be a loaded causal LM (an nn.Module, e.g. AutoModelForCausalLM.from_pretrained"
+                        f"(path)), got {type(target).__name__} {target!r:.60}")
+    rows = generator if isinstance(generator, (list, tuple)) else [generator]
+    for g in rows:
+        if not (g is None or isinstance(g, torch.Generator) or callable(getattr(g, "accept", None))):
+            raise TypeError(f"generator must be a torch.Generator (torch.Generator().manual_seed(seed)), one per row, "
+                            f"a sampler with accept() and draw(), or None; got {type(g).__name__} {g!r:.40}")
     vocab = target.get_input_embeddings().weight.shape[0]
     check_token_ids("input_ids", input_ids, vocab)
     if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
@@ -242,7 +251,8 @@ def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfi
 
 def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, generator, aux_layer_ids,
            attention_mask=None, tree=None):
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id)
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id,
+                  generator)
     check_instance("tree", tree, TreeConfig, " (e.g. TreeConfig(), TreeConfig.chain(5))")
     calibrated_at = getattr(tree, "temperature", None)  # a cost-aware tree (auto_tree.py)
     if calibrated_at is not None and calibrated_at != temperature:
@@ -347,7 +357,8 @@ def autoregressive_generate(target: nn.Module, input_ids: Tensor, *, max_new_tok
     """Plain decoding, one target forward per token, with the same output type (tau = 1).
     A batch (``attention_mask`` given, or more than one row) decodes all rows in each
     forward, as ``generate`` does, and returns a :class:`eagle3_ref.batch.BatchGenerationOutput`."""
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id)
+    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id,
+                  generator)
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     if _is_batch(input_ids, attention_mask):
         from .batch import batched_autoregressive_generate

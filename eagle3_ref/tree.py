@@ -314,6 +314,9 @@ def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
     # any head of the duck type (testing/handle.py's AdapterHead has no config and no fc): check what it says
     check_token_ids("input_ids", input_ids, getattr(getattr(head, "config", None), "vocab_size", None))
     check_float_tensor("features", features, 3, _head_dtype(head))
+    if not bool(torch.isfinite(features).all()):  # a tree drafted from them would be noise, silently
+        raise ValueError("features hold NaN or inf: the target's forward overflowed (a float16 target?) or the "
+                         "features were never filled")
     T = input_ids.shape[1] - 1
     S = 0 if cache is None else cache.length
     if input_ids.shape[0] != 1 or features.shape[0] != 1:

@@ -26,6 +26,7 @@ from eagle3_ref.toy import TOY_DIR
 HEAD = str(TOY_DIR / "head")
 MISSING = "/nonexistent/eagle3-ref-test"
 FILE = "<an existing file>"  # replaced by a real file in the test's temporary directory
+TEXT_FILES = ["<not UTF-8>", "<a directory>", "<an empty file>"]  # where a text file is read
 
 
 def _unwritable() -> list[str]:
@@ -49,14 +50,14 @@ NON_NEGATIVE = ["-1", "x", "1.5"]
 COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     "train": (["--target", str(TOY_DIR / "target"), "--data", "<data>", "--out", "<out>"], {
         "--target": [MISSING, FILE],
-        "--data": [MISSING],
+        "--data": [MISSING] + TEXT_FILES[:2],
         "--out": [FILE] + UNWRITABLE,
-        "--eval-data": [MISSING],
+        "--eval-data": [MISSING] + TEXT_FILES[:2],
         "--steps": COUNTS,
         "--batch-size": COUNTS + ["100000000"],  # more memory than the machine has
         "--seq-len": COUNTS + ["100000"],  # past the toy target's positions
         "--lr": ["0", "-1", "nan", "inf", "fast"],
-        "--warmup": NON_NEGATIVE,
+        "--warmup": NON_NEGATIVE + ["1001"],  # past the default --steps 1000
         "--ttt-steps": COUNTS + ["100000"],  # past --seq-len: a step with no token to read
         "--head": ["eagle4"],
         "--draft-vocab-size": ["0", "-1", "100000", "x"],
@@ -82,7 +83,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--top-p": ["0", "1.5", "nan"],
         "--top-k": NON_NEGATIVE,
         "--prompt": [""],
-        "--prompt-file": [MISSING],
+        "--prompt-file": [MISSING] + TEXT_FILES,
         "--tree-nodes": ["1", "0", "x"],
         "--tree-depth": COUNTS,
         "--tree-top-k": COUNTS,
@@ -100,9 +101,9 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--dtype": ["int8"],
         "--assistant": [MISSING, FILE],
         "--prompts": COUNTS + ["100000"],
-        "--prompts-file": [MISSING],
+        "--prompts-file": [MISSING] + TEXT_FILES,
         "--runs": COUNTS,
-        "--temperatures": ["0,hot", "-1", "nan", ""],
+        "--temperatures": ["0,hot", "-1", "nan", "", "0,1,0"],
         "--out": [FILE] + UNWRITABLE,
         "--batch-sizes": ["0", "1,x", "-2", ""],
         "--calibration-prompts": COUNTS + ["17"],
@@ -130,8 +131,8 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     }),
     "ablate": (["--out", "<out>"], {
         "--out": [FILE] + UNWRITABLE,
-        "--variants": ["eagle4", "eagle3,", ""],
-        "--data-sizes": ["0", "x", "-5", ""],
+        "--variants": ["eagle4", "eagle3,", "", "eagle3,eagle3"],
+        "--data-sizes": ["0", "x", "-5", "", "300,300"],
         "--steps": COUNTS,
         "--batch-size": COUNTS,
         "--seq-len": COUNTS,
@@ -183,6 +184,8 @@ def places(tmp_path_factory):
     (valid values for the arguments a case does not make malformed)."""
     root = tmp_path_factory.mktemp("cli")
     (root / "file").write_text("not a directory\n")
+    (root / "latin1.txt").write_bytes("def caf\xe9(): pass\n".encode("latin-1"))
+    (root / "empty.txt").write_text("")
     (root / "data.txt").write_text("def f(x):\n    return x + 1\n" * 400)  # longer than one --seq-len
     (root / "vectors").mkdir()  # a valid vectors directory holding no case (exporting all takes 10-30 s)
     (root / "vectors" / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "models": {},
@@ -218,6 +221,8 @@ def test_a_malformed_option_is_refused_by_name(command, option, data, places, ca
     value = data.draw(st.sampled_from(options[option]), label=f"{command} {option}")
     out = places / f"out-{abs(hash((command, option, value)))}"
     subs = {FILE: str(places / "file"), "<data>": str(places / "data.txt"), "<out>": str(out),
+            "<not UTF-8>": str(places / "latin1.txt"), "<a directory>": str(places / "vectors"),
+            "<an empty file>": str(places / "empty.txt"),
             "<vectors>": str(places / "vectors"), "<skeleton>": str(places / "skeleton")}
     value = subs.get(value, value)
     argv = [*command.split(), *[subs.get(a, a) for a in base]]

@@ -18,6 +18,7 @@ from transformers import LlamaConfig
 from eagle3_ref import (Eagle3Config, TreeConfig, autoregressive_generate, build_draft_tree, load_draft_head,
                         save_draft_head, speculative_generate, ttt_forward)
 from eagle3_ref.testing.strategies import build_draft_head, build_target
+from eagle3_ref.toy import TOY_DIR
 
 pytestmark = pytest.mark.generate
 
@@ -49,6 +50,15 @@ def _tree(**kw):
     return build_draft_tree(HEAD, **args)
 
 
+def _spec_target(target):
+    return speculative_generate(target, HEAD, IDS, max_new_tokens=4)
+
+
+def _load(**kw):
+    args = dict(path=str(TOY_DIR / "head")) | kw
+    return load_draft_head(**args)
+
+
 def _ttt(**kw):
     args = dict(features=FEATURES, input_ids=IDS[:, :2], steps=2) | kw
     return ttt_forward(HEAD, **args)
@@ -63,15 +73,20 @@ CASES = [
     (_spec, "top_k", NOT_INTS[:-2] + [-1]),
     (_spec, "eos_token_id", ["x", VOCAB, -2, 1.5]),
     (_spec, "tree", [dict(num_nodes=4), None, (4, 2, 2)]),
+    (_spec, "generator", [123, "seed", [torch.Generator(), 7]]),
+    (_spec_target, "target", ["path/to/model", None]),
     (_plain, "input_ids", BAD_IDS),
     (_plain, "max_new_tokens", NOT_INTS + [-3]),
     (_plain, "eos_token_id", ["x", VOCAB]),
     (_tree, "input_ids", BAD_IDS),
-    (_tree, "features", [FEATURES.float(), FEATURES[0], FEATURES.long(), FEATURES.tolist()]),
+    (_tree, "features", [FEATURES.float(), FEATURES[0], FEATURES.long(), FEATURES.tolist(), FEATURES * math.nan,
+                         FEATURES.index_fill(1, torch.tensor([1]), math.inf)]),
     (_tree, "config", [None, dict(num_nodes=4)]),
     (_ttt, "steps", [2.5, 0, True, "2"]),
     (_ttt, "input_ids", BAD_IDS),
     (_ttt, "features", [FEATURES.float(), FEATURES[:, :1], FEATURES[0]]),
+    (_load, "path", [None, 3]),
+    (_load, "device", ["tpu", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda"])),
     (TreeConfig, "num_nodes", NOT_INTS[:-1] + [1]),
     (TreeConfig, "top_k", NOT_INTS[:-1] + [0]),
     (Eagle3Config, "hidden_size", NOT_INTS[:-1] + [0]),
