@@ -344,6 +344,8 @@ def _bench_batches(args, sizes, bench, target, head, prompts, tokenizer, device,
                       "warm-up).", "", bench.batch_table(results), "", bench.crossover_line(results)])
     print(text)
     if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
         meta = {"machine": machine, "device": str(device), "dtype": args.dtype, "prompts": len(prompts),
                 "max_new_tokens": args.max_new_tokens, "runs": args.runs, "batch_sizes": list(sizes)}
         rows = [{**r.__dict__, "mean_tokens_per_second": r.mean_tps} for r in results]
@@ -509,8 +511,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         meta = {"machine": machine, "device": str(device), "dtype": args.dtype, "prompts": len(prompts),
                 "max_new_tokens": args.max_new_tokens, "runs": args.runs, "temperatures": list(temperatures),
                 "target": args.target or "toy", "draft": args.draft or "toy", "baseline": baseline,
