@@ -52,6 +52,13 @@ def test_load_adapter_names_what_is_wrong(tmp_path, monkeypatch):
         load_adapter("half_adapter")
 
 
+def test_a_typo_in_the_implementation_is_one_usage_error(tmp_path, run_conformance):
+    # A misspelt --eagle3-impl printed the same error in every test (61 errors over 5,433 lines).
+    code, out = run_conformance("eagle3_ref.testing.adaptr", "tree or verify", tmp_path)
+    assert code == 4, out  # pytest's usage error
+    assert out.count("cannot import 'eagle3_ref.testing.adaptr'") == 1 and len(out.splitlines()) < 10, out
+
+
 def test_a_foreign_head_handle_gives_d2t_and_its_tapped_layers():
     # The head-handle contract (eagle3_ref/testing/handle.py) without a real engine: what the
     # reference's tree builder and loop read off a handle, and the refusals when it is missing.

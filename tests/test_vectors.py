@@ -50,6 +50,21 @@ def test_the_reference_passes_every_case(vectors, capsys):
     assert "13 of 13 cases agree" in capsys.readouterr().out
 
 
+def test_a_piece_the_adapter_does_not_declare_is_reported_not_implemented(vectors, capsys, tmp_path, monkeypatch):
+    # vectors check printed PASS for pieces an adapter did not declare: they ran the reference's
+    # own code, inherited from ReferenceAdapter.
+    (tmp_path / "vocab_only.py").write_text("from eagle3_ref.testing.adapter import ReferenceAdapter\n\n\n"
+                                            "class VocabOnly(ReferenceAdapter):\n    pieces = ('vocab',)\n\n\n"
+                                            "ADAPTER = VocabOnly()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["vectors", "check", str(vectors), "--impl", "vocab_only"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("PASS", "FAIL", "SKIP"))]
+    assert lines and all(line.startswith("PASS  vocab") or ("not implemented by" in line and line.startswith("SKIP"))
+                         for line in lines), out
+    assert any(line.startswith("PASS  vocab") for line in lines) and "SKIP  tree" in out
+
+
 def test_an_adapter_without_batches_is_reported_batch_1_only(vectors, capsys):
     from eagle3_ref.testing.adapter import ReferenceAdapter
 

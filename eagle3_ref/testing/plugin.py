@@ -165,6 +165,12 @@ def pytest_runtest_call(item):
 def pytest_configure(config):
     for name, text in CONFORMANCE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    if config.getoption("--eagle3-impl") or os.environ.get(ENV_VAR):
+        # Loaded once, now: a typo is one usage error, not the same error in every test that uses it.
+        try:
+            _adapter(config)
+        except ValueError as err:
+            raise pytest.UsageError(f"--eagle3-impl: {err}") from None
     config.addinivalue_line("markers", f"{DEVICE_MARKER}: every test that takes the device parameter (cpu, cuda): the "
                                        "subset eagle3-ref gpu-check runs on CUDA")
     config.addinivalue_line("markers", "ungraded: tests no solution region of the course assignment (batches, the TTT "

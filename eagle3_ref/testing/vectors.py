@@ -447,7 +447,7 @@ def _run(case: dict, x: dict[str, Tensor], params: dict, models: dict, impl) -> 
 def check(directory: str | Path, impl=None, only: str | None = None) -> list[CaseResult]:
     """Run ``impl`` (default: the reference) on every case of ``directory`` (or those whose
     name or piece is ``only``); one result per case."""
-    from eagle3_ref.testing.adapter import ReferenceAdapter
+    from eagle3_ref.testing.adapter import ReferenceAdapter, adapter_name, declared_pieces
 
     root = Path(directory)
     if not (root / "manifest.json").exists():
@@ -462,11 +462,16 @@ def check(directory: str | Path, impl=None, only: str | None = None) -> list[Cas
         raise ValueError(f"{root}/manifest.json: schema_version {manifest.get('schema_version')!r}, this eagle3-ref "
                          f"reads {SCHEMA_VERSION}")
     impl = impl or ReferenceAdapter()
+    pieces = declared_pieces(impl)
     _quiet_transformers()
     models = _load_models(root, manifest, impl)
     results = []
     for case in manifest["cases"]:
         if only and only not in (case["name"], case["piece"]):
+            continue
+        if case["piece"] not in pieces:  # not run: an undeclared piece would run the inherited reference
+            results.append(CaseResult(case["name"], case["piece"], None,
+                                      f"not implemented by {adapter_name(impl)}: {case['piece']}"))
             continue
         try:
             tensors = load_file(root / case["file"])
