@@ -292,7 +292,7 @@ def grow_tree_auto(root_token: int, root_logprobs: Tensor, propose: Propose, con
     closed under ancestors: a subtree of EAGLE-2's pool (a test checks it node by node)."""
     k, keep = config.top_k, config.num_nodes - 1
     if k > root_logprobs.shape[-1]:
-        raise ValueError(f"TreeConfig.top_k={k} exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
+        raise ValueError(f"TreeConfig.top_k ({k}) exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
     calibrated = config.calibration.p
     pool = Pool([root_token], [-1], [0])
     first = _best(root_logprobs, k)

@@ -136,7 +136,7 @@ def _grow_trees(root_tokens: Tensor, root_logprobs: Tensor, propose, config: Tre
     log-probs ``(B, k, V_d)``."""
     B, k = root_logprobs.shape[0], config.top_k
     if k > root_logprobs.shape[-1]:
-        raise ValueError(f"TreeConfig.top_k={k} exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
+        raise ValueError(f"TreeConfig.top_k ({k}) exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
     device = root_logprobs.device
     first = _best(root_logprobs, k)  # (B, k) level 1: the root's k best
     tokens = [root_tokens.new_zeros(B, 1).to(device), first]  # the pool, level by level (root first)

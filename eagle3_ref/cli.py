@@ -159,6 +159,8 @@ def _resume_hint(args: argparse.Namespace) -> str:
 _ALIASES = {
     "train": {"max_steps": "--steps", "warmup_steps": "--warmup", "out_dir": "--out"},
     "bench": {"temperature": "--temperatures"},
+    "demo": {"TreeConfig.top_k": "--tree-top-k", "TreeConfig.num_nodes": "--tree-nodes",
+             "TreeConfig.max_depth": "--tree-depth"},
     "ablate": {"out_dir": "--out"},
     "toy train-target": {"num_layers": "--layers", "tokenizer_dir": "--tokenizer"},
 }

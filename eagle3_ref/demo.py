@@ -63,6 +63,11 @@ def load_pair(target: str | os.PathLike | None, draft: str | os.PathLike | None,
     try:
         head = load_draft_head(draft_dir, model)
     except (ValueError, FileNotFoundError) as err:
+        try:  # is the head itself sound? then it is the pair that does not fit
+            load_draft_head(draft_dir)
+        except (ValueError, FileNotFoundError) as own:
+            raise DemoError(f"--draft {draft_dir}: the head cannot be loaded, its files disagree or are damaged "
+                            f"({own}); check it with `eagle3-ref check-head {draft_dir}`") from None
         raise DemoError(f"--draft {draft_dir} does not fit --target {target_dir}: {err}") from None
     return model, tokenizer, head
 

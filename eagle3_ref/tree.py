@@ -236,7 +236,7 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
     """
     k = config.top_k
     if k > root_logprobs.shape[-1]:
-        raise ValueError(f"TreeConfig.top_k={k} exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
+        raise ValueError(f"TreeConfig.top_k ({k}) exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
     # --- assignment tree: EAGLE-2: the root's top_k children (by log-prob, ties to the lower id: use _best)
     #   form level 1; at each further level, propose(frontier, pool) gives each frontier node's log-probs, keep
     #   each one's top_k children, score them by cumulative log-prob, and the top_k of those k*k form the next

@@ -86,7 +86,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--prompt-file": [MISSING] + TEXT_FILES,
         "--tree-nodes": ["1", "0", "x"],
         "--tree-depth": COUNTS,
-        "--tree-top-k": COUNTS,
+        "--tree-top-k": COUNTS + ["5000"],  # past the toy head's 2048-token draft vocabulary
         "--chain": COUNTS,
         "--tree": ["big", "AUTO"],
         "--runs": COUNTS,

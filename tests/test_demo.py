@@ -134,6 +134,18 @@ def test_demo_refuses_a_head_of_another_target(tmp_path, capsys):
     assert f"--draft {TOY_DIR / 'head'} does not fit --target {other}" in err and "vocab" in err
 
 
+def test_a_damaged_head_is_named_as_damaged_not_as_a_misfit(tmp_path, capsys):
+    # A head whose config disagrees with its own weights was reported as "does not fit --target".
+    import shutil
+
+    shutil.copytree(TOY_DIR / "head", tmp_path / "head")
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    (tmp_path / "head" / "config.json").write_text(json.dumps(config | {"hidden_size": 2 * config["hidden_size"]}))
+    assert main(["demo", "--draft", str(tmp_path / "head"), "--no-plain"]) == 2
+    err = capsys.readouterr().err
+    assert "the head cannot be loaded, its files disagree or are damaged" in err and "does not fit" not in err, err
+
+
 def test_bench_keeps_its_results_when_out_cannot_be_written_at_the_end(tmp_path, capsys, monkeypatch):
     # --out is checked before the measurement; if it still fails at the end (the disk filled,
     # the folder went), minutes of results are kept in a temporary folder, and the message says where.
