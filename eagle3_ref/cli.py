@@ -742,7 +742,7 @@ def _add_tree_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chain", type=int, metavar="N", help="draft a chain of N tokens instead of a tree (top_k = 1)")
     p.add_argument("--tree", choices=["auto"], help="auto: the cost-aware tree, its depth and size chosen every "
                                                     "cycle from this machine's measured costs and the draft's "
-                                                    "calibrated scores (about 10-30 s to measure on a CPU)")
+                                                    "calibrated scores (15-25 s in all on an idle 2-core CPU; minutes on a loaded one)")
 
 
 def build_parser() -> argparse.ArgumentParser:

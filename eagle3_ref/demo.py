@@ -274,8 +274,10 @@ def report(result: DemoResult, tokenizer, prompt_text: str, tree, temperature: f
     legend = "coloured" if colour else "between « and »"
     print(f"{mode}, {shape}. Tokens {legend}: draft tokens the target accepted in one forward; "
           f"the rest: the target's own token of each forward.", file=file)
+    plainly = getattr(tree, "calibration", None) is not None and not tree.drafts
+    steps = "plain decoding steps: nothing was drafted" if plainly else "verification cycles"
     print(f"tau {out.tau:.2f}: {n_new} new tokens from {len(out.accepted_lengths) + 1} target forwards "
-          f"(the prefill and {len(out.accepted_lengths)} verification cycles)", file=file)
+          f"(the prefill and {len(out.accepted_lengths)} {steps})", file=file)
     runs = len(result.spec_times)
     line = f"speculative {_spread(result.spec_times, n_new)}"
     if result.plain_seconds is not None:

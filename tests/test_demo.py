@@ -292,6 +292,8 @@ def test_a_cost_aware_tree_that_decodes_plainly_says_so(toy_tokenizer):
                   torch.float32, False, text) == 0
     assert f"decodes plainly here: at best {tree.drafting_gain:.2f}x" in text.getvalue()
     assert "why slower" not in text.getvalue()
+    # its steps are plain ones, not "verification cycles" (the demo once reported 127 of those)
+    assert "(the prefill and 2 plain decoding steps: nothing was drafted)" in text.getvalue()
 
 
 def test_timing_is_a_median_and_a_loss_is_explained_from_the_measured_costs(toy_tokenizer):
