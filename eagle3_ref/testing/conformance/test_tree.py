@@ -86,10 +86,18 @@ def check_builder(impl, device, config, seed, T, tree_config):
     ref, handle, ids, feats = head_and_inputs(impl, config, seed, T, device)
     got = impl.build_tree(handle, feats, ids, tree_config.num_nodes, tree_config.max_depth, tree_config.top_k)
     want = build_draft_tree_naive(ref, feats, ids, tree_config)
-    assert_same(got.tokens, want.tokens, f"tree tokens ({tree_config})", where=("node",))
-    assert_same(got.parents, want.parents, f"tree parents ({tree_config})", where=("node",))
-    assert_same(got.scores.cpu().double(), want.scores, f"tree scores ({tree_config})", **tolerance(impl, "scores"),
-                where=("node",))
+    depth, parent = want.tree_position_ids.tolist(), want.parents.tolist()
+    node = lambda i: f"node {i[0]} (depth {depth[i[0]]}, parent {parent[i[0]]})"  # noqa: E731
+    assert_same(got.tokens, want.tokens, f"tree tokens ({tree_config})", where=node)
+    assert_same(got.parents, want.parents, f"tree parents ({tree_config})", where=node)
+    # Tokens and parents agree here: the same tree, scored differently. Say from which depth on,
+    # since a score is the sum of log-probs down the path: the shallowest wrong level is where the
+    # head's view went wrong (what a node at that depth may attend to: the tree mask, its positions).
+    scores, tol = got.scores.cpu().double(), tolerance(impl, "scores")
+    wrong = [d for d, ok in zip(depth, torch.isclose(scores, want.scores, **tol).tolist()) if not ok]
+    assert_same(scores, want.scores, f"tree scores ({tree_config}; tokens and parents agree, the scores differ from "
+                f"depth {min(wrong) if wrong else '-'} on: look at what a node of that depth attends to)",
+                **tol, where=node)
     assert_same(got.tree_mask.cpu(), want.tree_mask, "tree_mask", where=("row (node)", "column (key)"))
     assert_same(got.tree_position_ids.cpu(), want.tree_position_ids, "tree_position_ids", where=("node",))
     assert_same(got.retrieve_indices.cpu(), want.retrieve_indices, "retrieve_indices", where=("leaf row", "depth"))
