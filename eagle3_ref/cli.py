@@ -260,6 +260,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device, dtype = _device_dtype(args)
         target, tokenizer, head = load_pair(args.target, args.draft, device, dtype)
         input_ids = encode_prompt(tokenizer, prompt, args.chat, device)
+        limit = getattr(target.config.get_text_config(), "max_position_embeddings", None)
+        if limit is not None and input_ids.shape[1] >= limit:  # named by where the prompt came from
+            source = f"--prompt-file {args.prompt_file}" if args.prompt_file is not None else "--prompt"
+            raise DemoError(f"{source}: the prompt is {input_ids.shape[1]} tokens, the target has {limit} positions")
         if args.tree == "auto":
             from eagle3_ref.bench import auto_trees
 

@@ -44,10 +44,14 @@ def load_pair(target: str | os.PathLike | None, draft: str | os.PathLike | None,
     draft_dir = Path(draft) if draft is not None else TOY_DIR / "head"
     if target is not None and draft is None:
         raise DemoError("--target needs --draft: the toy head only fits the toy target")
+    if target_dir.is_file():
+        raise DemoError(f"--target {target_dir} is a file: give the model's directory")
     if not target_dir.is_dir():
         raise DemoError(f"--target {target_dir}: no such directory")
     if not (target_dir / "config.json").is_file():
         raise DemoError(f"--target {target_dir}: not a Hugging Face model directory (no config.json)")
+    if draft_dir.is_file():
+        raise DemoError(f"--draft {draft_dir} is a file: give the head's directory")
     if not draft_dir.is_dir():
         raise DemoError(f"--draft {draft_dir}: no such directory")
     if not (draft_dir / "config.json").is_file():

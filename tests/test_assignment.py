@@ -72,7 +72,10 @@ def test_the_skeleton_installs_in_a_fresh_venv_and_its_readme_commands_run(skele
     # an empty one, where pip resolves everything `pip install -e .` brings (pytest and
     # hypothesis included) without installing it (gigabytes of torch, a minute); and one that
     # sees this machine's packages, where the README's commands run as written.
-    commands = re.findall(r"(?m)^    (pip .+|python .+)$", (skeleton / "README.md").read_text())
+    readme = (skeleton / "README.md").read_text()
+    # pip's default torch is CUDA's (5.7 GB, 142 s measured): the README says to take a CPU build first
+    assert readme.index("PyTorch's CPU-only build") < readme.index("pip install -e .")
+    commands = re.findall(r"(?m)^    (pip .+|python .+)$", readme)
     assert commands == ["pip install -e .", "python -m pytest -m tree", "python grade.py"], commands
     torch_version = __import__("torch").__version__.split("+")[0]
     (tmp_path / "constraints.txt").write_text(f"torch=={torch_version}\n")  # the CPU wheel, as CI installs it

@@ -82,8 +82,8 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--temperature": ["-0.5", "nan", "inf", "hot"],
         "--top-p": ["0", "1.5", "nan"],
         "--top-k": NON_NEGATIVE,
-        "--prompt": [""],
-        "--prompt-file": [MISSING] + TEXT_FILES,
+        "--prompt": ["", "x = 1\n" * 1200],  # empty; longer than the toy's 1024 positions
+        "--prompt-file": [MISSING] + TEXT_FILES + ["<data>"],  # <data>: longer than the toy's 1024 positions
         "--tree-nodes": ["1", "0", "x"],
         "--tree-depth": COUNTS,
         "--tree-top-k": COUNTS + ["5000"],  # past the toy head's 2048-token draft vocabulary
