@@ -12,6 +12,7 @@ float32 tolerances: a bug caught within those is caught within float64's tighter
 (every comparison is "difference beyond tolerance").
 """
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -57,6 +58,23 @@ def test_a_typo_in_the_implementation_is_one_usage_error(tmp_path, run_conforman
     code, out = run_conformance("eagle3_ref.testing.adaptr", "tree or verify", tmp_path)
     assert code == 4, out  # pytest's usage error
     assert out.count("cannot import 'eagle3_ref.testing.adaptr'") == 1 and len(out.splitlines()) < 10, out
+
+
+def test_a_tree_scored_wrong_below_the_first_level_points_at_the_depth(tmp_path, run_conformance):
+    # The report once said only "first divergence at node 3: reference -2.7786, implementation
+    # -2.7776" for a mask that let siblings see each other: now the node's depth and parent, what
+    # still agrees, and from which depth the scores go wrong.
+    (tmp_path / "deep_scores.py").write_text(
+        "from eagle3_ref.testing.adapter import ReferenceAdapter\n\n\n"
+        "class DeepScores(ReferenceAdapter):\n"
+        "    def build_tree(self, *args, **kw):\n"
+        "        tree = super().build_tree(*args, **kw)\n"
+        "        return tree._replace(scores=tree.scores + 1e-3 * (tree.tree_position_ids >= 2))\n\n\n"
+        "ADAPTER = DeepScores()\n")
+    code, out = run_conformance("deep_scores", "tree", tmp_path, "-k", "brute_force")
+    assert code == 1, out
+    assert re.search(r"tokens and parents agree, the scores differ from depth 2 on: .*first divergence at node \d+ "
+                     r"\(depth 2, parent \d+\)", out), out[-3000:]
 
 
 def test_a_foreign_head_handle_gives_d2t_and_its_tapped_layers():
