@@ -150,3 +150,24 @@ def test_pages_give_code_and_equations_the_width(site):
     ttt = (site / "ttt" / "index.html").read_text()
     assert 'href="../stylesheets/extra.css"' in ttt
     assert "div.arithmatex { overflow-x: auto" in (site / "stylesheets" / "extra.css").read_text()
+
+
+def test_every_tutorial_ships_an_executed_copy_of_its_current_text():
+    # A first `mkdocs build` executed every notebook: 41 minutes on a loaded 2-core machine, then
+    # notebook 08 hit its cell timeout. The build takes the shipped copy of a notebook's current
+    # text instead, and runs only a notebook whose text changed.
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("eagle3_ref_site_hooks", ROOT / "docs" / "mkdocs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    want = {hooks.copy_name(path) for path in NOTEBOOKS}
+    have = {path.name for path in hooks.SHIPPED.glob("*.ipynb")}
+    assert have == want, (f"shipped executed copies missing {sorted(want - have)}, stale {sorted(have - want)}: "
+                          "run `python docs/mkdocs/hooks.py refresh` and commit docs/mkdocs/executed/")
+    for name in want:
+        code = [c for c in nbformat.read(hooks.SHIPPED / name, as_version=4).cells if c.cell_type == "code"]
+        assert code and all(c.execution_count is not None for c in code), f"{name}: not executed"
+        assert not any(o.output_type == "error" for c in code for o in c.outputs), f"{name}: a cell failed"

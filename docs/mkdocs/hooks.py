@@ -7,9 +7,13 @@ Three jobs (and a fourth file beside this one: ``griffe_roles.py`` turns the doc
   the site shows them executed. :func:`execute_notebook` runs one top to bottom with nbclient (the
   test suite uses the same function, so what the site shows is what the tests ran). Executing
   all of them takes minutes (half an hour on a loaded 2-core machine), so a build **reuses**
-  executed copies by default: :func:`executed_copy` keeps each one in a cache
-  (``~/.cache/eagle3-ref/notebooks``, or ``EAGLE3_REF_NOTEBOOK_CACHE``) under the hash of the
-  notebook's own text, and runs a notebook only when that text changed or no copy exists.
+  executed copies by default: :func:`executed_copy` takes the one shipped in
+  ``docs/mkdocs/executed/`` when it was made from the notebook's current text (so a fresh clone
+  builds the site in about a minute, without running a training cell), else the one in a cache
+  (``~/.cache/eagle3-ref/notebooks``, or ``EAGLE3_REF_NOTEBOOK_CACHE``), both named by the hash of
+  the notebook's own text, and runs a notebook only when neither has a copy of that text.
+  ``python docs/mkdocs/hooks.py refresh`` executes the notebooks whose shipped copy is missing or
+  stale and ships the new copies (``tests/test_site.py`` fails while one is).
   ``EAGLE3_REF_EXECUTE=1`` runs every one again (after a change to the package that the
   notebooks show). With ``EAGLE3_REF_EXECUTED_NOTEBOOKS=DIR`` the build takes the copies in
   ``DIR`` instead (``tests/test_site.py`` passes the ones the notebook tests produced).
@@ -67,11 +71,21 @@ def notebook_cache() -> Path:
     return Path(os.environ.get("EAGLE3_REF_NOTEBOOK_CACHE") or Path.home() / ".cache" / "eagle3-ref" / "notebooks")
 
 
+SHIPPED = Path(__file__).resolve().parent / "executed"  # executed copies committed with the docs
+
+
+def copy_name(path: Path) -> str:
+    """The name of an executed copy of the notebook at ``path``: its stem and the hash of its text."""
+    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}.ipynb"
+
+
 def executed_copy(path: Path, workdir: Path, cache: Path, force: bool = False) -> nbformat.NotebookNode:
-    """The executed notebook: the cached copy made from this very text, else a fresh run
-    (then cached). ``force`` runs it whatever the cache holds."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    cached = cache / f"{path.stem}-{digest}.ipynb"
+    """The executed notebook: the shipped or cached copy made from this very text, else a fresh
+    run (then cached). ``force`` runs it whatever the copies hold."""
+    shipped, cached = SHIPPED / copy_name(path), cache / copy_name(path)
+    if shipped.exists() and not force:
+        log.info("using the shipped executed %s (EAGLE3_REF_EXECUTE=1 runs it again)", path.name)
+        return nbformat.read(shipped, as_version=4)
     if cached.exists() and not force:
         log.info("reusing the executed %s (EAGLE3_REF_EXECUTE=1 runs it again)", path.name)
         return nbformat.read(cached, as_version=4)
@@ -176,3 +190,27 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 def on_post_build(config):
     if _build_dir is not None:
         _build_dir.cleanup()
+
+
+def refresh_shipped() -> list[str]:
+    """Execute every notebook whose shipped copy is missing or stale, ship the new copy (stderr
+    dropped, as on the site) and remove the stale one; the names of the notebooks run."""
+    ran = []
+    SHIPPED.mkdir(exist_ok=True)
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        if (SHIPPED / copy_name(path)).exists():
+            continue
+        print(f"executing {path.name} ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="eagle3-ref-notebook-") as workdir:
+            notebook = for_the_site(execute_notebook(path, Path(workdir)))
+        for stale in SHIPPED.glob(f"{path.stem}-*.ipynb"):
+            stale.unlink()
+        nbformat.write(notebook, SHIPPED / copy_name(path))
+        ran.append(path.name)
+    return ran
+
+
+if __name__ == "__main__":  # python docs/mkdocs/hooks.py refresh
+    if sys.argv[1:] != ["refresh"]:
+        raise SystemExit("usage: python docs/mkdocs/hooks.py refresh  (ship executed copies of changed notebooks)")
+    print("shipped:", ", ".join(refresh_shipped()) or "nothing: every copy is current")
