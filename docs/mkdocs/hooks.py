@@ -9,7 +9,7 @@ Three jobs (and a fourth file beside this one: ``griffe_roles.py`` turns the doc
   all of them takes minutes (half an hour on a loaded 2-core machine), so a build **reuses**
   executed copies by default: :func:`executed_copy` takes the one shipped in
   ``docs/mkdocs/executed/`` when it was made from the notebook's current text (so a fresh clone
-  builds the site in about a minute, without running a training cell), else the one in a cache
+  builds the site in seconds, without running a training cell), else the one in a cache
   (``~/.cache/eagle3-ref/notebooks``, or ``EAGLE3_REF_NOTEBOOK_CACHE``), both named by the hash of
   the notebook's own text, and runs a notebook only when neither has a copy of that text.
   ``python docs/mkdocs/hooks.py refresh`` executes the notebooks whose shipped copy is missing or
