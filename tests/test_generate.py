@@ -20,10 +20,10 @@ from transformers import DynamicCache, LlamaConfig
 from eagle3_ref.draft_head import Eagle3Config
 from eagle3_ref.fusion import collect_features, default_aux_layer_ids
 from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, prefill, speculative_generate
+from eagle3_ref.targets import cache_kwargs
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
 from eagle3_ref.testing.plugin import examples_per_architecture
 from eagle3_ref.testing.strategies import ARCHITECTURES, build_draft_head, build_target, seeds, target_configs
-from eagle3_ref.targets import cache_kwargs
 from eagle3_ref.testing.drafters import OracleDrafter
 from eagle3_ref.tree import TreeConfig
 
@@ -234,3 +234,28 @@ def test_a_float32_head_drafts_for_a_bfloat16_target():
     out = speculative_generate(target, head, torch.tensor([[1, 2]]), max_new_tokens=12, tree=TreeConfig(8, 3, 2))
     assert out.sequences.shape == (1, 14)
     tie_aware_greedy_check(target, out.sequences, 2, LOW_PRECISION_EPSILON[torch.bfloat16])
+
+
+@settings(max_examples=30)
+@given(seed=seeds, temperature=st.sampled_from([0.3, 0.7, 1.0, 1.5]), top_k=st.sampled_from([0, 1, 2, 5, 12]),
+       top_p=st.sampled_from([1.0, 0.95, 0.6, 0.2]), prompt=st.lists(st.integers(0, 11), min_size=1, max_size=6))
+def test_the_reference_law_is_the_one_generate_samples_from(seed, temperature, top_k, top_p, prompt):
+    # The oracle shares no code with what it checks: transformers' generate builds its own
+    # processor list from the generation config (which warpers, in which order) and returns the
+    # scores it samples from. The reference's target_probs must give exactly that law; a reordered
+    # list (top-p before temperature) or a dropped warper changes it.
+    from eagle3_ref.verify import target_probs
+
+    tc = LlamaConfig(vocab_size=12, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=64)
+    target = build_target(tc, seed, torch.float32)
+    ids = torch.tensor([prompt])
+    target.generation_config.top_k = None  # only what this call asks for: transformers' default is top_k=50
+    out = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=1, pad_token_id=0,
+                          temperature=temperature, top_k=top_k, top_p=top_p, output_scores=True, output_logits=True,
+                          return_dict_in_generate=True)
+    want = torch.softmax(out.scores[0], dim=-1)[0]  # (V,): the law generate drew its token from
+    got = target_probs(out.logits[0], temperature=temperature, top_k=top_k, top_p=top_p)[0]
+    assert torch.equal(got > 0, want > 0), f"support: reference {got.nonzero().flatten().tolist()}, generate " \
+                                           f"{want.nonzero().flatten().tolist()}"
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
