@@ -351,3 +351,25 @@ def test_a_target_that_reads_positions_from_the_cache_is_refused_for_batches():
     ids, mask = left_pad([[1, 2, 3], [4]])
     with pytest.raises(ValueError, match="attn_temperature_tuning"):
         speculative_generate(target, head, ids, attention_mask=mask, max_new_tokens=3)
+
+
+@pytest.mark.parametrize("warp", [dict(top_k=1), dict(top_p=1e-6)], ids=["top_k=1", "top_p=1e-6"])
+@pytest.mark.parametrize("generators", ["one", "one per row", "none"])
+def test_a_warper_that_leaves_one_token_makes_every_batched_path_greedy(warp, generators):
+    # With top-k 1, or a top-p that keeps only the most likely token, sampling at any temperature
+    # is greedy decoding: every row must equal generate's greedy text, whatever the generators.
+    # A batched path whose per-row samplers lost top-k / top-p (temperature only) samples instead;
+    # the law properties above build their samplers by hand and could not see it.
+    target, head = _tiny_pair(vocab=6, seed=5)
+    prompts = [[1, 2, 3, 4], [5], [2, 2]]
+    ids, mask = left_pad(prompts)
+    generator = {"one": torch.Generator().manual_seed(0), "none": None,
+                 "one per row": [torch.Generator().manual_seed(b) for b in range(3)]}[generators]
+    kw = dict(attention_mask=mask, max_new_tokens=8, temperature=1.5, generator=generator, pad_token_id=0, **warp)
+    spec = speculative_generate(target, head, ids, tree=TreeConfig(num_nodes=5, max_depth=3, top_k=2),
+                                aux_layer_ids=(0, 1, 2), **kw)
+    plain = autoregressive_generate(target, ids, **kw)
+    for b, prompt in enumerate(prompts):
+        want = hf_greedy(target, torch.tensor([prompt]), 8, None)[0, len(prompt):].tolist()
+        assert spec.new_tokens(b).tolist() == want, f"speculative, row {b}"
+        assert plain.new_tokens(b).tolist() == want, f"plain, row {b}"
