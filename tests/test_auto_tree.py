@@ -423,3 +423,28 @@ def test_an_auto_tree_refuses_another_temperature_and_batches():
     with pytest.raises(ValueError, match="max_depth must be >= 1"):
         TreeConfig.auto(tree.costs, tree.calibration, max_depth=0)
     assert isinstance(tree, AutoTreeConfig)
+
+
+def test_a_calibration_at_temperature_t_predicts_decoding_at_t():
+    # The cost-aware tree at temperature 1 decides from a calibration at temperature 1. Were
+    # calibrate to verify greedily whatever its temperature (storing greedy rates under T's label),
+    # every decision at T = 1 would rest on acceptance twice too high (2.56 against 1.29 tokens a
+    # cycle for this pool of the toy pair; decoding at T = 1 measured 1.35), and no test compared a
+    # calibration at T > 0 with acceptance measured at T. pool_tau[d - 1] is what the whole pool,
+    # d deep, accepts a cycle. Mutated to calibrate greedily at any T, this goes red.
+    from eagle3_ref.toy import held_out_prompts, load_toy
+
+    target, tokenizer, head = load_toy()
+    prompts = [p[None] for p in held_out_prompts(tokenizer, count=4)]
+    k, depth, new = 2, 3, 32
+    pool = TreeConfig(num_nodes=1 + k + (depth - 1) * k * k, max_depth=depth, top_k=k)  # every candidate kept
+    greedy = calibrate(target, head, prompts, temperature=0.0, top_k=k, max_depth=depth, max_new_tokens=new)
+    sampled = calibrate(target, head, prompts, temperature=1.0, top_k=k, max_depth=depth, max_new_tokens=new, seed=0)
+    lengths = [n for seed in (1, 2) for i, p in enumerate(prompts)
+               for n in speculative_generate(target, head, p, max_new_tokens=new, tree=pool, temperature=1.0,
+                                             generator=torch.Generator().manual_seed(100 * seed + i)).accepted_lengths]
+    measured = sum(lengths) / len(lengths)
+    # over other seeds and prompts, measured taus spread by about 0.07 around the calibration: 0.15 is twice that
+    assert abs(measured - sampled.pool_tau[-1]) < 0.15, (measured, sampled.pool_tau)
+    assert greedy.pool_tau[-1] - sampled.pool_tau[-1] > 0.5, (greedy.pool_tau, sampled.pool_tau)  # the laws differ
+    assert (greedy.temperature, sampled.temperature) == (0.0, 1.0)
