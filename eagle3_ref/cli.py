@@ -584,9 +584,8 @@ def cmd_check_head(args: argparse.Namespace) -> int:
 def cmd_vectors_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from eagle3_ref.testing.vectors import export
-
     from eagle3_ref._checks import check_output_dir
+    from eagle3_ref.testing.vectors import export
 
     out = Path(args.dir)
     try:
@@ -746,7 +745,8 @@ def _add_tree_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chain", type=int, metavar="N", help="draft a chain of N tokens instead of a tree (top_k = 1)")
     p.add_argument("--tree", choices=["auto"], help="auto: the cost-aware tree, its depth and size chosen every "
                                                     "cycle from this machine's measured costs and the draft's "
-                                                    "calibrated scores (15-25 s in all on an idle 2-core CPU; minutes on a loaded one)")
+                                                    "calibrated scores (15-25 s in all on an idle 2-core CPU; "
+                                                    "minutes on a loaded one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -878,7 +878,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(with --many: a folder of them)")
     ag.add_argument("--many", action="store_true", help="DIR holds one submission per sub-folder or .zip")
     ag.add_argument("--csv", metavar="OUT", help="with --many: write one row of per-task scores per student")
-    ag.add_argument("--profile", default="quick", help="hypothesis profile: smoke, student, quick (default), ci, dev, thorough")
+    ag.add_argument("--profile", default="quick",
+                    help="hypothesis profile: smoke, student, quick (default), ci, dev, thorough")
     ag.add_argument("--test-timeout", type=float, default=120.0, metavar="SECONDS",
                     help="stop and fail one test after this long (an endless loop); default 120")
     ag.add_argument("--jobs", type=int, default=None, help="tasks graded at once (default: one per CPU core)")

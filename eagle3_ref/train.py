@@ -538,12 +538,13 @@ def ttt_logits_bytes(config: TrainConfig, target_vocab: int) -> int:
 
 
 def memory_bytes(device: torch.device) -> int | None:
-    """The memory a training run on ``device`` may use: the GPU's free memory, or the machine's
-    available RAM (None where it cannot be read)."""
+    """All the memory of ``device``: the GPU's, or the machine's RAM (None where it cannot be
+    read). Total, not free: a lower bound past it cannot fit, whatever else is running, and
+    free RAM leaves out the page cache, which would refuse runs that fit."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return torch.cuda.mem_get_info(device)[1]
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
 
