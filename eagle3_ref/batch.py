@@ -56,14 +56,24 @@ from transformers import DynamicCache
 
 from .draft_head import Eagle3DraftHead, KVCache
 from .fusion import select_features
-from .generate import _Picker, _stop_index, _sync
-from .targets import (_text_config, cache_kwargs, held_prefix_slots, layer_rules, new_target_cache, trim_to_window,
-                      visible)
-from .tree import DraftTree, TreeConfig, _best, tree_buffers
+from .generate import cut_at_eos
+from .targets import (
+    cache_kwargs,
+    held_prefix_slots,
+    layer_rules,
+    new_target_cache,
+    text_config,
+    trim_to_window,
+    visible,
+)
+from .timing import PhaseTimer, sync
+from .tree import DraftTree, Pool, TreeAttention, TreeConfig, expand_level, rerank
+from .verify import Picker
 
 __all__ = ["BatchGenerationOutput", "RaggedKV", "left_padding_lengths", "squeeze_left", "right_aligned_positions",
            "build_draft_trees", "ragged_tree_masks", "tree_positions", "batched_speculative_generate",
-           "batched_autoregressive_generate"]
+           "batched_autoregressive_generate", "BatchState", "prefill_batch", "batch_cycle", "row_pickers", "drop_finished",
+           "grow_trees"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -127,53 +137,33 @@ class RaggedKV(NamedTuple):
 # ----------------------------------------------------------------------------------------
 
 
-def _grow_trees(root_tokens: Tensor, root_logprobs: Tensor, propose, config: TreeConfig,
-                d2t: Tensor | None) -> list[DraftTree]:
+def grow_trees(root_tokens: Tensor, root_logprobs: Tensor, propose, config: TreeConfig,
+               d2t: Tensor | None) -> list[DraftTree]:
     """EAGLE-2's expansion and reranking (:func:`eagle3_ref.tree.grow_tree`) for B trees at
-    once: every operation of a level takes a leading batch dimension. ``root_logprobs (B,
-    V_d)``. ``propose(frontier, tokens, parents, level)`` gets the frontier's pool ids, its
-    draft ids and its parents' pool ids (each ``(B, k)``) and returns the children's
-    log-probs ``(B, k, V_d)``."""
+    once: each level is one :func:`eagle3_ref.tree.expand_level` with a leading batch
+    dimension, and each row's pool is reranked by :func:`eagle3_ref.tree.rerank`.
+    ``root_logprobs (B, V_d)``. ``propose(frontier, tokens, parents, level)`` gets the
+    frontier's pool ids, its draft ids and its parents' pool ids (each ``(B, k)``) and returns
+    the children's log-probs ``(B, k, V_d)``."""
     B, k = root_logprobs.shape[0], config.top_k
     if k > root_logprobs.shape[-1]:
         raise ValueError(f"TreeConfig.top_k ({k}) exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
     device = root_logprobs.device
-    first = _best(root_logprobs, k)  # (B, k) level 1: the root's k best
-    tokens = [root_tokens.new_zeros(B, 1).to(device), first]  # the pool, level by level (root first)
-    parents = [torch.full((B, 1), -1, dtype=torch.long, device=device), torch.zeros(B, k, dtype=torch.long, device=device)]
-    scores = [root_logprobs.new_zeros(B, 1), root_logprobs.gather(1, first)]
-    frontier, frontier_scores, size = torch.arange(1, k + 1, device=device).expand(B, k), scores[-1], 1 + k
-    frontier_tokens, frontier_parents = first, parents[-1]
-    for level in range(2, config.max_depth + 1):
-        logprobs = propose(frontier, frontier_tokens, frontier_parents, level)  # (B, k, V_d)
-        top = _best(logprobs, k)  # (B, k, k): each frontier node's k best children
-        cumulative = (frontier_scores[:, :, None] + logprobs.gather(2, top)).flatten(1)  # (B, k*k) path scores
-        tokens.append(top.flatten(1))
-        parents.append(frontier.repeat_interleave(k, dim=1))
-        scores.append(cumulative)
-        best = _best(cumulative, k)  # (B, k): the next frontier
-        frontier, frontier_scores = size + best, cumulative.gather(1, best)
-        frontier_tokens, frontier_parents = tokens[-1].gather(1, best), parents[-1].gather(1, best)
-        size += k * k
-
-    pool_tokens, pool_parents = torch.cat(tokens, 1).cpu(), torch.cat(parents, 1).cpu()  # (B, P)
-    pool_scores = torch.cat(scores, 1).cpu()
-    trees = []
-    for b in range(B):  # reranking: the num_nodes - 1 best of each row's pool, in pool order
-        kept = torch.sort(_best(pool_scores[b, 1:], config.num_nodes - 1) + 1).values
-        index = torch.full((size,), -1, dtype=torch.long)
-        index[0] = 0
-        index[kept] = torch.arange(1, kept.numel() + 1)
-        tree_parents = torch.cat([torch.tensor([-1]), index[pool_parents[b, kept]]])
-        if (tree_parents[1:] < 0).any():  # cannot happen: children never outscore parents
-            raise AssertionError("reranking dropped an ancestor")
-        draft_ids = pool_tokens[b, kept]
-        if d2t is not None:
-            draft_ids = draft_ids + d2t.cpu()[draft_ids]
-        mask, depth, retrieve = tree_buffers(tree_parents)
-        trees.append(DraftTree(torch.cat([root_tokens[b:b + 1].cpu(), draft_ids]), tree_parents,
-                               torch.cat([pool_scores[b, :1], pool_scores[b, kept]]), mask, depth, retrieve))
-    return trees
+    frontier = torch.zeros(B, 1, dtype=torch.long, device=device)  # each row's root, pool id 0
+    frontier_scores, logprobs = root_logprobs.new_zeros(B, 1), root_logprobs[:, None]
+    tokens = [root_tokens[:, None].to(device)]  # each row's pool, level by level, root first
+    parents, scores, depths = [torch.full((B, 1), -1, device=device)], [frontier_scores], [0]
+    for depth in range(1, config.max_depth + 1):
+        if depth > 1:  # the frontier's draft ids and parents, which the head's next forward needs
+            frontier_tokens, frontier_parents = (torch.cat(x, 1).gather(1, frontier) for x in (tokens, parents))
+            logprobs = propose(frontier, frontier_tokens, frontier_parents, depth)  # (B, k, V_d)
+        level = expand_level(frontier, frontier_scores, logprobs, k, sum(t.shape[1] for t in tokens))
+        tokens.append(level.tokens), parents.append(level.parents), scores.append(level.scores)
+        depths += [depth] * level.tokens.shape[1]
+        frontier, frontier_scores = level.frontier, level.frontier_scores
+    pool_tokens, pool_parents, pool_scores = (torch.cat(x, 1).cpu() for x in (tokens, parents, scores))  # (B, P)
+    return [rerank(Pool(pool_tokens[b].tolist(), pool_parents[b].tolist(), depths), pool_scores[b], config.num_nodes,
+                   d2t) for b in range(B)]
 
 
 @torch.no_grad()
@@ -218,31 +208,16 @@ def build_draft_trees(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor
     state = RaggedKV(KVCache(squeeze_left(prefix.cache.key, kept, 2)[:, :, -width:],
                              squeeze_left(prefix.cache.value, kept, 2)[:, :, -width:]), T)
 
-    # 2. The tree, level by level: every frontier node sees its row's prefix, its ancestors
-    #    and itself; the fed nodes' keys are scratch.
-    prefix_mask = right_aligned_positions(T, width) >= 0  # (B, width)
-    scratch = {"cache": state.cache, "mask": torch.zeros(B, 0, 0, dtype=torch.bool, device=device),
-               "fed": torch.zeros(B, 0, dtype=torch.long, device=device),  # pool ids of the fed nodes, in cache order
-               "hidden": prefix.hidden[:, -1:], "level": torch.zeros(B, 1, dtype=torch.long, device=device)}
+    # 2. The tree, level by level (one head forward each for every row): every frontier node
+    #    sees its row's real prefix slots, its ancestors and itself; the fed nodes' keys are scratch.
+    attention = TreeAttention(head, state.cache, right_aligned_positions(T, width) >= 0, prefix.hidden[:, -1:])
 
     def propose(frontier: Tensor, tokens: Tensor, parents: Tensor, level: int) -> Tensor:
-        k, fed = frontier.shape[1], scratch["fed"]
-        parent_slot = fed[:, None, :] == parents[:, :, None]  # (B, k, F): where each parent sits
-        inherited = (parent_slot.float() @ scratch["mask"].float()) > 0 if fed.shape[1] else parent_slot
-        rows = torch.cat([inherited, torch.eye(k, dtype=torch.bool, device=device).expand(B, k, k)], dim=2)
-        grown = torch.cat([scratch["mask"], torch.zeros(B, fed.shape[1], k, dtype=torch.bool, device=device)], dim=2)
-        scratch["mask"] = torch.cat([grown, rows], dim=1)
-        full = torch.cat([prefix_mask[:, None, :].expand(B, k, width), rows], dim=2)[:, None]
-        which = (scratch["level"][:, None, :] == parents[:, :, None]).long().argmax(2)  # (B, k) the parent's row
-        hidden = scratch["hidden"].gather(1, which[:, :, None].expand(-1, -1, scratch["hidden"].shape[2]))
-        ids = tokens + head.d2t[tokens]  # the head embeds target ids
-        out = head(ids, hidden, (T - 2 + level)[:, None].expand(B, k), scratch["cache"], full)
-        scratch.update(cache=out.cache, fed=torch.cat([fed, frontier], 1), hidden=out.hidden, level=frontier)
-        return F.log_softmax(out.logits.float() if out.logits.dtype in (torch.float16, torch.bfloat16)
-                             else out.logits, dim=-1)
+        positions = (T - 2 + level)[:, None].expand_as(frontier)  # a level-d node sits at its row's T - 1 + d
+        return attention.propose(frontier, tokens, parents, positions)
 
     root_logprobs = F.log_softmax(prefix.logits[:, -1], dim=-1)
-    return _grow_trees(input_ids[:, -1], root_logprobs, propose, config, head.d2t), state
+    return grow_trees(input_ids[:, -1], root_logprobs, propose, config, head.d2t), state
 
 
 # ----------------------------------------------------------------------------------------
@@ -317,7 +292,7 @@ def _select_rows(cache: DynamicCache, rows: Tensor, width: int) -> None:
 
 @dataclass
 class BatchGenerationOutput:
-    """What :func:`eagle3_ref.generate.speculative_generate` returns for a batch."""
+    """What :func:`eagle3_ref.speculative_generate` returns for a batch."""
 
     sequences: Tensor  # (B, T + new): the padded prompts, then each row's new tokens, padded with pad_token_id
     accepted_lengths: list[list[int]]  # per row: tokens appended by each target forward after the prefill
@@ -341,7 +316,7 @@ class BatchGenerationOutput:
 
 
 @dataclass
-class _Batch:
+class BatchState:
     """The loop's state: active rows only (a finished row leaves at once)."""
 
     rows: list[int]  # each active row's index in the caller's batch
@@ -360,7 +335,7 @@ class _Batch:
         return torch.tensor([[0] * (L - len(t)) + t for t in self.tokens], device=self.features.device)
 
 
-def _draft(drafter, batch: _Batch, config: TreeConfig) -> tuple[list[DraftTree], object]:
+def _draft(drafter, batch: BatchState, config: TreeConfig) -> tuple[list[DraftTree], object]:
     """B trees: the head's batched builder, or (any other drafter) one row at a time."""
     head = getattr(drafter, "head", None)
     if isinstance(head, Eagle3DraftHead):
@@ -395,7 +370,7 @@ def _pad_trees(trees: list[DraftTree], device) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _prefill(target, input_ids, attention_mask, layer_ids, pickers, eos, max_new_tokens):
+def prefill_batch(target, input_ids, attention_mask, layer_ids, pickers, eos, max_new_tokens):
     lengths = left_padding_lengths(attention_mask)
     cache = new_target_cache(target)
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # as generate does
@@ -405,55 +380,47 @@ def _prefill(target, input_ids, attention_mask, layer_ids, pickers, eos, max_new
     features = select_features(out.hidden_states, layer_ids)[:, -int(lengths.max()):]
     tokens, done = [], []
     for b in range(input_ids.shape[0]):
-        first, finished = _stop_index([pickers[b](out.logits[b, -1])], eos, max_new_tokens)
+        first, finished = cut_at_eos([pickers[b](out.logits[b, -1])], eos, max_new_tokens)
         prompt = input_ids[b, input_ids.shape[1] - int(lengths[b]):].tolist()
         tokens.append(prompt + first)
         done.append(finished)
-    batch = _Batch(list(range(input_ids.shape[0])), tokens, cache, features, lengths.clone())
+    batch = BatchState(list(range(input_ids.shape[0])), tokens, cache, features, lengths.clone())
     return batch, done
 
 
 @torch.no_grad()
-def _cycle(target, drafter, batch: _Batch, config: TreeConfig, layer_ids, pickers, eos, rooms, timings):
+def batch_cycle(target, drafter, batch: BatchState, config: TreeConfig, layer_ids, pickers, eos, rooms, timings):
     """One cycle for every active row: draft B trees, ONE target forward, verify per row,
     compact. Returns each row's appended tokens and whether it finished."""
-    device = batch.features.device
-    clock = time.perf_counter()
-    trees, draft_state = _draft(drafter, batch, config)
-    tokens, tree_mask, depth = _pad_trees(trees, device)
-    _sync(device)
-    timings["draft"] += time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    lengths = batch.lengths
-    dtype = next(target.parameters()).dtype
-    out = target(input_ids=tokens, **cache_kwargs(target, batch.cache), use_cache=True, output_hidden_states=True,
-                 attention_mask=ragged_tree_masks(target, batch.cache, tree_mask, depth, lengths, dtype),
-                 position_ids=tree_positions(lengths, depth))
-    _sync(device)
-    timings["verify"] += time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    keep = torch.zeros(tokens.shape, dtype=torch.bool)
-    appended, finished = [], []
-    for b, tree in enumerate(trees):
-        verdict = pickers[batch.rows[b]].verify(tree, out.logits[b, :tree.num_nodes])
-        keep[b, verdict.accepted] = True
-        new, done = _stop_index(verdict.new_tokens(tree), eos, rooms[b])
-        batch.tokens[b] = batch.tokens[b] + new
-        appended.append(new)
-        finished.append(done)
-    compact_rows(batch.cache, lengths, keep)
-    features = select_features(out.hidden_states, layer_ids)  # (B, n, k*H_t)
-    m = int(keep.sum(1).max())
-    batch.features = squeeze_left(features, keep.to(device), 1)[:, -m:]
-    batch.new, batch.draft_state = keep.sum(1).to(device), draft_state
-    _sync(device)
-    timings["accept"] += time.perf_counter() - clock
+    device, lengths = batch.features.device, batch.lengths
+    phases = PhaseTimer(timings, device)
+    with phases("draft"):
+        trees, draft_state = _draft(drafter, batch, config)
+        tokens, tree_mask, depth = _pad_trees(trees, device)
+    with phases("verify"):
+        dtype = next(target.parameters()).dtype
+        out = target(input_ids=tokens, **cache_kwargs(target, batch.cache), use_cache=True, output_hidden_states=True,
+                     attention_mask=ragged_tree_masks(target, batch.cache, tree_mask, depth, lengths, dtype),
+                     position_ids=tree_positions(lengths, depth))
+    with phases("accept"):
+        keep = torch.zeros(tokens.shape, dtype=torch.bool)
+        appended, finished = [], []
+        for b, tree in enumerate(trees):
+            verdict = pickers[batch.rows[b]].verify(tree, out.logits[b, :tree.num_nodes])
+            keep[b, verdict.accepted] = True
+            new, done = cut_at_eos(verdict.new_tokens(tree), eos, rooms[b])
+            batch.tokens[b] = batch.tokens[b] + new
+            appended.append(new)
+            finished.append(done)
+        compact_rows(batch.cache, lengths, keep)
+        features = select_features(out.hidden_states, layer_ids)  # (B, n, k*H_t)
+        m = int(keep.sum(1).max())
+        batch.features = squeeze_left(features, keep.to(device), 1)[:, -m:]
+        batch.new, batch.draft_state = keep.sum(1).to(device), draft_state
     return appended, finished
 
 
-def _drop_finished(batch: _Batch, finished: list[bool]) -> None:
+def drop_finished(batch: BatchState, finished: list[bool]) -> None:
     stay = [i for i, done in enumerate(finished) if not done]
     if len(stay) == len(finished) or not stay:
         return
@@ -470,7 +437,7 @@ def _drop_finished(batch: _Batch, finished: list[bool]) -> None:
         batch.draft_state = [state[i] for i in stay]
 
 
-def _pickers(B: int, temperature, top_k, top_p, generator) -> list:
+def row_pickers(B: int, temperature, top_k, top_p, generator) -> list:
     """One picker per row, each drawing from its own stream, so what one row accepts never
     shifts another row's draws: a list of B generators is used as given; one generator
     seeds B row generators from its next B draws (a batch of one uses it as it is, as the
@@ -478,12 +445,12 @@ def _pickers(B: int, temperature, top_k, top_p, generator) -> list:
     if isinstance(generator, (list, tuple)):
         if len(generator) != B:
             raise ValueError(f"generator: {len(generator)} generators for a batch of {B} rows")
-        return [_Picker(temperature, top_k, top_p, g) for g in generator]
+        return [Picker(temperature, top_k, top_p, g) for g in generator]
     if generator is not None and B > 1:
         seeds = torch.randint(0, 2**62, (B,), generator=generator, device=generator.device).tolist()
         rows = [torch.Generator(device=generator.device).manual_seed(seed) for seed in seeds]
-        return [_Picker(temperature, top_k, top_p, g) for g in rows]
-    return [_Picker(temperature, top_k, top_p, generator)] * B
+        return [Picker(temperature, top_k, top_p, g) for g in rows]
+    return [Picker(temperature, top_k, top_p, generator)] * B
 
 
 def _output(input_ids, new_tokens: list[list[int]], lengths: list[list[int]], pad_token_id, timings):
@@ -503,26 +470,24 @@ def batched_speculative_generate(target: nn.Module, drafter, input_ids: Tensor, 
                                  max_new_tokens: int, tree: TreeConfig, layer_ids: Sequence[int], eos: set[int],
                                  pad_token_id: int | None, temperature: float, top_p: float, top_k: int,
                                  generator=None) -> BatchGenerationOutput:
-    """The batched loop (called by :func:`eagle3_ref.generate.speculative_generate` for a
+    """The batched loop (called by :func:`eagle3_ref.decoding.speculative_generate` for a
     batch, which checks the arguments)."""
     _refuse_cache_position_quirks(target)
     B = input_ids.shape[0]
-    pickers = _pickers(B, temperature, top_k, top_p, generator)
+    pickers = row_pickers(B, temperature, top_k, top_p, generator)
     timings = dict.fromkeys(["prefill", "draft", "verify", "accept"], 0.0)
     if max_new_tokens == 0:
         return _output(input_ids, [[] for _ in range(B)], [[] for _ in range(B)], pad_token_id, timings)
-    clock = time.perf_counter()
-    batch, done = _prefill(target, input_ids, attention_mask, layer_ids, pickers, eos, max_new_tokens)
-    _sync(input_ids.device)
-    timings["prefill"] = time.perf_counter() - clock
+    with PhaseTimer(timings, input_ids.device)("prefill"):
+        batch, done = prefill_batch(target, input_ids, attention_mask, layer_ids, pickers, eos, max_new_tokens)
     prompt = [len(t) - 1 for t in batch.tokens]
     final = dict(zip(batch.rows, batch.tokens))  # each row's tokens, as of its last cycle
     accepted: list[list[int]] = [[] for _ in range(B)]
     finished = done
     while not all(finished):
-        _drop_finished(batch, finished)
+        drop_finished(batch, finished)
         rooms = [max_new_tokens - (len(t) - prompt[r]) for r, t in zip(batch.rows, batch.tokens)]
-        appended, finished = _cycle(target, drafter, batch, tree, layer_ids, pickers, eos, rooms, timings)
+        appended, finished = batch_cycle(target, drafter, batch, tree, layer_ids, pickers, eos, rooms, timings)
         for r, tokens, new in zip(batch.rows, batch.tokens, appended):
             accepted[r].append(len(new))
             final[r] = tokens
@@ -533,7 +498,7 @@ def _refuse_cache_position_quirks(target: nn.Module) -> None:
     """Llama 4's attention temperature is computed from the cache's width, not from
     ``position_ids`` (:func:`eagle3_ref.targets.exact_tree_nodes`); in a right-aligned batch
     the width is not a row's position, so such a target is refused rather than run wrong."""
-    config = _text_config(target)
+    config = text_config(target)
     if getattr(config, "attn_temperature_tuning", False) and 0 in (getattr(config, "no_rope_layers", None) or []):
         raise ValueError(f"{type(target).__name__}: batched decoding is not supported for a target whose NoPE "
                          "layers scale attention by a temperature read from the cache length (Llama 4's "
@@ -551,7 +516,7 @@ def batched_autoregressive_generate(target: nn.Module, input_ids: Tensor, attent
     2D mask, positions counted from each row's first real token."""
     left_padding_lengths(attention_mask)  # refuses anything but left padding, by name
     B = input_ids.shape[0]
-    pickers = _pickers(B, temperature, top_k, top_p, generator)
+    pickers = row_pickers(B, temperature, top_k, top_p, generator)
     mask = attention_mask.long()
     position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     cache, step = DynamicCache(config=target.config), input_ids
@@ -573,6 +538,6 @@ def batched_autoregressive_generate(target: nn.Module, input_ids: Tensor, attent
         step = torch.tensor([[t[-1]] for t in new_tokens], device=input_ids.device)
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
         position_ids = position_ids[:, -1:] + 1
-    _sync(input_ids.device)
+    sync(input_ids.device)
     accepted = [[1] * max(len(t) - 1, 0) for t in new_tokens]
     return _output(input_ids, new_tokens, accepted, pad_token_id, {"total": time.perf_counter() - clock})

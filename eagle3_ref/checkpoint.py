@@ -56,6 +56,7 @@ __all__ = [
     "save_draft_head",
     "load_draft_head",
     "check_head_fits_target",
+    "read_weights",
 ]
 
 OFFICIAL_KEYS: tuple[str, ...] = (
@@ -219,7 +220,7 @@ def save_draft_head(head: Eagle3DraftHead, path: str | os.PathLike, *, engine: s
     return path
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
+def read_weights(path: Path) -> dict[str, Tensor]:
     if (path / SAFETENSORS).exists():
         return load_file(path / SAFETENSORS)
     if (path / TORCH_BIN).exists():
@@ -295,7 +296,7 @@ def load_draft_head(path: str | os.PathLike, target: nn.Module | None = None, *,
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path / CONFIG} is not valid JSON ({err})") from None
     try:
-        state = _read_weights(path)
+        state = read_weights(path)
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # truncated or not weights at all
         raise ValueError(f"{path}: the weights cannot be read, the file is damaged or incomplete "
                          f"({str(err).splitlines()[0][:120]})") from None

@@ -12,16 +12,17 @@ One cycle (EAGLE-2/3)::
 
 Every cycle appends ``accepted drafts + 1`` tokens for one target forward: their mean is
 the acceptance length ``tau`` (1.0 for plain decoding). The loop stops exactly at EOS or
-``max_new_tokens``, never after. One sequence, as in EAGLE's reference code; a batch (rows
-accepting different numbers of tokens) goes to :mod:`eagle3_ref.batch`, which runs this
-same cycle on right-aligned caches.
+``max_new_tokens``, never after. One sequence, as in EAGLE's reference code: read
+:func:`speculative_generate`, then :func:`decode_cycle`. A batch (rows accepting different
+numbers of tokens) runs this same cycle on right-aligned caches (:mod:`eagle3_ref.batch`);
+:mod:`eagle3_ref.decoding` is the entry point that sends each call to one or the other.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,16 +31,24 @@ from transformers import DynamicCache
 from ._checks import check_instance, check_int, check_sampling, check_token_ids
 from .checkpoint import check_head_fits_target
 from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
-from .targets import (cache_kwargs, check_tree_verifiable, exact_tree_nodes, held_prefix_slots, keep_first_nodes,
-                      layer_rules, new_target_cache, trim_to_window, visible)
+from .targets import (
+    cache_kwargs,
+    check_tree_verifiable,
+    exact_tree_nodes,
+    held_prefix_slots,
+    keep_first_nodes,
+    layer_rules,
+    new_target_cache,
+    trim_to_window,
+    visible,
+)
+from .timing import PhaseTimer, sync
 from .tree import HeadDrafter, TreeConfig
-from .verify import TorchSampler, target_probs, verify_greedy, verify_sampling
-
-if TYPE_CHECKING:
-    from .batch import BatchGenerationOutput
+from .verify import Picker
 
 __all__ = ["GenerationOutput", "DecodeState", "prefill", "decode_cycle", "speculative_generate", "autoregressive_generate",
-           "compact_cache", "tree_attention_mask", "tree_attention_masks"]
+           "compact_cache", "tree_attention_mask", "tree_attention_masks", "cut_at_eos", "check_inputs", "drafter_for",
+           "eos_set", "is_batch"]
 
 
 @dataclass
@@ -120,7 +129,137 @@ def tree_attention_masks(target: nn.Module, cache: DynamicCache, tree_mask: Tens
     return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
-def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float,
+def cut_at_eos(tokens: list[int], eos: set[int], room: int) -> tuple[list[int], bool]:
+    """Cut ``tokens`` after the first EOS and to ``room`` (tokens still allowed); say whether
+    generation ends. A cycle may accept an EOS in the middle of its tokens: what follows it
+    is never emitted."""
+    for i, t in enumerate(tokens[:room]):
+        if t in eos:
+            return tokens[: i + 1], True
+    return tokens[:room], len(tokens) >= room
+
+
+@dataclass
+class DecodeState:
+    """Everything the loop carries from one cycle to the next (passed in, returned)."""
+
+    sequence: Tensor  # (1, T + 1): prompt and every token emitted so far; the last is the next root
+    target_cache: DynamicCache  # keys/values of sequence[:, :-1] (all but the root)
+    features: Tensor  # (1, m, k*H_t): target features of the slots the draft has not seen yet
+    draft_state: object = None  # the drafter's own state (the head's prefix KV cache)
+    done: bool = False
+
+
+@torch.no_grad()
+def prefill(target: nn.Module, input_ids: Tensor, layer_ids: Sequence[int], pick: Picker,
+            eos: set[int], max_new_tokens: int) -> DecodeState:
+    """One plain target forward over the prompt: its cache, its tapped features, and the
+    first new token (the first root)."""
+    cache = new_target_cache(target)  # generate's cache, windowed layers recording until trimmed
+    out = target(input_ids=input_ids, **cache_kwargs(target, cache), use_cache=True, output_hidden_states=True)
+    for layer in cache.layers:
+        trim_to_window(layer, input_ids.shape[1])
+    tokens, done = cut_at_eos([pick(out.logits[0, -1])], eos, max_new_tokens)
+    sequence = torch.cat([input_ids, torch.tensor([tokens], device=input_ids.device)], dim=1)
+    return DecodeState(sequence, cache, select_features(out.hidden_states, layer_ids), None, done)
+
+
+@torch.no_grad()
+def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfig, layer_ids: Sequence[int],
+                 pick: Picker, eos: set[int], room: int, timings: dict[str, float] | None = None
+                 ) -> tuple[DecodeState, list[int]]:
+    """Draft, verify, accept, update: one target forward. ``room``: tokens still allowed.
+    Returns the new state and the tokens appended; ``timings`` gains each phase's seconds."""
+    device, cache = state.sequence.device, state.target_cache
+    phases = PhaseTimer(timings, device)
+    with phases("draft"):
+        draft_tree, draft_state = drafter.draft(state.features, state.sequence, tree, state.draft_state)
+        prefix_len = cache.get_seq_length()  # every token but the root
+        draft_tree = keep_first_nodes(draft_tree, exact_tree_nodes(target, prefix_len, draft_tree.tree_position_ids))
+        tokens, tree_mask, depth = (x.to(device) for x in (draft_tree.tokens, draft_tree.tree_mask,
+                                                            draft_tree.tree_position_ids))
+    with phases("verify"):
+        dtype = next(target.parameters()).dtype
+        out = target(input_ids=tokens[None], **cache_kwargs(target, cache), use_cache=True,
+                     attention_mask=tree_attention_masks(target, cache, tree_mask, depth, prefix_len, dtype),
+                     position_ids=(prefix_len + depth)[None], output_hidden_states=True)
+    with phases("accept"):
+        verdict = pick.verify(draft_tree, out.logits[0])
+        compact_cache(cache, prefix_len, verdict.accepted)
+        features = select_features(out.hidden_states, layer_ids)[:, verdict.accepted]  # (1, m, k*H_t)
+        new, done = cut_at_eos(verdict.new_tokens(draft_tree), eos, room)
+        sequence = torch.cat([state.sequence, torch.tensor([new], device=device)], dim=1)
+    return DecodeState(sequence, cache, features, draft_state, done), new
+
+
+@torch.no_grad()
+def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_tokens: int,
+                         tree: TreeConfig = TreeConfig(), temperature: float = 0.0, top_p: float = 1.0,
+                         top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
+                         generator: torch.Generator | None = None, aux_layer_ids: Sequence[int] | None = None,
+                         attention_mask: Tensor | None = None, pad_token_id: int | None = None) -> GenerationOutput:
+    """EAGLE-3 speculative decoding of one sequence ``input_ids (1, T)`` by ``target`` with
+    draft ``head``: an :class:`Eagle3DraftHead` (or the EAGLE-2-style baseline of
+    :mod:`eagle3_ref.eagle2`, or any object with ``draft(features, input_ids, config, state)
+    -> (tree, state)``, e.g. a test's perfect drafter). Greedy at ``temperature=0``; else
+    sampling with transformers' warpers, lossless. Batches and cost-aware trees:
+    :func:`eagle3_ref.speculative_generate` (:mod:`eagle3_ref.decoding`)."""
+    if is_batch(input_ids, attention_mask):  # 0.1 took batches here; for one release, they still go through
+        return _forward_batch("speculative_generate", target, head, input_ids, max_new_tokens=max_new_tokens,
+                              tree=tree, temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
+                              generator=generator, aux_layer_ids=aux_layer_ids, attention_mask=attention_mask,
+                              pad_token_id=pad_token_id)
+    check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, None, eos_token_id, generator)
+    check_instance("tree", tree, TreeConfig, " (e.g. TreeConfig(), TreeConfig.chain(5))")
+    drafter, layer_ids = drafter_for(target, head, aux_layer_ids)
+    pick, eos, prompt_len = Picker(temperature, top_k, top_p, generator), eos_set(eos_token_id), input_ids.shape[1]
+    timings = dict.fromkeys(["prefill", "draft", "verify", "accept"], 0.0)
+    if max_new_tokens == 0:
+        return GenerationOutput(input_ids.clone(), [], timings, prompt_len)
+    with PhaseTimer(timings, input_ids.device)("prefill"):
+        state = prefill(target, input_ids, layer_ids, pick, eos, max_new_tokens)
+    accepted_lengths: list[int] = []
+    while not state.done:
+        room = max_new_tokens - (state.sequence.shape[1] - prompt_len)
+        state, tokens = decode_cycle(target, drafter, state, tree, layer_ids, pick, eos, room, timings)
+        accepted_lengths.append(len(tokens))
+    return GenerationOutput(state.sequence, accepted_lengths, timings, prompt_len)
+
+
+@torch.no_grad()
+def autoregressive_generate(target: nn.Module, input_ids: Tensor, *, max_new_tokens: int, temperature: float = 0.0,
+                            top_p: float = 1.0, top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
+                            generator: torch.Generator | None = None, attention_mask: Tensor | None = None,
+                            pad_token_id: int | None = None) -> GenerationOutput:
+    """Plain decoding of one sequence, one target forward per token, with the same output type
+    (tau = 1). Batches: :func:`eagle3_ref.autoregressive_generate`."""
+    if is_batch(input_ids, attention_mask):  # 0.1 took batches here; for one release, they still go through
+        return _forward_batch("autoregressive_generate", target, input_ids, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
+                              generator=generator, attention_mask=attention_mask, pad_token_id=pad_token_id)
+    check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, None, eos_token_id, generator)
+    pick, eos = Picker(temperature, top_k, top_p, generator), eos_set(eos_token_id)
+    device, prompt_len = input_ids.device, input_ids.shape[1]
+    sequence, cache, step_input, lengths = input_ids, DynamicCache(config=target.config), input_ids, []
+    clock = time.perf_counter()
+    for _ in range(max_new_tokens):
+        logits = target(input_ids=step_input, **cache_kwargs(target, cache), use_cache=True).logits
+        token = pick(logits[0, -1])
+        step_input = torch.tensor([[token]], device=device)
+        sequence = torch.cat([sequence, step_input], dim=1)
+        lengths.append(1)
+        if token in eos:
+            break
+    sync(device)
+    return GenerationOutput(sequence, lengths[1:], {"total": time.perf_counter() - clock}, prompt_len)
+
+
+# ----------------------------------------------------------------------------------------
+# Argument checks and the drafter, shared with the batched loop and the entry points
+# ----------------------------------------------------------------------------------------
+
+
+def check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float,
                   top_p: float, top_k: int, attention_mask: Tensor | None = None, eos_token_id=None,
                   generator=None) -> None:
     """Every argument of the decoding entry points, by name, before any forward."""
@@ -154,230 +293,39 @@ def _check_inputs(target: nn.Module, input_ids: Tensor, max_new_tokens: int, tem
             check_int("eos_token_id", eos, 0, vocab - 1)
 
 
-class _Picker:
-    """The target's own next token from its logits: argmax, or a sample of ``p``."""
-
-    def __init__(self, temperature, top_k, top_p, generator):
-        self.greedy = temperature == 0
-        self.warp = dict(temperature=temperature or 1.0, top_k=top_k, top_p=top_p)
-        self.sampler = TorchSampler(generator)
-
-    def __call__(self, logits: Tensor) -> int:  # logits (V,)
-        if self.greedy:
-            return int(logits.argmax())
-        return self.sampler.draw(target_probs(logits[None], **self.warp)[0])
-
-    def verify(self, tree, logits: Tensor):  # logits (n, V)
-        if self.greedy:
-            return verify_greedy(tree, logits)
-        return verify_sampling(tree, target_probs(logits, **self.warp), self.sampler)
-
-
-def _stop_index(tokens: list[int], eos: set[int], room: int) -> tuple[list[int], bool]:
-    """Cut ``tokens`` after the first EOS and to ``room``; say whether generation ends."""
-    for i, t in enumerate(tokens[:room]):
-        if t in eos:
-            return tokens[: i + 1], True
-    return tokens[:room], len(tokens) >= room
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@dataclass
-class DecodeState:
-    """Everything the loop carries from one cycle to the next (passed in, returned)."""
-
-    sequence: Tensor  # (1, T + 1): prompt and every token emitted so far; the last is the next root
-    target_cache: DynamicCache  # keys/values of sequence[:, :-1] (all but the root)
-    features: Tensor  # (1, m, k*H_t): target features of the slots the draft has not seen yet
-    draft_state: object = None  # the drafter's own state (the head's prefix KV cache)
-    done: bool = False
-
-
-@torch.no_grad()
-def prefill(target: nn.Module, input_ids: Tensor, layer_ids: Sequence[int], pick: "_Picker",
-            eos: set[int], max_new_tokens: int) -> DecodeState:
-    """One plain target forward over the prompt: its cache, its tapped features, and the
-    first new token (the first root)."""
-    cache = new_target_cache(target)  # generate's cache, windowed layers recording until trimmed
-    out = target(input_ids=input_ids, **cache_kwargs(target, cache), use_cache=True, output_hidden_states=True)
-    for layer in cache.layers:
-        trim_to_window(layer, input_ids.shape[1])
-    tokens, done = _stop_index([pick(out.logits[0, -1])], eos, max_new_tokens)
-    sequence = torch.cat([input_ids, torch.tensor([tokens], device=input_ids.device)], dim=1)
-    return DecodeState(sequence, cache, select_features(out.hidden_states, layer_ids), None, done)
-
-
-@torch.no_grad()
-def decode_cycle(target: nn.Module, drafter, state: DecodeState, tree: TreeConfig, layer_ids: Sequence[int],
-                 pick: "_Picker", eos: set[int], room: int, timings: dict[str, float] | None = None
-                 ) -> tuple[DecodeState, list[int]]:
-    """Draft, verify, accept, update: one target forward. ``room``: tokens still allowed.
-    Returns the new state and the tokens appended."""
-    timings = timings if timings is not None else {}
-    device = state.sequence.device
-    clock = time.perf_counter()
-    draft_tree, draft_state = drafter.draft(state.features, state.sequence, tree, state.draft_state)
-    prefix_len = state.target_cache.get_seq_length()  # every token but the root
-    draft_tree = keep_first_nodes(draft_tree, exact_tree_nodes(target, prefix_len, draft_tree.tree_position_ids))
-    draft_tree = draft_tree._replace(tokens=draft_tree.tokens.to(device), tree_mask=draft_tree.tree_mask.to(device),
-                                     tree_position_ids=draft_tree.tree_position_ids.to(device))
-    _sync(device)
-    timings["draft"] = timings.get("draft", 0.0) + time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    cache = state.target_cache
-    dtype = next(target.parameters()).dtype
-    out = target(input_ids=draft_tree.tokens[None], **cache_kwargs(target, cache), use_cache=True,
-                 attention_mask=tree_attention_masks(target, cache, draft_tree.tree_mask, draft_tree.tree_position_ids,
-                                                     prefix_len, dtype),
-                 position_ids=(prefix_len + draft_tree.tree_position_ids)[None], output_hidden_states=True)
-    _sync(device)
-    timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    verdict = pick.verify(draft_tree, out.logits[0])
-    compact_cache(cache, prefix_len, verdict.accepted)
-    features = select_features(out.hidden_states, layer_ids)[:, verdict.accepted]  # (1, m, k*H_t)
-    tokens, done = _stop_index(verdict.new_tokens(draft_tree), eos, room)
-    sequence = torch.cat([state.sequence, torch.tensor([tokens], device=device)], dim=1)
-    _sync(device)
-    timings["accept"] = timings.get("accept", 0.0) + time.perf_counter() - clock
-    return DecodeState(sequence, cache, features, draft_state, done), tokens
-
-
-def _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, generator, aux_layer_ids,
-           attention_mask=None, tree=None):
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id,
-                  generator)
-    check_instance("tree", tree, TreeConfig, " (e.g. TreeConfig(), TreeConfig.chain(5))")
-    calibrated_at = getattr(tree, "temperature", None)  # a cost-aware tree (auto_tree.py)
-    if calibrated_at is not None and calibrated_at != temperature:
-        raise ValueError(f"tree was calibrated at temperature {calibrated_at:g}, this decoding runs at {temperature:g}: "
-                         f"its acceptance estimates would be wrong (calibrate at the temperature you decode with)")
-    if calibrated_at is not None and _is_batch(input_ids, attention_mask):
-        raise ValueError("tree: a cost-aware tree (TreeConfig.auto) decides per sequence; batches take a fixed "
-                         "TreeConfig")
+def drafter_for(target: nn.Module, head, aux_layer_ids: Sequence[int] | None) -> tuple[object, tuple[int, ...]]:
+    """The loop's drafter for ``head`` (a draft head is wrapped in :class:`HeadDrafter`; any
+    object with ``draft(...)`` is its own) and the target layers it taps, after checking that
+    the target can verify trees and that the head fits it."""
     if not isinstance(head, nn.Module) and not callable(getattr(head, "draft", None)):
         raise TypeError(f"head must be a draft head (Eagle3DraftHead, load_draft_head(...)) or an object with "
                         f"draft(features, input_ids, config, state), got {type(head).__name__}")
     check_tree_verifiable(target)
+    drafter = head
     if isinstance(head, nn.Module):  # a draft head: EAGLE-3's, or the EAGLE-2-style baseline (eagle2.py)
         check_head_fits_target(head.config, target)
         aux_layer_ids = aux_layer_ids or head.config.aux_layer_ids
         drafter = HeadDrafter(head)
-    else:
-        drafter = head
-    layer_ids = tuple(aux_layer_ids or default_aux_layer_ids(num_decoder_layers(target)))
-    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    return drafter, layer_ids, eos, _Picker(temperature, top_k, top_p, generator)
+    return drafter, tuple(aux_layer_ids or default_aux_layer_ids(num_decoder_layers(target)))
 
 
-def _is_batch(input_ids: Tensor, attention_mask: Tensor | None) -> bool:
+def is_batch(input_ids: Tensor, attention_mask: Tensor | None) -> bool:
+    """A batch: an ``attention_mask`` given, or ``input_ids`` with other than one row."""
     return attention_mask is not None or (isinstance(input_ids, Tensor) and input_ids.dim() == 2
                                           and input_ids.shape[0] != 1)
 
 
-def _pad_token(target: nn.Module, pad_token_id: int | None, eos: set[int]) -> int | None:
-    """``generate``'s rule: the pad token given, else the target's, else an EOS (the lowest id)."""
-    if pad_token_id is None:
-        pad_token_id = getattr(getattr(target, "generation_config", None), "pad_token_id", None)
-    if pad_token_id is None and eos:
-        pad_token_id = min(eos)
-    if pad_token_id is not None and (isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int)):
-        raise ValueError(f"pad_token_id must be an int token id, got {pad_token_id!r}")
-    return pad_token_id
+def eos_set(eos_token_id: int | Sequence[int] | None) -> set[int]:
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
 
 
-@torch.no_grad()
-def speculative_generate(target: nn.Module, head, input_ids: Tensor, *, max_new_tokens: int,
-                         tree: TreeConfig = TreeConfig(), temperature: float = 0.0, top_p: float = 1.0,
-                         top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
-                         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                         aux_layer_ids: Sequence[int] | None = None, attention_mask: Tensor | None = None,
-                         pad_token_id: int | None = None) -> "GenerationOutput | BatchGenerationOutput":
-    """EAGLE-3 speculative decoding of ``target`` with draft ``head``.
+def _forward_batch(name: str, *args, **kwargs):
+    """0.1 took batches in this module's functions; for one release they still go on, with a
+    warning, to the entry points of :mod:`eagle3_ref.decoding`."""
+    import warnings
 
-    ``head`` is an :class:`Eagle3DraftHead` (or the EAGLE-2-style baseline of
-    :mod:`eagle3_ref.eagle2`, or any object with ``draft(features, input_ids, config, state)
-    -> (tree, state)``, e.g. a test's perfect drafter).
-    Greedy at ``temperature=0``; else sampling with transformers' warpers, lossless. A
-    cost-aware tree (``TreeConfig.auto``) whose calibration finds that no drafting pays on this
-    machine at this temperature (``tree.drafts`` False) decodes plainly, one token a cycle.
+    from . import decoding  # a call-time import, for one release: decoding imports this module
 
-    A batch: ``input_ids (B, T)`` left-padded with its ``attention_mask (B, T)``, as
-    ``generate`` takes them; each row accepts its own tokens and stops on its own, and the
-    result is a :class:`eagle3_ref.batch.BatchGenerationOutput` (rows padded with
-    ``pad_token_id``, else the target's, else the EOS). One row without a mask is the
-    single-sequence loop below, whose result is a :class:`GenerationOutput`. For sampling,
-    ``generator`` may be one generator per row (each row then draws only from its own).
-    """
-    if _is_batch(input_ids, attention_mask):
-        from .batch import batched_speculative_generate
-
-        drafter, layer_ids, eos, _ = _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k,
-                                            eos_token_id, None, aux_layer_ids, attention_mask, tree)
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        return batched_speculative_generate(target, drafter, input_ids, mask, max_new_tokens=max_new_tokens,
-                                            tree=tree, layer_ids=layer_ids, eos=eos,
-                                            pad_token_id=_pad_token(target, pad_token_id, eos),
-                                            temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
-    drafter, layer_ids, eos, pick = _setup(target, head, input_ids, max_new_tokens, temperature, top_p, top_k,
-                                           eos_token_id, generator, aux_layer_ids, tree=tree)
-    prompt_len = input_ids.shape[1]
-    timings = dict.fromkeys(["prefill", "draft", "verify", "accept"], 0.0)
-    if max_new_tokens == 0:
-        return GenerationOutput(input_ids.clone(), [], timings, prompt_len)
-    if not tree.drafts:  # a cost-aware tree that found no drafting pays here (auto_tree.py)
-        plain = autoregressive_generate(target, input_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                        top_p=top_p, top_k=top_k, eos_token_id=eos_token_id, generator=generator)
-        timings = {"prefill": 0.0, "draft": 0.0, "verify": plain.timings["total"], "accept": 0.0}  # all forwards
-        return GenerationOutput(plain.sequences, plain.accepted_lengths, timings, prompt_len)
-    clock = time.perf_counter()
-    state = prefill(target, input_ids, layer_ids, pick, eos, max_new_tokens)
-    _sync(input_ids.device)
-    timings["prefill"] = time.perf_counter() - clock
-    accepted_lengths: list[int] = []
-    while not state.done:
-        room = max_new_tokens - (state.sequence.shape[1] - prompt_len)
-        state, tokens = decode_cycle(target, drafter, state, tree, layer_ids, pick, eos, room, timings)
-        accepted_lengths.append(len(tokens))
-    return GenerationOutput(state.sequence, accepted_lengths, timings, prompt_len)
-
-
-@torch.no_grad()
-def autoregressive_generate(target: nn.Module, input_ids: Tensor, *, max_new_tokens: int, temperature: float = 0.0,
-                            top_p: float = 1.0, top_k: int = 0, eos_token_id: int | Sequence[int] | None = None,
-                            generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                            attention_mask: Tensor | None = None, pad_token_id: int | None = None
-                            ) -> "GenerationOutput | BatchGenerationOutput":
-    """Plain decoding, one target forward per token, with the same output type (tau = 1).
-    A batch (``attention_mask`` given, or more than one row) decodes all rows in each
-    forward, as ``generate`` does, and returns a :class:`eagle3_ref.batch.BatchGenerationOutput`."""
-    _check_inputs(target, input_ids, max_new_tokens, temperature, top_p, top_k, attention_mask, eos_token_id,
-                  generator)
-    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    if _is_batch(input_ids, attention_mask):
-        from .batch import batched_autoregressive_generate
-
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        return batched_autoregressive_generate(target, input_ids, mask, max_new_tokens=max_new_tokens, eos=eos,
-                                               pad_token_id=_pad_token(target, pad_token_id, eos),
-                                               temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
-    pick = _Picker(temperature, top_k, top_p, generator)
-    device, prompt_len = input_ids.device, input_ids.shape[1]
-    sequence, cache, step_input, lengths = input_ids, DynamicCache(config=target.config), input_ids, []
-    clock = time.perf_counter()
-    for _ in range(max_new_tokens):
-        logits = target(input_ids=step_input, **cache_kwargs(target, cache), use_cache=True).logits
-        token = pick(logits[0, -1])
-        step_input = torch.tensor([[token]], device=device)
-        sequence = torch.cat([sequence, step_input], dim=1)
-        lengths.append(1)
-        if token in eos:
-            break
-    _sync(device)
-    return GenerationOutput(sequence, lengths[1:], {"total": time.perf_counter() - clock}, prompt_len)
+    warnings.warn(f"eagle3_ref.generate.{name} decodes one sequence; for a batch call eagle3_ref.{name} "
+                  f"(eagle3_ref.decoding). This path is removed in eagle3-ref 0.3", DeprecationWarning, stacklevel=4)
+    return getattr(decoding, name)(*args, **kwargs)

@@ -61,7 +61,7 @@ from .tree import DraftTree, tree_buffers
 
 __all__ = ["LayerRule", "TREE_LAYER_TYPES", "layer_types", "layer_rules", "check_tree_verifiable", "visible",
            "cache_kwargs", "new_target_cache", "trim_to_window", "held_prefix_slots", "exact_tree_nodes",
-           "keep_first_nodes"]
+           "keep_first_nodes", "text_config"]
 
 # The layer types a tree mask can express. Anything else is refused by name.
 TREE_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
@@ -75,7 +75,7 @@ class LayerRule:
     window: int | None = None  # sliding window w, or chunk size c; None for full attention
 
 
-def _text_config(target: nn.Module):
+def text_config(target: nn.Module):
     config = target.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
@@ -84,7 +84,7 @@ def layer_types(target: nn.Module) -> list[str]:
     """The attention type of each decoder layer: ``config.layer_types`` where the model has
     it, else inferred as transformers infers it for the cache (``sliding_window`` set:
     sliding; ``attention_chunk_size`` set: chunked; else full)."""
-    config = _text_config(target)
+    config = text_config(target)
     types = getattr(config, "layer_types", None)
     if types is not None:
         return list(types)
@@ -116,7 +116,7 @@ def check_tree_verifiable(target: nn.Module) -> None:
 def layer_rules(target: nn.Module) -> dict[str, LayerRule]:
     """The rule of each layer type present in ``target`` (checked verifiable first)."""
     check_tree_verifiable(target)
-    config = _text_config(target)
+    config = text_config(target)
     rules = {}
     for kind in layer_types(target):
         if kind == "sliding_attention":
@@ -215,7 +215,7 @@ def exact_tree_nodes(target: nn.Module, prefix_len: int, tree_position_ids: Tens
     depth). Since every parent comes before its children, the nodes kept form a tree.
     """
     n = tree_position_ids.shape[0]
-    config = _text_config(target)
+    config = text_config(target)
     nope_layers = 0 in (getattr(config, "no_rope_layers", None) or [])
     if not (getattr(config, "attn_temperature_tuning", False) and nope_layers):
         return n

@@ -58,7 +58,7 @@ from .vocab import build_vocab_mapping, count_tokens
 
 __all__ = ["TrainConfig", "TrainData", "tokenize_corpus", "regenerate", "continue_prompts", "read_data_file",
            "target_pass", "prepare_data",
-           "train_head", "evaluate_tau", "TrainingError"]
+           "train_head", "evaluate_tau", "TrainingError", "check_out_dir", "new_head"]
 
 
 class TrainingError(ValueError):
@@ -440,7 +440,7 @@ def acquire_output_lock(out: Path) -> Path:
         mine.unlink(missing_ok=True)
 
 
-def _check_out_dir(config: TrainConfig) -> Path:
+def check_out_dir(config: TrainConfig) -> Path:
     try:
         out = check_output_dir("out_dir", config.out_dir)
         if config.cache_dir is not None:
@@ -494,7 +494,7 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
     torchrun / accelerate (``WORLD_SIZE`` > 1), it joins the process group, averages gradients
     across processes, and leaves the group again if it was the one to create it.
     """
-    out = _check_out_dir(config)
+    out = check_out_dir(config)
     lock = acquire_output_lock(out) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
         joined = _join_process_group()
@@ -508,7 +508,7 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
             lock.unlink(missing_ok=True)
 
 
-def _new_head(target: nn.Module, data: TrainData, config: TrainConfig, layer_ids: tuple[int, ...]):
+def new_head(target: nn.Module, data: TrainData, config: TrainConfig, layer_ids: tuple[int, ...]):
     """A fresh head: EAGLE-3's, its draft vocabulary from the training targets' token counts;
     or the EAGLE-2-style baseline over the full vocabulary."""
     if config.head == "eagle2":
@@ -610,7 +610,7 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        head = _new_head(target, data, config, tuple(layer_ids)).to(device)
+        head = new_head(target, data, config, tuple(layer_ids)).to(device)
         state = None
     if rank == 0 and not config.resume:  # a resumed run keeps the file that describes it
         out.mkdir(parents=True, exist_ok=True)

@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_float_tensor, check_instance, check_int, check_token_ids
+from ._checks import check_float_tensor, check_instance, check_token_ids
 from .draft_head import Eagle3DraftHead, KVCache
+from .vocab import draft_to_target
 
-__all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "rerank", "build_draft_tree", "tree_buffers", "HeadDrafter"]
+__all__ = ["TreeConfig", "DraftTree", "Pool", "grow_tree", "rerank", "build_draft_tree", "tree_buffers", "HeadDrafter",
+           "stable_top_k", "Level", "expand_level", "TreeAttention"]
 # --- not in the skeleton: the brute-force builder, a naive twin of the tree task
 __all__ += ["build_draft_tree_naive"]
 # --- end not in the skeleton
@@ -97,25 +99,14 @@ class TreeConfig:
 
     @classmethod
     def auto(cls, costs, calibration, *, max_nodes: int | None = None, max_depth: int = 8) -> "TreeConfig":
-        """A cost-aware tree (:mod:`eagle3_ref.auto_tree`): each cycle chooses its depth (up to
-        ``max_depth``) and how many nodes to verify (up to ``max_nodes``, default: the largest
-        tree ``costs`` measured; never more than the candidate pool holds) from the draft's
-        calibrated scores and the measured ``costs``. ``top_k`` is the calibration's."""
-        from .auto_tree import AutoTreeConfig, Calibration
-        from .costs import CostModel
+        """Deprecated: :meth:`eagle3_ref.costaware.AutoTreeConfig.from_calibration` (removed in 0.3)."""
+        import warnings
 
-        check_instance("costs", costs, CostModel, " (eagle3_ref.costs.measure_costs or CostModel.load)")
-        check_instance("calibration", calibration, Calibration, " (eagle3_ref.auto_tree.calibrate)")
-        if costs.top_k != calibration.top_k:
-            raise ValueError(f"calibration was measured with top_k={calibration.top_k}, costs with "
-                             f"top_k={costs.top_k}: measure both with the same top_k")
-        check_int("max_depth", max_depth, 1)
-        if max_nodes is not None:
-            check_int("max_nodes", max_nodes, 2)
-        k = calibration.top_k
-        pool = k + (max_depth - 1) * k * k
-        limit = min(max_nodes if max_nodes is not None else max(2, *costs.verify_ms), pool + 1)  # a limit, not a goal
-        return AutoTreeConfig(num_nodes=limit, max_depth=max_depth, top_k=k, costs=costs, calibration=calibration)
+        from .costaware.auto_tree import AutoTreeConfig  # a call-time import, for one release
+
+        warnings.warn("TreeConfig.auto moved to eagle3_ref.costaware.AutoTreeConfig.from_calibration; it is removed in "
+                      "eagle3-ref 0.3", DeprecationWarning, stacklevel=2)
+        return AutoTreeConfig.from_calibration(costs, calibration, max_nodes=max_nodes, max_depth=max_depth)
 
     def grow(self, root_token: int, root_logprobs: Tensor, propose: "Propose", d2t: Tensor | None = None
              ) -> "DraftTree":
@@ -128,6 +119,12 @@ class TreeConfig:
         """Whether decoding with this tree drafts at all: always for a fixed tree; a cost-aware
         one may find that no drafting pays on the machine (``AutoTreeConfig.drafting_gain``)."""
         return True
+
+    @property
+    def calibrated_temperature(self) -> float | None:
+        """The temperature a cost-aware tree was calibrated at (:mod:`eagle3_ref.costaware`),
+        which decoding must use; None for a fixed tree, which holds at any temperature."""
+        return None
 
     def describe(self) -> dict:
         """The shape, as the bench's JSON records it."""
@@ -191,6 +188,12 @@ class Pool(NamedTuple):
     parents: list[int]
     depths: list[int]
 
+    def add_level(self, level: "Level", depth: int) -> None:
+        """The children of one :func:`expand_level` join the pool (one sequence's)."""
+        self.tokens.extend(level.tokens.tolist())
+        self.parents.extend(level.parents.tolist())
+        self.depths.extend([depth] * level.tokens.numel())
+
     def lineage(self, node: int) -> list[int]:
         """Pool ids from level 1 down to ``node`` (the root excluded)."""
         out = []
@@ -204,7 +207,7 @@ class Pool(NamedTuple):
 Propose = Callable[[list[int], Pool], Tensor]
 
 
-def _best(values: Tensor, k: int) -> Tensor:
+def stable_top_k(values: Tensor, k: int) -> Tensor:
     """Indices of the k largest values along the last dimension, best first; equal values
     in index order (deterministic, unlike ``torch.topk`` alone).
 
@@ -223,6 +226,36 @@ def _best(values: Tensor, k: int) -> Tensor:
     return by_index.gather(-1, order)
 
 
+class Level(NamedTuple):
+    """One level of EAGLE-2's growth: the frontier's children, which all join the pool, and the
+    next frontier. Every tensor may carry leading batch dimensions (``...``)."""
+
+    tokens: Tensor  # (..., k*k) draft ids of the children, frontier node by frontier node
+    parents: Tensor  # (..., k*k) pool ids of their parents
+    scores: Tensor  # (..., k*k) path scores: parent's score + log-prob
+    frontier: Tensor  # (..., k) pool ids of the next frontier: the k best children
+    frontier_scores: Tensor  # (..., k)
+
+
+def expand_level(frontier: Tensor, frontier_scores: Tensor, logprobs: Tensor, k: int, first_child: int) -> Level:
+    """EAGLE-2's level step, the one the single, batched and cost-aware builders all take: each
+    frontier node keeps its ``k`` best children (by log-prob, ties to the lower id), scored by
+    cumulative log-prob, and the ``k`` best of those ``k*k`` are the next frontier.
+
+    ``frontier (..., f)`` pool ids, ``frontier_scores (..., f)``, ``logprobs (..., f, V_d)``
+    their children's log-probs; the children get pool ids from ``first_child`` on. Level 1 is
+    the same step from the root alone (``f = 1``, pool id 0, score 0)."""
+    # --- assignment tree: each frontier node's k best children (stable_top_k: ties to the lower id), their path
+    #   scores (the parent's score + the child's log-prob), all f*k of them flattened frontier node by frontier
+    #   node; the next frontier is the k best of those (stable_top_k again), as pool ids from first_child on.
+    top = stable_top_k(logprobs, k)  # (..., f, k)
+    scores = (frontier_scores[..., :, None] + logprobs.gather(-1, top)).flatten(-2)  # (..., f*k)
+    best = stable_top_k(scores, k)  # (..., k)
+    return Level(top.flatten(-2), frontier.repeat_interleave(k, dim=-1), scores, first_child + best,
+                 scores.gather(-1, best))
+    # --- end assignment
+
+
 def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: TreeConfig,
               d2t: Tensor | None = None) -> DraftTree:
     """EAGLE-2's expansion and reranking, independent of where proposals come from.
@@ -231,35 +264,24 @@ def grow_tree(root_token: int, root_logprobs: Tensor, propose: Propose, config: 
     the frontier's pool ids and returns their children's log-probs ``(k, V_d)``. ``d2t``
     maps draft ids to target ids (None: the same vocabulary).
 
-    One level is a handful of tensor operations (a batched top-k, one add, one top-k over
-    the k^2 children); the pool's Python lists grow by whole levels.
+    Each level is one :func:`expand_level` (a batched top-k, one add, one top-k over the k^2
+    children); the pool's Python lists grow by whole levels.
     """
     k = config.top_k
     if k > root_logprobs.shape[-1]:
         raise ValueError(f"TreeConfig.top_k ({k}) exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
-    # --- assignment tree: EAGLE-2: the root's top_k children (by log-prob, ties to the lower id: use _best)
-    #   form level 1; at each further level, propose(frontier, pool) gives each frontier node's log-probs, keep
-    #   each one's top_k children, score them by cumulative log-prob, and the top_k of those k*k form the next
-    #   frontier. Finally the tree is rerank's, of the whole pool with every entry's score.
     pool = Pool([root_token], [-1], [0])
-    first = _best(root_logprobs, k)
-    score_chunks = [root_logprobs.new_zeros(1), root_logprobs[first]]  # the pool's scores, level by level
-    pool.tokens.extend(first.tolist()), pool.parents.extend([0] * k), pool.depths.extend([1] * k)
-    frontier, frontier_scores = list(range(1, k + 1)), score_chunks[-1]
-    for level in range(2, config.max_depth + 1):
-        logprobs = propose(frontier, pool)  # (k, V_d)
-        top = _best(logprobs, k)  # (k, k) each frontier node's k best children (draft ids)
-        cumulative = (frontier_scores[:, None] + logprobs.gather(1, top)).flatten()  # (k*k,) path scores
-        first_child = len(pool.tokens)
-        pool.tokens.extend(top.flatten().tolist())
-        pool.parents.extend([f for f in frontier for _ in range(k)])
-        pool.depths.extend([level] * (k * k))
-        score_chunks.append(cumulative)
-        best = _best(cumulative, k)  # the next frontier: the k best children of this level
-        frontier, frontier_scores = (first_child + best).tolist(), cumulative[best]
-
+    frontier = torch.zeros(1, dtype=torch.long, device=root_logprobs.device)  # the root
+    frontier_scores = root_logprobs.new_zeros(1)
+    score_chunks, logprobs = [frontier_scores], root_logprobs[None]
+    for depth in range(1, config.max_depth + 1):
+        if depth > 1:
+            logprobs = propose(frontier.tolist(), pool)  # (k, V_d)
+        level = expand_level(frontier, frontier_scores, logprobs, k, len(pool.tokens))
+        pool.add_level(level, depth)
+        score_chunks.append(level.scores)
+        frontier, frontier_scores = level.frontier, level.frontier_scores
     return rerank(pool, torch.cat(score_chunks), config.num_nodes, d2t)
-    # --- end assignment
 
 
 def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None,
@@ -276,9 +298,9 @@ def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None
                          f"entry, root first")
     rank_by = scores if rank_by is None else rank_by.cpu()
     # --- assignment tree: keep the num_nodes - 1 candidates of the pool best by rank_by (ties to the lower pool
-    #   id: _best), in pool order; re-index their parents, map draft ids to target ids with d2t (None: the same
+    #   id: stable_top_k), in pool order; re-index their parents, map draft ids to target ids with d2t (None: the same
     #   vocabulary), and build the buffers with tree_buffers. The root keeps its token and score.
-    kept = torch.sort(_best(rank_by[1:], num_nodes - 1) + 1).values  # pool order
+    kept = torch.sort(stable_top_k(rank_by[1:], num_nodes - 1) + 1).values  # pool order
     index = torch.full((len(pool.tokens),), -1, dtype=torch.long)
     index[0] = 0
     index[kept] = torch.arange(1, kept.numel() + 1)
@@ -288,7 +310,7 @@ def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None
                          "its parent")
     draft_ids = torch.tensor(pool.tokens)[kept]
     if d2t is not None:
-        draft_ids = draft_ids + d2t.to(draft_ids.device)[draft_ids]
+        draft_ids = draft_to_target(draft_ids, d2t)
     tokens = torch.cat([torch.tensor([pool.tokens[0]]), draft_ids])
     mask, depth, retrieve = tree_buffers(parents)
     return DraftTree(tokens, parents, torch.cat([scores[:1], scores[kept]]), mask, depth, retrieve)
@@ -298,6 +320,41 @@ def rerank(pool: Pool, scores: Tensor, num_nodes: int, d2t: Tensor | None = None
 # ----------------------------------------------------------------------------------------
 # With an EAGLE-3 head
 # ----------------------------------------------------------------------------------------
+
+
+class TreeAttention:
+    """The draft head's forward over a tree, level by level, for B trees at once (one sequence:
+    B = 1); the ``propose`` of :func:`grow_tree` and of the batched builder.
+
+    Each frontier node attends to its row's prefix (``prefix_mask (B, S)``, the slots of
+    ``cache``), its ancestors among the nodes fed so far, and itself; it embeds its own token
+    and takes its parent's output hidden state as input. The fed nodes' keys and values are
+    scratch after the prefix (the tree's caller keeps only the prefix cache)."""
+
+    def __init__(self, head: Eagle3DraftHead, cache: KVCache, prefix_mask: Tensor, hidden: Tensor) -> None:
+        B, device = prefix_mask.shape[0], prefix_mask.device
+        self.head, self.cache, self.prefix_mask = head, cache, prefix_mask
+        self.fed = torch.zeros(B, 0, dtype=torch.long, device=device)  # pool ids of the fed nodes, in cache order
+        self.mask = torch.zeros(B, 0, 0, dtype=torch.bool, device=device)  # fed x fed: j is i or an ancestor of i
+        self.hidden = hidden  # (B, f, H): the head's output hidden of the last fed level (first: the root's)
+        self.level = torch.zeros(B, 1, dtype=torch.long, device=device)  # their pool ids
+
+    def propose(self, frontier: Tensor, tokens: Tensor, parents: Tensor, positions: Tensor) -> Tensor:
+        """Log-probs ``(B, k, V_d)`` of the children of ``frontier`` (pool ids ``(B, k)``, their
+        draft ids ``tokens`` and their parents' pool ids ``parents``, at ``positions``)."""
+        (B, k), fed = frontier.shape, self.fed
+        parent_slot = fed[:, None, :] == parents[:, :, None]  # (B, k, F): where each parent sits
+        inherited = (parent_slot.float() @ self.mask.float()) > 0 if fed.shape[1] else parent_slot
+        rows = torch.cat([inherited, torch.eye(k, dtype=torch.bool, device=fed.device).expand(B, k, k)], dim=2)
+        grown = torch.cat([self.mask, torch.zeros(B, fed.shape[1], k, dtype=torch.bool, device=fed.device)], dim=2)
+        self.mask = torch.cat([grown, rows], dim=1)  # (B, F + k, F + k)
+        mask = torch.cat([self.prefix_mask[:, None, :].expand(B, k, -1), rows], dim=2)[:, None]  # (B, 1, k, S + F + k)
+        which = (self.level[:, None, :] == parents[:, :, None]).long().argmax(2)  # (B, k): the parent's row
+        hidden = self.hidden.gather(1, which[:, :, None].expand(-1, -1, self.hidden.shape[2]))
+        out = self.head(draft_to_target(tokens, self.head.d2t), hidden, positions, self.cache, mask)
+        self.cache, self.fed, self.hidden, self.level = out.cache, torch.cat([fed, frontier], 1), out.hidden, frontier
+        logits = out.logits.float() if out.logits.dtype in (torch.float16, torch.bfloat16) else out.logits
+        return F.log_softmax(logits, dim=-1)
 
 
 @torch.no_grad()
@@ -325,34 +382,15 @@ def build_draft_tree(head: Eagle3DraftHead, features: Tensor, input_ids: Tensor,
         raise ValueError(f"features cover {features.shape[1]} slots, expected T - S = {T} - {S} = {T - S}")
     device = input_ids.device
     prefix = head(input_ids[:, S + 1:], head.fuse(features), torch.arange(S, T, device=device)[None], cache)
-    # What the tree part of the draft's attention needs, kept level by level:
-    scratch = {
-        "cache": prefix.cache,  # the prefix cache + the keys of every node fed so far
-        "fed": torch.zeros(0, dtype=torch.long),  # pool ids of the fed nodes, in cache order
-        "mask": torch.zeros(0, 0, dtype=torch.bool, device=device),  # fed x fed: j is i or i's ancestor
-        "hidden": prefix.hidden[0, -1:],  # the head's output hidden of the last fed level (root first)
-        "level": torch.zeros(1, dtype=torch.long),  # their pool ids
-    }
+    attention = TreeAttention(head, prefix.cache, torch.ones(1, T, dtype=torch.bool, device=device),
+                              prefix.hidden[:, -1:])
 
     def propose(frontier: list[int], pool: Pool) -> Tensor:
-        k, fed = len(frontier), scratch["fed"]
-        nodes = torch.tensor(frontier)
-        parents = torch.tensor([pool.parents[f] for f in frontier])
-        # each node sees the prefix, its parent's ancestors among the fed nodes, and itself
-        parent_slot = (fed[None, :] == parents[:, None]).to(device)  # (k, F): where the parent sits
-        inherited = (parent_slot.float() @ scratch["mask"].float()) > 0 if fed.numel() else parent_slot
-        rows = torch.cat([inherited, torch.eye(k, dtype=torch.bool, device=device)], dim=1)  # (k, F + k)
-        grown = torch.cat([scratch["mask"], torch.zeros(fed.numel(), k, dtype=torch.bool, device=device)], dim=1)
-        scratch["mask"] = torch.cat([grown, rows], dim=0)
-        mask = torch.cat([torch.ones(k, T, dtype=torch.bool, device=device), rows], dim=1)[None, None]
-        ids = torch.tensor([pool.tokens[f] for f in frontier], device=device)
-        ids = ids + head.d2t[ids]  # the head embeds target ids
-        hidden = scratch["hidden"][(scratch["level"][None, :] == parents[:, None]).long().argmax(1).to(device)]
-        out = head(ids[None], hidden[None], torch.full((1, k), T - 1 + pool.depths[frontier[0]], device=device),
-                   scratch["cache"], mask)
-        scratch.update(cache=out.cache, fed=torch.cat([fed, nodes]), hidden=out.hidden[0], level=nodes)
-        return F.log_softmax(out.logits[0].float() if out.logits.dtype in (torch.float16, torch.bfloat16)
-                             else out.logits[0], dim=-1)
+        row = lambda values: torch.tensor([values], device=device)  # noqa: E731  (1, k)
+        position = T - 1 + pool.depths[frontier[0]]  # every node of a level sits at the same position
+        return attention.propose(row(frontier), row([pool.tokens[f] for f in frontier]),
+                                 row([pool.parents[f] for f in frontier]),
+                                 torch.full((1, len(frontier)), position, device=device))[0]
 
     root_logprobs = F.log_softmax(prefix.logits[0, -1], dim=-1)
     tree = config.grow(int(input_ids[0, -1]), root_logprobs, propose, head.d2t)
@@ -377,7 +415,7 @@ def build_draft_tree_naive(head: Eagle3DraftHead, features: Tensor, input_ids: T
             out = head(ids, hidden, torch.arange(ids.shape[1])[None].to(ids.device))
         return F.log_softmax(out.logits[0, -1], dim=-1)
 
-    k, to_target = config.top_k, (lambda d: d + int(head.d2t[d]))
+    k, to_target = config.top_k, (lambda d: int(draft_to_target(torch.tensor(d), head.d2t)))
     order = lambda values: sorted(range(len(values)), key=lambda i: (-float(values[i]), i))  # noqa: E731
     nodes = [(-1, None, 0.0, [])]  # (parent, draft id, score, target-id path)
     lp = run([])

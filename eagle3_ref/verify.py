@@ -30,7 +30,7 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 from .tree import DraftTree
 
 __all__ = ["Verdict", "Sampler", "TorchSampler", "logits_processors", "target_probs", "verify_greedy",
-           "verify_sampling"]
+           "verify_sampling", "Picker"]
 # --- not in the skeleton: a naive twin of the verify task
 __all__ += ["verify_greedy_naive"]
 # --- end not in the skeleton
@@ -158,3 +158,25 @@ def verify_sampling(tree: DraftTree, target_probs: Tensor, generator: torch.Gene
             return Verdict(accepted, sampler.draw(p / p.sum()))  # every child rejected: the residual
         accepted.append(node)
     # --- end assignment
+
+
+class Picker:
+    """The target's own choices at one temperature and warping: ``picker(logits)`` is the
+    next token (argmax, or a sample of ``p``); ``picker.verify(tree, logits)`` is the verdict
+    on a tree (:func:`verify_greedy` or :func:`verify_sampling`). The decoding loops hold
+    one per sequence, each drawing from its own generator."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, generator=None) -> None:
+        self.greedy = temperature == 0
+        self.warp = dict(temperature=temperature or 1.0, top_k=top_k, top_p=top_p)
+        self.sampler = TorchSampler(generator)
+
+    def __call__(self, logits: Tensor) -> int:  # logits (V,)
+        if self.greedy:
+            return int(logits.argmax())
+        return self.sampler.draw(target_probs(logits[None], **self.warp)[0])
+
+    def verify(self, tree: DraftTree, logits: Tensor) -> Verdict:  # logits (n, V)
+        if self.greedy:
+            return verify_greedy(tree, logits)
+        return verify_sampling(tree, target_probs(logits, **self.warp), self.sampler)

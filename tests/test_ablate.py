@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from eagle3_ref.ablate import DEFAULT_VARIANTS, VARIANTS, AblateConfig, finished_runs, n_alpha, plot_results, results_markdown
 from eagle3_ref.cli import main
+from eagle3_ref.tools.ablate import (
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    AblateConfig,
+    finished_runs,
+    n_alpha,
+    plot_results,
+    results_markdown,
+)
 
 pytestmark = pytest.mark.train
 
@@ -93,7 +101,7 @@ def test_reports_cover_every_finished_run_in_order(tmp_path):
 def test_an_interrupted_ablation_resumes_each_run_where_it_stopped(tmp_path, monkeypatch):
     """A finished run (its eval.json) is reused; a trained one (history.json) is only evaluated;
     a run with a checkpoint but no history resumes from it; an untouched run starts fresh."""
-    import eagle3_ref.ablate as ablate
+    import eagle3_ref.tools.ablate as ablate
     from eagle3_ref.train import TrainData
 
     calls = []
@@ -144,7 +152,7 @@ def test_an_interrupted_ablation_resumes_each_run_where_it_stopped(tmp_path, mon
 def test_a_cached_larger_sample_serves_a_smaller_one_and_nothing_else(tmp_path):
     from safetensors.torch import save_file
 
-    from eagle3_ref.ablate import ablation_data
+    from eagle3_ref.tools.ablate import ablation_data
     from eagle3_ref.train import TrainingError
 
     ids = torch.arange(8 * 4).view(8, 4)
@@ -160,7 +168,7 @@ def test_a_cached_larger_sample_serves_a_smaller_one_and_nothing_else(tmp_path):
 
 
 def test_the_cycles_behind_each_n_alpha_are_counted():
-    from eagle3_ref.ablate import reached_steps
+    from eagle3_ref.tools.ablate import reached_steps
 
     # drafts counted: 2, 0, 3, 7 and 0, 1 (each prompt's last cycle left out)
     assert reached_steps([[3, 1, 4, 8, 2], [1, 2, 5]]) == [6, 4, 3, 2, 1, 1, 1]

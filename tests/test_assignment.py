@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from eagle3_ref.assignment import (PACKAGE, TASKS, _forbidden_imports, graded_modules, make, strip_solutions)
 from eagle3_ref.cli import main
+from eagle3_ref.tools.assignment import PACKAGE, TASKS, forbidden_imports, graded_modules, make, strip_solutions
 
 pytestmark = pytest.mark.assignment
 MODULE = {"fusion": "fusion", "head": "draft_head", "ttt": "ttt", "tree": "tree", "verify": "verify",
@@ -54,13 +54,13 @@ def test_a_solved_tree_scores_full_marks_and_an_untouched_one_its_own_failure(sk
     # skeleton) in its __init__: a solved tree lost the test that ran first (3 of 4, an
     # ImportError), and the untouched one was reported as hypothesis's "FlakyFailure:
     # Inconsistent results from replaying a test case!" instead of its own NotImplementedError.
-    from eagle3_ref.assignment import _grade_task
+    from eagle3_ref.tools.assignment import grade_task
 
     solved = _solved(skeleton, tmp_path / "solved", ["tree"])
     files = graded_modules()["tree"]
-    good = _grade_task("tree", files, solved / "eagle3_ref", tmp_path / "w1", "smoke", 60.0, 600.0, None)
+    good = grade_task("tree", files, solved / "eagle3_ref", tmp_path / "w1", "smoke", 60.0, 600.0, None)
     assert good.problem is None and good.passed == good.total > 0, good
-    bad = _grade_task("tree", files, skeleton / "eagle3_ref", tmp_path / "w2", "smoke", 60.0, 600.0, None)
+    bad = grade_task("tree", files, skeleton / "eagle3_ref", tmp_path / "w2", "smoke", 60.0, 600.0, None)
     assert bad.passed == 0 < bad.total and bad.failures, bad
     for test, why in bad.failures:
         assert why.startswith("NotImplementedError: tree: ") and "[tree.py line" in why, (test, why)
@@ -205,15 +205,15 @@ def test_the_skeleton_holds_no_solution_text_and_no_naive_twin(skeleton):
 def test_a_graded_module_may_not_reach_past_the_skeleton():
     tree = (PACKAGE / "tree.py").read_text()
     skeleton = strip_solutions(tree, "tree.py")[0]
-    assert _forbidden_imports(tree, skeleton) == []  # the reference's own module reaches for nothing more
-    assert _forbidden_imports(skeleton + "\nimport math\nfrom collections import deque\n", skeleton) == []
+    assert forbidden_imports(tree, skeleton) == []  # the reference's own module reaches for nothing more
+    assert forbidden_imports(skeleton + "\nimport math\nfrom collections import deque\n", skeleton) == []
     for extra, said in [("from .batch import build_draft_trees", "imports .batch (build_draft_trees)"),
                         ("import eagle3_ref.tree", "imports eagle3_ref.tree"),
                         ("from eagle3_ref import tree", "imports eagle3_ref (tree)"),
                         ("import importlib", "imports importlib"),
                         ("m = sys.modules['eagle3_ref']", "sys.modules"),
                         ("m = __import__('eagle3_ref')", "__import__")]:
-        found = _forbidden_imports(skeleton + "\n" + extra + "\n", skeleton)
+        found = forbidden_imports(skeleton + "\n" + extra + "\n", skeleton)
         assert len(found) == 1 and said in found[0], (extra, found)
 
 
@@ -224,7 +224,7 @@ def test_the_grading_threads_parse_one_module_at_a_time(tmp_path, monkeypatch):
     import ast
     import time
 
-    from eagle3_ref import assignment
+    from eagle3_ref.tools import assignment
 
     inside, overlaps, parse = [0], [], ast.parse
 

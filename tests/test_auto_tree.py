@@ -29,12 +29,20 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig
 
 from eagle3_ref import Eagle3Config, TreeConfig, autoregressive_generate, build_draft_tree, speculative_generate
-from eagle3_ref.auto_tree import (EDGES, RANKS, AutoTreeConfig, Calibration, _monotone, _rates, calibrate,
-                                  level_ranks, speedup_bound)
-from eagle3_ref.costs import CostModel, _nondecreasing, measure_costs
+from eagle3_ref.costaware.auto_tree import (
+    EDGES,
+    RANKS,
+    AutoTreeConfig,
+    Calibration,
+    acceptance_rates,
+    calibrate,
+    level_ranks,
+    speedup_bound,
+)
+from eagle3_ref.costaware.costs import CostModel, measure_costs, nondecreasing_fit, nonincreasing_fit
+from eagle3_ref.testing.adapter import ReferenceAdapter
 from eagle3_ref.testing.conformance.test_generate import assert_same_tokens, hf_greedy
 from eagle3_ref.testing.conformance.test_verify import chi_square_p_value, tempered_pair
-from eagle3_ref.testing.adapter import ReferenceAdapter
 from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
 from eagle3_ref.tree import DraftTree, grow_tree
 
@@ -65,7 +73,7 @@ def calibrations(draw, top_k: int, temperature: float = 0.0):
 @st.composite
 def auto_trees(draw, draft_vocab: int, temperature: float = 0.0):
     k = draw(st.integers(1, min(3, draft_vocab)))
-    return TreeConfig.auto(draw(cost_models(k)), draw(calibrations(k, temperature)),
+    return AutoTreeConfig.from_calibration(draw(cost_models(k)), draw(calibrations(k, temperature)),
                            max_depth=draw(st.integers(1, 4)), max_nodes=draw(st.integers(2, 16)))
 
 
@@ -133,7 +141,7 @@ def test_the_kept_nodes_and_the_budget_are_the_ones_the_docstring_states(data):
     assume(k <= V)
     seed = data.draw(seeds)
     table = torch.log_softmax(3 * torch.randn(17, V, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)), -1)
-    tree = TreeConfig.auto(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=data.draw(st.integers(1, 5)),
+    tree = AutoTreeConfig.from_calibration(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=data.draw(st.integers(1, 5)),
                            max_nodes=data.draw(st.integers(2, 30)))
     levels = [1]
 
@@ -181,7 +189,7 @@ def test_sampling_with_an_auto_tree_follows_the_targets_law():
         law = torch.stack([p1[a] * torch.softmax(target(torch.cat([prompt, torch.tensor([[a]])], 1)).logits[0, -1], -1)
                            for a in range(V)]).flatten()
     # costs and rates under which the tree changes shape from cycle to cycle
-    tree = TreeConfig.auto(CostModel({1: 10.0, 64: 20.0}, {1: 1.0, 8: 8.0}, 0.5, 2),
+    tree = AutoTreeConfig.from_calibration(CostModel({1: 10.0, 64: 20.0}, {1: 1.0, 8: 8.0}, 0.5, 2),
                            Calibration(1.0, tuple(0.9 - 0.06 * i for i in range(len(EDGES))), 0.6, 2),
                            max_depth=3, max_nodes=7)
     counts = torch.zeros(V * V, dtype=torch.float64)
@@ -198,7 +206,7 @@ def test_a_tree_no_depth_pays_for_decodes_plainly(monkeypatch):
     rates = tuple(0.9 - 0.06 * i for i in range(len(EDGES)))
 
     def tree(pool_tau):
-        return TreeConfig.auto(costs, Calibration(1.0, rates, 0.6, 2, pool_tau=pool_tau), max_depth=3, max_nodes=7)
+        return AutoTreeConfig.from_calibration(costs, Calibration(1.0, rates, 0.6, 2, pool_tau=pool_tau), max_depth=3, max_nodes=7)
 
     # depth 1: 1.2 tokens for 2 + 10 + 0.5 ms; depth 2: 1.3 for 3 + 10 + 10/62 + 0.5 ms; a plain step 8 ms
     low = tree((1.2, 1.3))
@@ -222,7 +230,7 @@ def test_a_tree_no_depth_pays_for_decodes_plainly(monkeypatch):
 @given(data=st.data())
 def test_the_budget_maximises_calibrated_tokens_per_ms(data):
     k = data.draw(st.integers(1, 4))
-    tree = TreeConfig.auto(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=4,
+    tree = AutoTreeConfig.from_calibration(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=4,
                            max_nodes=data.draw(st.integers(2, 30)))
     p = data.draw(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40))  # in the order the tree keeps them
     levels = data.draw(st.integers(1, 4))
@@ -251,7 +259,7 @@ def keep_drafting_naive(tree, p, frontier_p, levels) -> bool:
 def test_the_depth_decision_is_the_lookahead_it_states(data):
     k = data.draw(st.integers(1, 4))
     max_depth = data.draw(st.integers(1, 6))
-    tree = TreeConfig.auto(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=max_depth,
+    tree = AutoTreeConfig.from_calibration(data.draw(cost_models(k)), data.draw(calibrations(k)), max_depth=max_depth,
                            max_nodes=data.draw(st.integers(2, 40)))
     rates = st.floats(0.0, 1.0)
     p = np.array(sorted(data.draw(st.lists(rates, min_size=1, max_size=30)), reverse=True))
@@ -261,7 +269,7 @@ def test_the_depth_decision_is_the_lookahead_it_states(data):
 
 
 def _decide(costs, rates, child_rate=0.9, max_depth=6, top_k=2, max_nodes=60):
-    tree = TreeConfig.auto(costs, Calibration(0.0, rates, child_rate, top_k), max_depth=max_depth, max_nodes=max_nodes)
+    tree = AutoTreeConfig.from_calibration(costs, Calibration(0.0, rates, child_rate, top_k), max_depth=max_depth, max_nodes=max_nodes)
     torch.manual_seed(0)
     logprobs = torch.log_softmax(torch.tensor([4.0, 3.0, 0.0, -1.0], dtype=torch.float64), -1)
     return tree.grow(0, logprobs, lambda frontier, pool: logprobs.expand(len(frontier), -1), None)
@@ -286,7 +294,7 @@ def test_looking_one_level_ahead_only_is_not_enough():
 
 
 def test_calibration_rates_never_rise_as_scores_fall():
-    assert _monotone([0.9, 0.5, 0.7, 0.1], [10, 10, 10, 10]) == pytest.approx([0.9, 0.6, 0.6, 0.1])
+    assert nonincreasing_fit([0.9, 0.5, 0.7, 0.1], [10, 10, 10, 10]) == pytest.approx([0.9, 0.6, 0.6, 0.1])
     with pytest.raises(ValueError, match="must not increase"):
         Calibration(0.0, tuple([0.1] + [0.5] * (len(EDGES) - 1)), 0.5, 2)
 
@@ -314,7 +322,7 @@ def test_a_sparse_cell_leans_on_its_depth_and_bad_tables_are_refused():
     hits, totals = np.zeros((1, len(RANKS), len(EDGES)), int), np.zeros((1, len(RANKS), len(EDGES)), int)
     hits[0, 0, 5], totals[0, 0, 5], totals[0, 1, 5] = 1, 1, 99
     depth_rate = (1 + 2 * (1 / 100)) / (100 + 2)
-    rates = _rates(hits, totals)
+    rates = acceptance_rates(hits, totals)
     assert rates[0, 0, 5] == pytest.approx((1 + 2 * depth_rate) / 3)
     assert (np.diff(rates, axis=-1) <= 0).all() and rates[0, 1, 5] < 0.02
     with pytest.raises(ValueError, match="one bucket per start in ranks"):
@@ -344,7 +352,7 @@ def test_calibrating_a_tiny_pair_and_the_bound():
     assert list(counts[1].sum(-1)) == [cycles, cycles, 2 * cycles, 0, 0, 0]
     costs = measure_costs(target, head, top_k=2, max_depth=3, sizes=(1, 4, 8), prefix=8, repeats=2)
     bound, plan = speedup_bound(costs, cal)
-    tree = TreeConfig.auto(costs, cal)
+    tree = AutoTreeConfig.from_calibration(costs, cal)
     assert len(plan) == 4 and bound >= tree.drafting_gain * (1 - 1e-9)  # the oracle may draft the best fixed depth
     out = speculative_generate(target, head, prompts[0], max_new_tokens=8, tree=tree)
     assert out.sequences.shape[1] == 3 + 8
@@ -369,7 +377,7 @@ def test_the_bound_is_the_best_plan_of_an_oracle_that_knows_each_cycle(data):
         assert all(0 <= j <= a for a, j in enumerate(plan))
         chains = max(tau * costs.plain_ms / costs.cycle(d, d + 1) for d, tau in enumerate(cal.pool_tau, 1))
         assert bound >= chains * (1 - 1e-9)
-        assert TreeConfig.auto(costs, cal).drafting_gain == pytest.approx(chains, rel=1e-12)  # the best fixed depth
+        assert AutoTreeConfig.from_calibration(costs, cal).drafting_gain == pytest.approx(chains, rel=1e-12)  # the best fixed depth
     assert speedup_bound(costs, cal, may_skip=True)[0] >= speedup_bound(costs, cal)[0] * (1 - 1e-9)
 
 
@@ -381,13 +389,13 @@ def test_the_bound_beats_the_best_fixed_depth_when_cycles_differ():
     bound, plan = speedup_bound(costs, cal)
     assert (plan[0], plan[3]) == (0, 3)  # (a = 1 and 2 never happen: any plan for them)
     assert bound == pytest.approx((0.5 * 1 + 0.5 * 4) * 10.0 / (0.5 * (2 + 10 + 1) + 0.5 * (6 + 12 + 1)))
-    assert bound > TreeConfig.auto(costs, cal).drafting_gain  # the best fixed depth
+    assert bound > AutoTreeConfig.from_calibration(costs, cal).drafting_gain  # the best fixed depth
     assert speedup_bound(costs, cal, may_skip=True)[0] == pytest.approx(25 / (0.5 * 10 + 0.5 * 19))
 
 
 def test_a_measured_curve_never_falls():
     # a noisy dip (verify 4 tokens "cheaper" than 2) would be a sweet spot every cycle picks
-    assert _nondecreasing({1: 7.0, 2: 10.0, 4: 9.0, 8: 9.5, 16: 12.0}) == pytest.approx(
+    assert nondecreasing_fit({1: 7.0, 2: 10.0, 4: 9.0, 8: 9.5, 16: 12.0}) == pytest.approx(
         {1: 7.0, 2: 9.5, 4: 9.5, 8: 9.5, 16: 12.0})
 
 
@@ -409,19 +417,19 @@ def test_an_auto_tree_refuses_another_temperature_and_batches():
                      num_key_value_heads=1, max_position_embeddings=64)
     target = build_target(tc, 0)
     head = build_draft_head(Eagle3Config.for_target(tc), 0, target.get_input_embeddings().weight)
-    tree = TreeConfig.auto(CostModel({1: 1.0}, {1: 1.0}, 0.0, 2), Calibration(0.0, tuple([0.5] * len(EDGES)), 0.5, 2))
+    tree = AutoTreeConfig.from_calibration(CostModel({1: 1.0}, {1: 1.0}, 0.0, 2), Calibration(0.0, tuple([0.5] * len(EDGES)), 0.5, 2))
     with pytest.raises(ValueError, match="tree was calibrated at temperature 0, this decoding runs at 1"):
         speculative_generate(target, head, torch.tensor([[1, 2]]), max_new_tokens=4, tree=tree, temperature=1.0)
     with pytest.raises(ValueError, match="batches take a fixed TreeConfig"):
         speculative_generate(target, head, torch.tensor([[1, 2], [3, 4]]), max_new_tokens=4, tree=tree)
     with pytest.raises(ValueError, match="measure both with the same top_k"):
-        TreeConfig.auto(CostModel({1: 1.0}, {1: 1.0}, 0.0, 3), tree.calibration)
+        AutoTreeConfig.from_calibration(CostModel({1: 1.0}, {1: 1.0}, 0.0, 3), tree.calibration)
     with pytest.raises(TypeError, match="costs must be a CostModel"):
-        TreeConfig.auto({1: 1.0}, tree.calibration)
+        AutoTreeConfig.from_calibration({1: 1.0}, tree.calibration)
     with pytest.raises(TypeError, match="max_nodes must be an int"):
-        TreeConfig.auto(tree.costs, tree.calibration, max_nodes="many")
+        AutoTreeConfig.from_calibration(tree.costs, tree.calibration, max_nodes="many")
     with pytest.raises(ValueError, match="max_depth must be >= 1"):
-        TreeConfig.auto(tree.costs, tree.calibration, max_depth=0)
+        AutoTreeConfig.from_calibration(tree.costs, tree.calibration, max_depth=0)
     assert isinstance(tree, AutoTreeConfig)
 
 

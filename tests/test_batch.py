@@ -22,16 +22,18 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from transformers import DynamicCache, LlamaConfig
 
-from eagle3_ref.batch import RaggedKV, _cycle, _pickers, _prefill, build_draft_trees, left_padding_lengths
+from eagle3_ref.batch import RaggedKV, batch_cycle, build_draft_trees, left_padding_lengths, prefill_batch, row_pickers
+from eagle3_ref.decoding import autoregressive_generate, speculative_generate
 from eagle3_ref.draft_head import Eagle3Config
 from eagle3_ref.fusion import collect_features, default_aux_layer_ids
-from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, prefill, speculative_generate
+from eagle3_ref.generate import decode_cycle, prefill
+from eagle3_ref.targets import cache_kwargs
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
 from eagle3_ref.testing.plugin import examples_per_architecture
 from eagle3_ref.testing.sampling import enumerate_verifier
-from eagle3_ref.targets import cache_kwargs
 from eagle3_ref.testing.strategies import build_draft_head, build_target, head_configs, seeds, target_configs
 from eagle3_ref.tree import HeadDrafter, TreeConfig, build_draft_tree
+from eagle3_ref.verify import Picker
 
 pytestmark = pytest.mark.generate
 
@@ -153,7 +155,7 @@ def test_each_rows_sampling_law_is_exact_and_independent_of_the_other_rows():
     layer_ids, tree = (0, 1, 2), TreeConfig(num_nodes=4, max_depth=2, top_k=2)
     prompts = [[1, 3, 2], [2], [3, 1]]
     ids, mask = left_pad(prompts)
-    start, _ = _prefill(target, ids, mask, layer_ids, [_Picker(0.0, 0, 1.0, None)] * 3, set(), 100)
+    start, _ = prefill_batch(target, ids, mask, layer_ids, [Picker(0.0, 0, 1.0, None)] * 3, set(), 100)
 
     def law_of(run) -> dict[tuple, float]:
         law: dict[tuple, float] = {}
@@ -167,21 +169,21 @@ def test_each_rows_sampling_law_is_exact_and_independent_of_the_other_rows():
         (its own seeded stream)."""
 
         def run(sampler):
-            pickers = [_Picker(0.9, 0, 1.0, None) for _ in prompts]
+            pickers = [Picker(0.9, 0, 1.0, None) for _ in prompts]
             for b, picker in enumerate(pickers):
                 picker.sampler = sampler if b == row else TorchSampler(torch.Generator().manual_seed(seed + b))
             timings = dict.fromkeys(["draft", "verify", "accept"], 0.0)
-            appended, _ = _cycle(target, HeadDrafter(head), copy.deepcopy(start), tree, layer_ids, pickers, set(),
+            appended, _ = batch_cycle(target, HeadDrafter(head), copy.deepcopy(start), tree, layer_ids, pickers, set(),
                                  [100] * 3, timings)
             return appended[row]
 
         return run
 
     def alone(row: int):
-        state = prefill(target, torch.tensor([prompts[row]]), layer_ids, _Picker(0.0, 0, 1.0, None), set(), 100)
+        state = prefill(target, torch.tensor([prompts[row]]), layer_ids, Picker(0.0, 0, 1.0, None), set(), 100)
 
         def run(sampler):
-            pick = _Picker(0.9, 0, 1.0, None)
+            pick = Picker(0.9, 0, 1.0, None)
             pick.sampler = sampler
             return decode_cycle(target, HeadDrafter(head), copy.deepcopy(state), tree, layer_ids, pick, set(), 100)[1]
 
@@ -242,29 +244,29 @@ class RaggedMachine(RuleBasedStateMachine):
         """A new batch: rows of different lengths, each with its own token budget."""
         prompts, extra = data.draw(batches(self.head.config.vocab_size, max_rows=4, max_len=10))
         ids, mask = left_pad(prompts, extra)
-        self.pickers = _pickers(len(prompts), 0.0, 0, 1.0, None)
+        self.pickers = row_pickers(len(prompts), 0.0, 0, 1.0, None)
         self.budget = [data.draw(st.integers(1, 30)) for _ in prompts]
-        self.batch, _ = _prefill(self.target, ids, mask, self.layer_ids, self.pickers, set(), 10**6)
+        self.batch, _ = prefill_batch(self.target, ids, mask, self.layer_ids, self.pickers, set(), 10**6)
         self.prompt = [len(p) for p in prompts]
         self.finished = [False] * len(prompts)
 
     @rule(data=st.data())
     def cycle(self, data):
-        from eagle3_ref.batch import _drop_finished
+        from eagle3_ref.batch import drop_finished
 
         if not self.batch.rows:  # every row finished: the next batch
             self.start(data)
         tree = data.draw(tree_configs(self.head.config.draft_vocab_size))
         rooms = [max(self.budget[r] - (len(t) - self.prompt[r]), 1) for r, t in zip(self.batch.rows, self.batch.tokens)]
         timings = dict.fromkeys(["draft", "verify", "accept"], 0.0)
-        _, finished = _cycle(self.target, self.drafter, self.batch, tree, self.layer_ids, self.pickers, set(), rooms,
+        _, finished = batch_cycle(self.target, self.drafter, self.batch, tree, self.layer_ids, self.pickers, set(), rooms,
                              timings)
         for r, done in zip(self.batch.rows, finished):
             self.finished[r] = done
         if all(finished):
             self.batch.rows = []
         else:
-            _drop_finished(self.batch, finished)
+            drop_finished(self.batch, finished)
 
     @invariant()
     def every_active_row_is_fresh(self):

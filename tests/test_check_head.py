@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from eagle3_ref.check_head import check_head_dir, declared_layer_ids
 from eagle3_ref.checkpoint import save_draft_head
 from eagle3_ref.cli import main
 from eagle3_ref.draft_head import Eagle3Config, Eagle3DraftHead
+from eagle3_ref.tools.check_head import check_head_dir, declared_layer_ids
 from eagle3_ref.toy import TOY_DIR
 from eagle3_ref.vocab import build_vocab_mapping
 

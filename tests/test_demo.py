@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from eagle3_ref.cli import main
-from eagle3_ref.demo import cycle_spans, mark_cycles
-from eagle3_ref.generate import GenerationOutput, speculative_generate
+from eagle3_ref.decoding import speculative_generate
+from eagle3_ref.generate import GenerationOutput
 from eagle3_ref.testing.tiny import make_tiny_target_dir
+from eagle3_ref.tools.demo import cycle_spans, mark_cycles
 from eagle3_ref.toy import TOY_DIR
 
 pytestmark = pytest.mark.demo
@@ -78,7 +79,7 @@ def test_demo_with_no_arguments(capsys):
 def test_the_default_prompt_does_not_show_a_loop(toy_tokenizer):
     """The demo's default continuation is code, not the toy target's repetition loop (whose
     tau would flatter the head): at most half of its 4-grams recur in 128 tokens."""
-    from eagle3_ref.demo import default_prompt
+    from eagle3_ref.tools.demo import default_prompt
     from eagle3_ref.toy import load_toy
 
     target, tokenizer, head = load_toy()
@@ -149,7 +150,7 @@ def test_a_damaged_head_is_named_as_damaged_not_as_a_misfit(tmp_path, capsys):
 def test_bench_keeps_its_results_when_out_cannot_be_written_at_the_end(tmp_path, capsys, monkeypatch):
     # --out is checked before the measurement; if it still fails at the end (the disk filled,
     # the folder went), minutes of results are kept in a temporary folder, and the message says where.
-    from eagle3_ref import bench
+    from eagle3_ref.tools import bench
 
     out, plot = tmp_path / "out", bench.plot
 
@@ -213,7 +214,7 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
 
 
 def test_the_forward_ceiling_counts_the_forwards_and_nothing_else():
-    from eagle3_ref.bench import AUTO, Measurement, ceiling_line, forward_ceiling
+    from eagle3_ref.tools.bench import AUTO, Measurement, ceiling_line, forward_ceiling
 
     profile = {"drafting (head forwards)": 4.0, "tree building (top-k, pool, masks)": 3.0,
                "verification (target forward)": 10.0, "acceptance and cache compaction": 1.0,
@@ -260,7 +261,7 @@ def test_a_difference_from_plain_decoding_is_reported(toy_tokenizer):
     # is a failure (exit 1), while a bfloat16 one is explained (exit 0).
     import io
 
-    from eagle3_ref.demo import DemoResult, report
+    from eagle3_ref.tools.demo import DemoResult, report
     from eagle3_ref.tree import TreeConfig
 
     out = GenerationOutput(torch.tensor([[5, 6, 7, 8, 9]]), [2, 1], {}, 2)
@@ -279,13 +280,12 @@ def test_a_difference_from_plain_decoding_is_reported(toy_tokenizer):
 def test_a_cost_aware_tree_that_decodes_plainly_says_so(toy_tokenizer):
     import io
 
-    from eagle3_ref.auto_tree import EDGES, Calibration
-    from eagle3_ref.costs import CostModel
-    from eagle3_ref.demo import DemoResult, report
-    from eagle3_ref.tree import TreeConfig
+    from eagle3_ref.costaware.auto_tree import EDGES, AutoTreeConfig, Calibration
+    from eagle3_ref.costaware.costs import CostModel
+    from eagle3_ref.tools.demo import DemoResult, report
 
-    tree = TreeConfig.auto(CostModel({1: 8.0, 64: 20.0}, {1: 2.0, 8: 9.0}, 0.5, 2),
-                           Calibration(1.0, tuple([0.3] * len(EDGES)), 0.3, 2, pool_tau=(1.2, 1.3)))
+    tree = AutoTreeConfig.from_calibration(CostModel({1: 8.0, 64: 20.0}, {1: 2.0, 8: 9.0}, 0.5, 2),
+                                           Calibration(1.0, tuple([0.3] * len(EDGES)), 0.3, 2, pool_tau=(1.2, 1.3)))
     out = GenerationOutput(torch.tensor([[5, 6, 7, 8, 9]]), [1, 1], {"draft": 0.0, "verify": 2.0, "accept": 0.0}, 2)
     text = io.StringIO()  # slower than plain by chance: no drafting cycle to blame
     assert report(DemoResult(out, [2.0], out.sequences.clone(), [1.0]), toy_tokenizer, "", tree, 1.0,
@@ -299,7 +299,7 @@ def test_a_cost_aware_tree_that_decodes_plainly_says_so(toy_tokenizer):
 def test_timing_is_a_median_and_a_loss_is_explained_from_the_measured_costs(toy_tokenizer):
     import io
 
-    from eagle3_ref.demo import DemoResult, report, why_slower
+    from eagle3_ref.tools.demo import DemoResult, report, why_slower
     from eagle3_ref.tree import TreeConfig
 
     # 6 new tokens in 3 cycles (tau 2); a cycle spent 30 ms drafting, verifying and accepting.

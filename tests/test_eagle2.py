@@ -18,16 +18,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eagle3_ref.checkpoint import save_draft_head
-from eagle3_ref.eagle2 import (NOISE_STD, Eagle2DraftHead, eagle2_config, eagle2_loss, load_eagle2_head,
-                               save_eagle2_head, uniform_noise)
+from eagle3_ref.decoding import speculative_generate
+from eagle3_ref.draft_head import Eagle3Config
+from eagle3_ref.eagle2 import (
+    NOISE_STD,
+    Eagle2DraftHead,
+    eagle2_config,
+    eagle2_loss,
+    load_eagle2_head,
+    save_eagle2_head,
+    uniform_noise,
+)
 from eagle3_ref.fusion import collect_features, top_feature_id
-from eagle3_ref.generate import speculative_generate
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
 from eagle3_ref.testing.conformance.test_tree import check_invariants
 from eagle3_ref.testing.plugin import examples_per_architecture
 from eagle3_ref.testing.strategies import build_draft_head, build_target, seeds, target_configs
 from eagle3_ref.tree import build_draft_tree, build_draft_tree_naive
-from eagle3_ref.draft_head import Eagle3Config
 
 pytestmark = pytest.mark.head
 

@@ -10,6 +10,7 @@ Proofs (DESIGN "what proven means" 1 and 5):
 """
 
 import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,15 +18,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from transformers import DynamicCache, LlamaConfig
 
+from eagle3_ref.decoding import autoregressive_generate, speculative_generate
 from eagle3_ref.draft_head import Eagle3Config
 from eagle3_ref.fusion import collect_features, default_aux_layer_ids
-from eagle3_ref.generate import _Picker, autoregressive_generate, decode_cycle, prefill, speculative_generate
+from eagle3_ref.generate import decode_cycle, prefill
 from eagle3_ref.targets import cache_kwargs
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
+from eagle3_ref.testing.drafters import OracleDrafter
 from eagle3_ref.testing.plugin import examples_per_architecture
 from eagle3_ref.testing.strategies import ARCHITECTURES, build_draft_head, build_target, seeds, target_configs
-from eagle3_ref.testing.drafters import OracleDrafter
 from eagle3_ref.tree import TreeConfig
+from eagle3_ref.verify import Picker
 
 pytestmark = pytest.mark.generate
 
@@ -81,7 +84,7 @@ class CacheMachine(RuleBasedStateMachine):
         from eagle3_ref.tree import HeadDrafter
 
         self.drafter = HeadDrafter(self.head)
-        self.pick = _Picker(0.0, 0, 1.0, None)
+        self.pick = Picker(0.0, 0, 1.0, None)
         prompt = torch.tensor([data.draw(st.lists(st.integers(0, tc.vocab_size - 1), min_size=1, max_size=16))])
         self.state = prefill(self.target, prompt, self.layer_ids, self.pick, set(), 10**6)
 

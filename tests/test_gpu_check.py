@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eagle3_ref import gpu_check
 from eagle3_ref.cli import main
 from eagle3_ref.testing import plugin
+from eagle3_ref.tools import gpu_check
 
 pytestmark = pytest.mark.cli
 REPO = Path(__file__).resolve().parents[1]

@@ -69,9 +69,9 @@ def test_specforge_builds_a_causal_mask_for_a_float64_model():
 def test_specforge_runs_its_head_at_position_ids_beyond_the_length():
     from transformers import LlamaConfig
 
-    from eagle3_ref.testing.adapters.specforge import _specforge_head_class
+    from eagle3_ref.testing.adapters.specforge import specforge_head_class
 
-    head = _specforge_head_class()(LlamaConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+    head = specforge_head_class()(LlamaConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2,
                                                num_key_value_heads=2, vocab_size=32, draft_vocab_size=32))
     x = torch.randn(1, 4, 16)
     with torch._dynamo.config.patch(disable=True):
@@ -141,9 +141,9 @@ def test_specforge_fills_a_draft_vocabulary_with_the_lowest_unseen_ids():
     import io
     from collections import Counter
 
-    from eagle3_ref.testing.adapters.specforge import _specforge_functions
+    from eagle3_ref.testing.adapters.specforge import specforge_functions
 
-    (mappings,) = _specforge_functions("specforge.data.preprocessing", "process_token_dict_to_mappings")
+    (mappings,) = specforge_functions("specforge.data.preprocessing", "process_token_dict_to_mappings")
     seen = Counter({t: 1 for t in [*range(16, 31), 33]})  # 16 distinct tokens of 34; 33 draft slots
     with contextlib.redirect_stdout(io.StringIO()):
         d2t, _ = mappings(seen, 33, 34)

@@ -1,4 +1,4 @@
-"""``bench --shape``: a target shape timed with random weights (eagle3_ref.shapes).
+"""``bench --shape``: a target shape timed with random weights (eagle3_ref.tools.shapes).
 
 What could go wrong: the named shape is not the model it names (a typo in one field makes every
 GPU timing a different model's), the head is not shaped like the released one, a plain step's
@@ -11,11 +11,12 @@ import json
 import pytest
 import torch
 
-from eagle3_ref import shapes
 from eagle3_ref.checkpoint import expected_shapes
 from eagle3_ref.cli import main
-from eagle3_ref.costs import CostModel
-from eagle3_ref.generate import GenerationOutput, speculative_generate
+from eagle3_ref.costaware.costs import CostModel
+from eagle3_ref.decoding import speculative_generate
+from eagle3_ref.generate import GenerationOutput
+from eagle3_ref.tools import shapes
 from eagle3_ref.tree import TreeConfig
 
 TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 8,

@@ -17,10 +17,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
 
+from eagle3_ref.decoding import speculative_generate
 from eagle3_ref.fusion import decoder_layers
-from eagle3_ref.generate import compact_cache, speculative_generate, tree_attention_masks
-from eagle3_ref.targets import (LayerRule, cache_kwargs, check_tree_verifiable, exact_tree_nodes, keep_first_nodes,
-                                layer_rules, new_target_cache, trim_to_window, visible)
+from eagle3_ref.generate import compact_cache, tree_attention_masks
+from eagle3_ref.targets import (
+    LayerRule,
+    cache_kwargs,
+    check_tree_verifiable,
+    exact_tree_nodes,
+    keep_first_nodes,
+    layer_rules,
+    new_target_cache,
+    trim_to_window,
+    visible,
+)
 from eagle3_ref.testing.conformance.test_verify import token_trees
 from eagle3_ref.testing.divergence import assert_same
 from eagle3_ref.testing.plugin import examples_per_architecture
@@ -227,10 +237,11 @@ def test_the_project_calls_transformers_without_deprecated_arguments():
 
     from transformers import LlamaConfig
 
-    from eagle3_ref import bench, costs
+    from eagle3_ref.decoding import autoregressive_generate
     from eagle3_ref.draft_head import Eagle3Config
-    from eagle3_ref.generate import autoregressive_generate
     from eagle3_ref.testing.strategies import build_draft_head
+    from eagle3_ref.costaware import costs
+    from eagle3_ref.tools import bench
     from eagle3_ref.tree import TreeConfig
 
     tc = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,

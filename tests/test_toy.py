@@ -60,7 +60,7 @@ def test_cli_refuses_to_clobber(tmp_path, capsys):
 
 
 def test_the_shipped_toy_loads_offline_and_drafts_losslessly():
-    from eagle3_ref.generate import autoregressive_generate, speculative_generate
+    from eagle3_ref.decoding import autoregressive_generate, speculative_generate
     from eagle3_ref.toy import TOY_DIR, held_out_prompts, load_toy
 
     size = sum(p.stat().st_size for p in TOY_DIR.rglob("*") if p.is_file())

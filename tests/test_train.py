@@ -22,8 +22,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from eagle3_ref.checkpoint import load_draft_head
 from eagle3_ref.cli import main
 from eagle3_ref.testing.tiny import make_tiny_target_dir
-from eagle3_ref.train import (TrainConfig, TrainingError, prepare_data, regenerate, target_pass, tokenize_corpus,
-                              train_head)
+from eagle3_ref.train import (
+    TrainConfig,
+    TrainingError,
+    prepare_data,
+    regenerate,
+    target_pass,
+    tokenize_corpus,
+    train_head,
+)
 from eagle3_ref.ttt import ttt_forward, ttt_loss
 
 pytestmark = pytest.mark.train
@@ -196,8 +203,8 @@ def test_the_eagle2_baseline_learns_and_resumes_exactly(tiny, tmp_path):
     resumed = train_head(target, data, _config(tmp_path / "broken", resume=True, **kw), progress=False)
     for k, v in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
+    from eagle3_ref.decoding import autoregressive_generate, speculative_generate
     from eagle3_ref.eagle2 import load_eagle2_head
-    from eagle3_ref.generate import autoregressive_generate, speculative_generate
 
     head = load_eagle2_head(tmp_path / "broken", target)
     prompt = tokenize_corpus(HELD_OUT_TEXT, tokenizer, 16)[:1]
@@ -208,12 +215,12 @@ def test_the_eagle2_baseline_learns_and_resumes_exactly(tiny, tmp_path):
 def test_the_lm_head_can_start_as_the_targets(tiny, tmp_path):
     """The ablation's diagnostic: an EAGLE-3 head whose lm_head starts as the target's LM head
     rows of its draft vocabulary (the EAGLE-2-style head reads tokens through the target's)."""
-    from eagle3_ref.train import _new_head
+    from eagle3_ref.train import new_head
 
     _, target, tokenizer = tiny
     config = _config(tmp_path / "lm", init_lm_head_from_target=True)
     data = prepare_data(target, TRAIN_TEXT[:4000], tokenizer, config, (2, 3, 4))
-    head = _new_head(target, data, config, (2, 3, 4))
+    head = new_head(target, data, config, (2, 3, 4))
     want = target.get_output_embeddings().weight[head.t2d]
     assert head.t2d.sum() == 128 and torch.equal(head.lm_head.weight, want)
     with pytest.raises(TrainingError, match="init_lm_head_from_target needs an EAGLE-3 head"):

@@ -86,15 +86,15 @@ def test_top_k_larger_than_draft_vocab_is_an_error():
 def test_best_breaks_ties_by_index(rows, width, few, data):
     # Values from a handful of integers (and -inf, as a masked logit): ties everywhere,
     # including across the k-th place, where torch.topk alone may pick any of the equals.
-    # Rows past 256 take _best's topk path (a vocabulary), shorter ones a stable sort; values
+    # Rows past 256 take stable_top_k's topk path (a vocabulary), shorter ones a stable sort; values
     # from a thousand integers let the topk path run without a tie at the cut.
-    from eagle3_ref.tree import _best
+    from eagle3_ref.tree import stable_top_k
 
     k = data.draw(st.integers(1, width if width <= 40 else 12))
     value = st.sampled_from([0.0, -1.0, -2.0, -float("inf")]) if few else st.integers(-1000, 0).map(float)
     values = torch.tensor(data.draw(st.lists(st.lists(value, min_size=width, max_size=width), min_size=rows,
                                              max_size=rows)))
-    got = _best(values, k)
+    got = stable_top_k(values, k)
     for row, chosen in zip(values.tolist(), got.tolist()):
         assert chosen == sorted(range(width), key=lambda i: (-row[i], i))[:k]
 

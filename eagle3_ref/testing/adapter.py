@@ -44,10 +44,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from .plugin import ENV_VAR
+from . import ENV_VAR
+from .handle import AdapterHead, implementation_module, reference_head
 
 __all__ = ["Eagle3Adapter", "ReferenceAdapter", "load_adapter", "ENV_VAR", "PIECES", "PRECISIONS", "Unsupported",
-           "CheckedAdapter", "tolerance", "FILTERED", "declared_pieces", "adapter_name"]
+           "CheckedAdapter", "tolerance", "FILTERED", "declared_pieces", "adapter_name", "implementation_module"]
 
 # The pieces of EAGLE-3 an implementation may implement (the conformance suite's markers).
 PIECES = ("fusion", "head", "vocab", "ttt", "tree", "verify", "generate")
@@ -204,19 +205,11 @@ class Eagle3Adapter(Protocol):
         ``pad_token_id``; per row, the tokens appended by each target forward)."""
 
 
-def _module(adapter, name: str):
-    """``eagle3_ref.<name>``, or the same module of the package ``adapter`` runs (a student's copy,
-    for the grader); a function, so that adapters borrowing ReferenceAdapter's methods get the reference."""
-    return importlib.import_module(f"{getattr(adapter, 'package', 'eagle3_ref')}.{name}")
-
-
 def _loop_drafter(adapter, head):
     """The loop's drafter for ``adapter``'s head handle: the reference head itself, or another
     engine's head driven through ``adapter``'s head methods; and its tapped layers. (A
     function, not a method: other adapters borrow ReferenceAdapter's loop with themselves.)"""
     from eagle3_ref.tree import HeadDrafter
-
-    from .handle import AdapterHead, reference_head
 
     head = reference_head(adapter, head)
     if not isinstance(head, AdapterHead):
@@ -241,15 +234,15 @@ class ReferenceAdapter:
         self.package = package  # another copy of this code under another name: a student's (assignment.py)
 
     def default_aux_layer_ids(self, num_hidden_layers):
-        return _module(self, "fusion").default_aux_layer_ids(num_hidden_layers)
+        return implementation_module(self, "fusion").default_aux_layer_ids(num_hidden_layers)
 
     def collect_features(self, target, input_ids, layer_ids, attention_mask=None):
-        return _module(self, "fusion").collect_features(target, input_ids, layer_ids, attention_mask)
+        return implementation_module(self, "fusion").collect_features(target, input_ids, layer_ids, attention_mask)
 
     def load_head(self, config, state_dict, embed_weight):
-        cfg = _module(self, "checkpoint").config_from_dict(config)
+        cfg = implementation_module(self, "checkpoint").config_from_dict(config)
         ref = next(iter(state_dict.values()))
-        head = _module(self, "draft_head").Eagle3DraftHead(cfg, attn_implementation=self.attn_implementation)
+        head = implementation_module(self, "draft_head").Eagle3DraftHead(cfg, attn_implementation=self.attn_implementation)
         head = head.to(device=ref.device, dtype=state_dict["fc.weight"].dtype)
         head.load_state_dict(state_dict, strict=True)
         if embed_weight is not None:
@@ -264,37 +257,35 @@ class ReferenceAdapter:
         return out.logits, out.hidden, out.cache
 
     def build_vocab(self, token_counts, draft_vocab_size):
-        return tuple(_module(self, "vocab").build_vocab_mapping(token_counts, draft_vocab_size))
+        return tuple(implementation_module(self, "vocab").build_vocab_mapping(token_counts, draft_vocab_size))
 
     def draft_to_target(self, draft_ids, d2t):
-        return _module(self, "vocab").draft_to_target(draft_ids, d2t)
+        return implementation_module(self, "vocab").draft_to_target(draft_ids, d2t)
 
     def target_to_draft(self, target_ids, d2t, vocab_size):
-        return _module(self, "vocab").target_to_draft(target_ids, d2t, vocab_size)
+        return implementation_module(self, "vocab").target_to_draft(target_ids, d2t, vocab_size)
 
     def build_tree(self, head, features, input_ids, num_nodes, max_depth, top_k):
-        from .handle import reference_head
-
-        tree = _module(self, "tree")
+        tree = implementation_module(self, "tree")
         return tree.build_draft_tree(reference_head(self, head), features, input_ids,
                                      tree.TreeConfig(num_nodes, max_depth, top_k))
 
     def ttt_forward(self, head, features, input_ids, steps, attention_mask):
-        return _module(self, "ttt").ttt_forward(head, features, input_ids, steps, attention_mask).logits
+        return implementation_module(self, "ttt").ttt_forward(head, features, input_ids, steps, attention_mask).logits
 
     def ttt_loss(self, logits, target_logits, loss_mask, t2d, d2t):
-        return _module(self, "ttt").ttt_loss(logits, target_logits, loss_mask, t2d, d2t).loss
+        return implementation_module(self, "ttt").ttt_loss(logits, target_logits, loss_mask, t2d, d2t).loss
 
     def verify_greedy(self, tree, target_logits):
-        return tuple(_module(self, "verify").verify_greedy(tree, target_logits))
+        return tuple(implementation_module(self, "verify").verify_greedy(tree, target_logits))
 
     def verify_sampling(self, tree, target_probs, sampler):
-        return tuple(_module(self, "verify").verify_sampling(tree, target_probs, sampler))
+        return tuple(implementation_module(self, "verify").verify_sampling(tree, target_probs, sampler))
 
     def generate(self, target, head, input_ids, *, max_new_tokens, num_nodes, max_depth, top_k, eos_token_id=None,
                  temperature=0.0, generator=None, sampling_top_k=0, sampling_top_p=1.0):
-        speculative_generate = _module(self, "generate").speculative_generate
-        TreeConfig = _module(self, "tree").TreeConfig
+        speculative_generate = implementation_module(self, "generate").speculative_generate
+        TreeConfig = implementation_module(self, "tree").TreeConfig
         drafter, layer_ids = _loop_drafter(self, head)
         out = speculative_generate(target, drafter, input_ids, max_new_tokens=max_new_tokens,
                                    tree=TreeConfig(num_nodes, max_depth, top_k), eos_token_id=eos_token_id,
@@ -304,8 +295,8 @@ class ReferenceAdapter:
 
     def generate_batch(self, target, head, input_ids, attention_mask, *, max_new_tokens, num_nodes, max_depth, top_k,
                        eos_token_id=None, pad_token_id=None):
-        speculative_generate = _module(self, "generate").speculative_generate
-        TreeConfig = _module(self, "tree").TreeConfig
+        speculative_generate = implementation_module(self, "decoding").speculative_generate
+        TreeConfig = implementation_module(self, "tree").TreeConfig
         drafter, layer_ids = _loop_drafter(self, head)
         out = speculative_generate(target, drafter, input_ids, attention_mask=attention_mask,
                                    max_new_tokens=max_new_tokens, tree=TreeConfig(num_nodes, max_depth, top_k),

@@ -102,8 +102,13 @@ class BonusFromRawSoftmax(ReferenceAdapter):
     name = "buggy: bonus token after a fully accepted path from the raw softmax"
 
     def generate(self, *args, **kwargs):
-        from eagle3_ref.generate import _Picker
-        from eagle3_ref.verify import Verdict, target_probs, verify_greedy, verify_sampling
+        from eagle3_ref.verify import Picker
+        from eagle3_ref.verify import (
+            Verdict,
+            target_probs,
+            verify_greedy,
+            verify_sampling,
+        )
 
         def verify(picker, tree, logits):
             if picker.greedy:
@@ -114,7 +119,7 @@ class BonusFromRawSoftmax(ReferenceAdapter):
                 return Verdict(verdict.accepted, picker.sampler.draw(torch.softmax(logits[last].double(), -1)))
             return verdict
 
-        with mock.patch.object(_Picker, "verify", verify):
+        with mock.patch.object(Picker, "verify", verify):
             return super().generate(*args, **kwargs)
 
 

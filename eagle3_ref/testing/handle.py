@@ -27,12 +27,19 @@ Everything else about the handle is the adapter's business.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["AdapterHead", "reference_head"]
+__all__ = ["AdapterHead", "reference_head", "implementation_module"]
+
+
+def implementation_module(adapter, name: str):
+    """``eagle3_ref.<name>``, or the same module of the package ``adapter`` runs (a student's copy,
+    for the grader); a function, so that adapters borrowing ReferenceAdapter's methods get the reference."""
+    return importlib.import_module(f"{getattr(adapter, 'package', 'eagle3_ref')}.{name}")
 
 
 class _Cache(NamedTuple):
@@ -97,6 +104,5 @@ def reference_head(adapter: Any, head: Any) -> Any:
     """``head`` itself if it is a reference :class:`~eagle3_ref.draft_head.Eagle3DraftHead` (of the
     package the adapter runs, for a :class:`ReferenceAdapter` over a student's copy), else the
     :class:`AdapterHead` that drives it through ``adapter``."""
-    from .adapter import _module
-
-    return head if isinstance(head, _module(adapter, "draft_head").Eagle3DraftHead) else AdapterHead.of(adapter, head)
+    draft_head = implementation_module(adapter, "draft_head")
+    return head if isinstance(head, draft_head.Eagle3DraftHead) else AdapterHead.of(adapter, head)

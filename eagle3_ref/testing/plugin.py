@@ -25,9 +25,10 @@ import os
 
 import pytest
 
+from . import ENV_VAR  # see eagle3_ref/testing/__init__.py
+
 # Imported lazily: this module is loaded by *every* pytest run in an environment where
 # eagle3-ref is installed, so it must cost nothing and need neither torch nor hypothesis.
-ENV_VAR = "EAGLE3_IMPL"
 PROFILE_VAR = "HYPOTHESIS_PROFILE"
 CONFORMANCE_MARKERS = {
     "fusion": "feature fusion (which layers, collecting them, fc)",

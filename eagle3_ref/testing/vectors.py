@@ -447,7 +447,11 @@ def _run(case: dict, x: dict[str, Tensor], params: dict, models: dict, impl) -> 
 def check(directory: str | Path, impl=None, only: str | None = None) -> list[CaseResult]:
     """Run ``impl`` (default: the reference) on every case of ``directory`` (or those whose
     name or piece is ``only``); one result per case."""
-    from eagle3_ref.testing.adapter import ReferenceAdapter, adapter_name, declared_pieces
+    from eagle3_ref.testing.adapter import (
+        ReferenceAdapter,
+        adapter_name,
+        declared_pieces,
+    )
 
     root = Path(directory)
     if not (root / "manifest.json").exists():

@@ -75,10 +75,10 @@ import torch
 from eagle3_ref.fusion import to_convention
 from eagle3_ref.testing.adapter import Unsupported
 
-__all__ = ["SpecForgeAdapter", "ADAPTER"]
+__all__ = ["SpecForgeAdapter", "ADAPTER", "specforge_head_class", "specforge_functions"]
 
 
-def _specforge_head_class():
+def specforge_head_class():
     with warnings.catch_warnings():  # "flash_attn is not found, falling back to flex_attention"
         warnings.simplefilter("ignore")
         from specforge.modeling.draft.llama3_eagle import LlamaForCausalLMEagle3
@@ -94,7 +94,7 @@ FILL_DEFECT = "a choice of unseen fillers (SpecForge 0.2.0 picks them in set ord
 
 
 @cache
-def _specforge_functions(module: str, *names: str) -> tuple:
+def specforge_functions(module: str, *names: str) -> tuple:
     """SpecForge's own functions ``names`` compiled from the installed source of ``module``
     without importing it (its imports need triton or datasets), decorators dropped."""
     path = importlib.util.find_spec(module).origin  # finding it imports the parent packages only
@@ -139,7 +139,7 @@ class SpecForgeAdapter:
         if ids is not None and min(ids) >= 1:
             fields["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(to_convention(ids, "sglang"))}
         dtype = state_dict["fc.weight"].dtype
-        head = _specforge_head_class()(LlamaConfig(**fields)).to(device=state_dict["fc.weight"].device, dtype=dtype)
+        head = specforge_head_class()(LlamaConfig(**fields)).to(device=state_dict["fc.weight"].device, dtype=dtype)
         missing, unexpected = head.load_state_dict(state_dict, strict=False)
         if unexpected or set(missing) - {"embed_tokens.weight"}:
             raise AssertionError(f"SpecForge's head does not take the official keys: missing {missing}, "
@@ -180,7 +180,7 @@ class SpecForgeAdapter:
 
     # -- the reduced vocabulary -------------------------------------------------------------
     def build_vocab(self, token_counts, draft_vocab_size):
-        (mappings,) = _specforge_functions("specforge.data.preprocessing", "process_token_dict_to_mappings")
+        (mappings,) = specforge_functions("specforge.data.preprocessing", "process_token_dict_to_mappings")
         # SpecForge counts the tokens it sees; ties among equal counts go by insertion order, here by id.
         seen = Counter({t: int(c) for t, c in enumerate(token_counts.tolist()) if c > 0})
         candidates = set(range(draft_vocab_size)) - set(seen)  # where SpecForge takes its fillers from
@@ -227,9 +227,9 @@ class SpecForgeAdapter:
     def ttt_loss(self, logits, target_logits, loss_mask, t2d, d2t):
         from specforge.utils import padding
 
-        target_p_padded, _ = _specforge_functions("specforge.algorithms.eagle3.model", "_compute_target_p_padded",
+        target_p_padded, _ = specforge_functions("specforge.algorithms.eagle3.model", "_compute_target_p_padded",
                                                   "_compute_target_p")
-        (compute_loss,) = _specforge_functions("specforge.core.loss", "_compute_loss")
+        (compute_loss,) = specforge_functions("specforge.core.loss", "_compute_loss")
         steps = len(logits)
         loss_mask = loss_mask.clone()
         loss_mask[:, -1] = 0  # the data pipeline's last loss slot

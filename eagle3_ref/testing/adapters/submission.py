@@ -1,7 +1,7 @@
 """A student's submission, as the grader runs it: the reference's own adapter over a copy of
 the package that holds the student's modules (``eagle3-ref assignment grade``).
 
-The grader (:func:`eagle3_ref.assignment.grade`) copies the reference package under another
+The grader (:func:`eagle3_ref.tools.assignment.grade`) copies the reference package under another
 name, puts the submission's module for one task in place of the reference's, and names that
 copy in ``$EAGLE3_SUBMISSION_PACKAGE``. The tests, the oracles and this adapter come from
 the installed eagle3-ref, never from the submission.

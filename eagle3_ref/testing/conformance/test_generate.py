@@ -124,7 +124,7 @@ def test_greedy_equals_transformers_generate_on_every_architecture(impl, device,
         tie_aware_greedy_check(target, got, prompt.shape[1], epsilon)
 
 
-# --- not in the skeleton: batches are not part of the course assignment (eagle3_ref/assignment.py)
+# --- not in the skeleton: batches are not part of the course assignment (eagle3_ref/tools/assignment.py)
 @pytest.mark.ungraded  # batch.py is not part of the assignment
 @given(tc=target_configs(architectures=("llama", "qwen2", "qwen3_moe"), min_layers=2, max_layers=4, min_vocab=3,
                          max_vocab=5), seed=seeds, data=st.data())

@@ -24,9 +24,16 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CONFIG, SAFETENSORS, TORCH_BIN, _read_weights, config_from_dict, expected_shapes
-from .fusion import default_aux_layer_ids, from_convention, validate_aux_layer_ids
-from .vocab import validate_vocab_mapping
+from ..checkpoint import (
+    CONFIG,
+    SAFETENSORS,
+    TORCH_BIN,
+    config_from_dict,
+    expected_shapes,
+    read_weights,
+)
+from ..fusion import default_aux_layer_ids, from_convention, validate_aux_layer_ids
+from ..vocab import validate_vocab_mapping
 
 __all__ = ["HeadCheck", "check_head_dir", "declared_layer_ids"]
 
@@ -211,7 +218,7 @@ def check_head_dir(path: str | os.PathLike, target_layers: int | None = None,
         check.errors.append(f"{CONFIG} must hold a JSON object")
         return check
     try:
-        state = _read_weights(path)
+        state = read_weights(path)
     except FileNotFoundError:
         check.errors.append(f"no weights: neither {SAFETENSORS} nor {TORCH_BIN}")
         state = None

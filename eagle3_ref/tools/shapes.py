@@ -5,8 +5,8 @@ its weights: a forward over ``n`` tokens runs the same kernels whatever numbers 
 the cost side of speculative decoding can be measured for Llama-3.1-8B on a GPU without its
 weights:
 
-* the :class:`~eagle3_ref.costs.CostModel` (a target forward against the number of tree
-  tokens, drafting against the number of levels), savable for ``TreeConfig.auto``;
+* the :class:`~eagle3_ref.costaware.costs.CostModel` (a target forward against the number of tree
+  tokens, drafting against the number of levels), savable for ``AutoTreeConfig.from_calibration``;
 * the time of a real cycle of each fixed tree, and of a plain decoding step;
 * from those two, the acceptance length at which each tree starts to pay
   (``cycle / plain step``), and the speedup it gives at a few acceptance lengths
@@ -30,13 +30,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import check_head_fits_target
-from .costs import CostModel, measure_costs
+from ..checkpoint import check_head_fits_target
+from ..costaware.costs import CostModel, measure_costs
+from ..decoding import speculative_generate
+from ..draft_head import Eagle3Config, Eagle3DraftHead
+from ..targets import check_tree_verifiable
+from ..timing import sync
+from ..tree import TreeConfig
 from .demo import plain_generate
-from .draft_head import Eagle3Config, Eagle3DraftHead
-from .generate import _sync, speculative_generate
-from .targets import check_tree_verifiable
-from .tree import TreeConfig
 
 __all__ = ["SHAPES", "DRAFT_VOCAB", "MIN_NEW_TOKENS", "shape_config", "random_pair", "ShapeTiming", "plain_seconds",
            "time_shape", "shape_report"]
@@ -139,7 +140,7 @@ class ShapeTiming:
         return tau * self.plain_ms / self.cycles[name]["cycle"]
 
     def predicted(self, name: str) -> float | None:
-        """ms of this tree's cycle as the cost model prices it (what ``TreeConfig.auto`` weighs),
+        """ms of this tree's cycle as the cost model prices it (what ``AutoTreeConfig.from_calibration`` weighs),
         for a tree as wide as the model's drafting was measured (``top_k``), else None."""
         tree = self.trees[name]
         if tree["top_k"] != self.costs.top_k:
@@ -156,7 +157,7 @@ def plain_seconds(target: nn.Module, prompt: torch.Tensor, new_tokens: int) -> f
     the bench's baseline (no EOS stops random text early)."""
     start = time.perf_counter()
     plain_generate(target, prompt, new_tokens, min_new_tokens=new_tokens)
-    _sync(prompt.device)
+    sync(prompt.device)
     return time.perf_counter() - start
 
 
@@ -190,7 +191,7 @@ def time_shape(target: nn.Module, head: Eagle3DraftHead, trees: dict[str, TreeCo
     def generation(prompt, tree: TreeConfig, tokens: int) -> dict[str, float]:
         start = time.perf_counter()
         out = speculative_generate(target, head, prompt, max_new_tokens=tokens, tree=tree)
-        _sync(device)
+        sync(device)
         cycles = time.perf_counter() - start - out.timings["prefill"]  # (its noise stays out of "accept")
         return {"cycle": cycles, "draft": out.timings["draft"], "verify": out.timings["verify"],
                 "count": len(out.accepted_lengths)}
@@ -258,10 +259,19 @@ def shape_report(timing: ShapeTiming, shape: str, taus: tuple[float, ...] = (2.0
                           f"({predicted / timing.cycles[name]['cycle']:.2f}x the measured one)."]
     sizes = sorted(c.verify_ms)
     levels = sorted(c.draft_ms)
-    lines += ["", "The cost model (`costs.json`; `TreeConfig.auto` decides from it):", "",
+    lines += ["", "The cost model (`costs.json`; `AutoTreeConfig.from_calibration` decides from it):", "",
               "| tree tokens | " + " | ".join(str(n) for n in sizes) + " |", "|---|" + "---|" * len(sizes),
               "| target forward, ms | " + " | ".join(f"{c.verify_ms[n]:.2f}" for n in sizes) + " |",
               "", f"| levels drafted ({c.top_k} wide) | " + " | ".join(str(d) for d in levels) + " |",
               "|---|" + "---|" * len(levels),
               "| drafting, ms | " + " | ".join(f"{c.draft_ms[d]:.2f}" for d in levels) + " |"]
     return "\n".join(lines)
+
+
+def write_shape(out: Path, shape: str, timing: ShapeTiming, text: str) -> list[Path]:
+    """shape.md, shape.json and the cost model (costs.json) of a ``bench --shape`` run."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shape.md").write_text(text + "\n")
+    (out / "shape.json").write_text(json.dumps({"shape": shape, **timing.to_json()}, indent=1))
+    timing.costs.save(out / "costs.json")
+    return [out / "shape.md", out / "shape.json", out / "costs.json"]

@@ -60,11 +60,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_int, check_number
-from .costs import CostModel
-from .tree import DraftTree, Pool, Propose, TreeConfig, _best, rerank
+from .._checks import check_instance, check_int, check_number
+from ..tree import DraftTree, Pool, Propose, TreeConfig, expand_level, rerank
+from .costs import CostModel, nonincreasing_fit
 
-__all__ = ["Calibration", "AutoTreeConfig", "grow_tree_auto", "calibrate", "speedup_bound"]
+__all__ = ["Calibration", "AutoTreeConfig", "grow_tree_auto", "calibrate", "speedup_bound", "acceptance_rates", "level_ranks"]
 
 # score bins (cumulative log-prob of the draft), best first
 EDGES = (0.0, -0.05, -0.1, -0.2, -0.35, -0.5, -0.75, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0, -9.0)
@@ -170,23 +170,11 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _monotone(rates: list[float], weights: list[int]) -> list[float]:
-    """Pool-adjacent violators: the closest non-increasing sequence (weighted least squares)."""
-    blocks = []  # [value, weight, length]
-    for r, w in zip(rates, weights):
-        blocks.append([r, max(w, 1e-9), 1])
-        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
-            v2, w2, n2 = blocks.pop()
-            v1, w1, n1 = blocks.pop()
-            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
-    return [v for v, _, n in blocks for _ in range(n)]
-
-
 @dataclass(frozen=True)
 class AutoTreeConfig(TreeConfig):
     """A cost-aware tree: ``num_nodes``, ``max_depth`` and ``top_k`` are now limits, and each
     cycle picks its depth and verify budget (module docstring). Build it with
-    :meth:`TreeConfig.auto`."""
+    :meth:`AutoTreeConfig.from_calibration`."""
 
     costs: CostModel | None = field(default=None, compare=False)
     calibration: Calibration | None = field(default=None, compare=False)
@@ -194,11 +182,32 @@ class AutoTreeConfig(TreeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.costs, CostModel):
-            raise TypeError(f"AutoTreeConfig.costs must be a CostModel (eagle3_ref.costs.measure_costs), "
+            raise TypeError(f"AutoTreeConfig.costs must be a CostModel (eagle3_ref.costaware.costs.measure_costs), "
                             f"got {type(self.costs).__name__}")
         if not isinstance(self.calibration, Calibration):
-            raise TypeError(f"AutoTreeConfig.calibration must be a Calibration (eagle3_ref.auto_tree.calibrate), "
+            raise TypeError(f"AutoTreeConfig.calibration must be a Calibration (eagle3_ref.costaware.auto_tree.calibrate), "
                             f"got {type(self.calibration).__name__}")
+
+    @classmethod
+    def from_calibration(cls, costs: CostModel, calibration: Calibration, *, max_nodes: int | None = None,
+                         max_depth: int = 8) -> "AutoTreeConfig":
+        """The cost-aware tree of ``costs`` (:func:`eagle3_ref.costaware.measure_costs` or
+        ``CostModel.load``) and ``calibration`` (:func:`calibrate` or ``Calibration.load``): each
+        cycle chooses its depth (up to ``max_depth``) and how many nodes to verify (up to
+        ``max_nodes``, default: the largest tree ``costs`` measured; never more than the candidate
+        pool holds). ``top_k`` is the calibration's."""
+        check_instance("costs", costs, CostModel, " (eagle3_ref.costaware.measure_costs or CostModel.load)")
+        check_instance("calibration", calibration, Calibration, " (eagle3_ref.costaware.calibrate)")
+        if costs.top_k != calibration.top_k:
+            raise ValueError(f"calibration was measured with top_k={calibration.top_k}, costs with "
+                             f"top_k={costs.top_k}: measure both with the same top_k")
+        check_int("max_depth", max_depth, 1)
+        if max_nodes is not None:
+            check_int("max_nodes", max_nodes, 2)
+        k = calibration.top_k
+        pool = k + (max_depth - 1) * k * k
+        limit = min(max_nodes if max_nodes is not None else max(2, *costs.verify_ms), pool + 1)  # a limit, not a goal
+        return cls(num_nodes=limit, max_depth=max_depth, top_k=k, costs=costs, calibration=calibration)
 
     @cached_property
     def _ms(self) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +222,11 @@ class AutoTreeConfig(TreeConfig):
     def temperature(self) -> float:
         return self.calibration.temperature
 
+    @property
+    def calibrated_temperature(self) -> float:
+        """The temperature its acceptance estimates hold at: its calibration's."""
+        return self.calibration.temperature
+
     @cached_property
     def drafting_gain(self) -> float:
         """The most drafting to a fixed depth could gain over plain decoding, measured the most
@@ -223,7 +237,7 @@ class AutoTreeConfig(TreeConfig):
         Below 1 (:attr:`drafts` False), no depth pays even so: only foresight of each
         cycle's outcome could (:func:`speedup_bound`), and the per-cycle decisions, which
         have none, lose to plain decoding. The toy at temperature 1 on a 2-core CPU is such
-        a case (0.88-0.95). :func:`eagle3_ref.generate.speculative_generate` then decodes plainly."""
+        a case (0.88-0.95). :func:`eagle3_ref.speculative_generate` then decodes plainly."""
         if not self.calibration.pool_tau:
             return math.inf
         costs = self.costs
@@ -295,31 +309,24 @@ def grow_tree_auto(root_token: int, root_logprobs: Tensor, propose: Propose, con
         raise ValueError(f"TreeConfig.top_k ({k}) exceeds the draft vocabulary ({root_logprobs.shape[-1]} tokens)")
     calibrated = config.calibration.p
     pool = Pool([root_token], [-1], [0])
-    first = _best(root_logprobs, k)
-    frontier_scores = root_logprobs[first]
-    score_chunks = [root_logprobs.new_zeros(1), frontier_scores]  # the pool's scores, level by level
-    pool.tokens.extend(first.tolist()), pool.parents.extend([0] * k), pool.depths.extend([1] * k)
-    frontier = list(range(1, k + 1))
-    scores = frontier_scores.double().cpu().numpy()
+    root = torch.zeros(1, dtype=torch.long, device=root_logprobs.device)
+    level = expand_level(root, root_logprobs.new_zeros(1), root_logprobs[None], k, 1)  # level 1
+    pool.add_level(level, 1)
+    score_chunks = [root_logprobs.new_zeros(1), level.scores]  # the pool's scores, level by level
+    scores = level.scores.double().cpu().numpy()
     accept = np.concatenate([[1.0], calibrated(scores, 1, level_ranks(scores))])  # every pool node's, root first
     # the candidates that could still be verified: the best `keep` acceptances, highest first (a
     # candidate outside them now stays outside: later ones only add competition)
     p = -np.sort(-accept[1:], kind="stable")[:keep]
     levels = 1
-    while config.keep_drafting(p, accept[frontier], levels):
+    while config.keep_drafting(p, accept[level.frontier.cpu().numpy()], levels):
         levels += 1
-        logprobs = propose(frontier, pool)  # (k, V_d)
-        top = _best(logprobs, k)
-        cumulative = (frontier_scores[:, None] + logprobs.gather(1, top)).flatten()
-        parents = np.repeat(frontier, k)
-        first_child = len(pool.tokens)
-        pool.tokens.extend(top.flatten().tolist())
-        pool.parents.extend(parents.tolist())
-        pool.depths.extend([levels] * (k * k))
-        score_chunks.append(cumulative)
-        best = _best(cumulative, k)
-        frontier, frontier_scores = (first_child + best).tolist(), cumulative[best]
-        scores = cumulative.double().cpu().numpy()
+        logprobs = propose(level.frontier.tolist(), pool)  # (k, V_d)
+        level = expand_level(level.frontier, level.frontier_scores, logprobs, k, len(pool.tokens))
+        pool.add_level(level, levels)
+        score_chunks.append(level.scores)
+        scores = level.scores.double().cpu().numpy()
+        parents = level.parents.cpu().numpy()
         level_accept = np.minimum(calibrated(scores, levels, level_ranks(scores)), accept[parents])
         accept = np.concatenate([accept, level_accept])
         p = -np.sort(-np.concatenate([p, level_accept]), kind="stable")[:keep]
@@ -336,7 +343,7 @@ class _Recorder:
     """A drafter that drafts the whole candidate pool and remembers the last tree."""
 
     def __init__(self, head, top_k: int, max_depth: int) -> None:
-        from .tree import HeadDrafter
+        from ..tree import HeadDrafter
 
         self.inner = HeadDrafter(head)
         self.config = TreeConfig(num_nodes=1 + top_k + (max_depth - 1) * top_k**2, max_depth=max_depth, top_k=top_k)
@@ -371,8 +378,9 @@ def calibrate(target: nn.Module, head, prompts: list[Tensor], *, temperature: fl
     frontier node had an accepted child. The target's warped distribution (temperature,
     ``top_p``, ``top_k_sampling``) is the one verification uses, so the rates are the warped
     ones."""
-    from .fusion import default_aux_layer_ids, num_decoder_layers
-    from .generate import _Picker, decode_cycle, prefill
+    from ..fusion import default_aux_layer_ids, num_decoder_layers
+    from ..generate import decode_cycle, prefill
+    from ..verify import Picker
 
     check_number("temperature", temperature, 0)
     check_int("max_depth", max_depth, 1)
@@ -383,7 +391,7 @@ def calibrate(target: nn.Module, head, prompts: list[Tensor], *, temperature: fl
     recorder = _Recorder(head, top_k, max_depth)
     layer_ids = getattr(head.config, "aux_layer_ids", None) or default_aux_layer_ids(num_decoder_layers(target))
     generator = torch.Generator(device=prompts[0].device).manual_seed(seed)
-    pick = _Picker(temperature, top_k_sampling, top_p, generator)
+    pick = Picker(temperature, top_k_sampling, top_p, generator)
     edges, rank_starts = np.asarray(EDGES[1:]), np.asarray(RANKS[1:])
     for prompt in prompts:
         state = prefill(target, prompt, layer_ids, pick, set(), max_new_tokens)
@@ -411,12 +419,13 @@ def calibrate(target: nn.Module, head, prompts: list[Tensor], *, temperature: fl
                 if tree.children(node):  # a frontier node: expanded with its top_k children
                     expanded += 1
                     expanded_hits += any(c in accepted for c in tree.children(node))
-    return Calibration(float(temperature), _rates(hits, totals), expanded_hits / expanded if expanded else 0.0, top_k,
-                       totals.tolist(), hits.tolist(), tuple(t / cycles if cycles else 1.0 for t in pool_tokens))
+    return Calibration(float(temperature), acceptance_rates(hits, totals), expanded_hits / expanded if expanded else 0.0,
+                       top_k, totals.tolist(), hits.tolist(), tuple(t / cycles if cycles else 1.0 for t in pool_tokens))
 
 
-def _rates(hits: np.ndarray, totals: np.ndarray, prior: float = 2.0) -> np.ndarray:
-    """Acceptance rates [depth][rank bucket][score bin], each row monotone in the score. A cell
+def acceptance_rates(hits: np.ndarray, totals: np.ndarray, prior: float = 2.0) -> np.ndarray:
+    """Acceptance rates indexed ``[depth, rank bucket, score bin]`` from the counted ``hits`` and
+    ``totals`` (same shape), each row monotone in the score. A cell
     with few nodes leans on its depth's rate for the bin over all ranks, and that on the bin's
     rate over everything (``prior`` pseudo-nodes each); a bin empty everywhere takes its better
     neighbour's rate."""
@@ -425,7 +434,7 @@ def _rates(hits: np.ndarray, totals: np.ndarray, prior: float = 2.0) -> np.ndarr
         pooled.append(h / t if t else (pooled[-1] if pooled else 1.0))
     by_depth = (hits.sum(1) + prior * np.asarray(pooled)) / (totals.sum(1) + prior)  # [depth][bin]
     rates = (hits + prior * by_depth[:, None, :]) / (totals + prior)
-    return np.array([[_monotone(list(row), list(weights + prior)) for row, weights in zip(depth, depth_totals)]
+    return np.array([[nonincreasing_fit(list(row), list(weights + prior)) for row, weights in zip(depth, depth_totals)]
                      for depth, depth_totals in zip(rates, totals)])
 
 
@@ -450,7 +459,7 @@ def speedup_bound(costs: CostModel, calibration: Calibration, *, may_skip: bool 
     Both assume the cycles any policy meets accept like the calibration's cycles did. If even
     this oracle is below a goal, nothing meets the goal on this machine."""
     if not calibration.pool_tau:
-        raise ValueError("calibration has no pool_tau (measure it with eagle3_ref.auto_tree.calibrate)")
+        raise ValueError("calibration has no pool_tau (measure it with eagle3_ref.costaware.auto_tree.calibrate)")
     if not isinstance(may_skip, bool):
         raise TypeError(f"may_skip must be True or False, got {may_skip!r}")
     at_least = np.diff(np.concatenate([[1.0], calibration.pool_tau]))  # [d - 1]: P(a >= d)

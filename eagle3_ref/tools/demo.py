@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_draft_head
-from .draft_head import Eagle3DraftHead
-from .generate import GenerationOutput, speculative_generate
-from .toy import TOY_DIR, held_out_prompts
+from ..checkpoint import load_draft_head
+from ..decoding import speculative_generate
+from ..draft_head import Eagle3DraftHead
+from ..generate import GenerationOutput
+from ..toy import TOY_DIR, held_out_prompts
 
 __all__ = ["DemoError", "DemoResult", "load_pair", "default_prompt", "encode_prompt", "plain_generate", "cycle_spans",
            "mark_cycles", "run_demo", "report"]
@@ -263,7 +264,7 @@ def report(result: DemoResult, tokenizer, prompt_text: str, tree, temperature: f
     n_new = out.new_tokens.numel()
     shape = f"chain of {tree.max_depth}" if tree.top_k == 1 else \
         f"tree of {tree.num_nodes} nodes, depth {tree.max_depth}, top-k {tree.top_k}"
-    if getattr(tree, "calibration", None) is not None:  # TreeConfig.auto
+    if getattr(tree, "calibration", None) is not None:  # AutoTreeConfig
         shape = (f"cost-aware tree (depth and nodes chosen every cycle, up to {tree.num_nodes} nodes, depth "
                  f"{tree.max_depth}, top-k {tree.top_k})")
         if not tree.drafts:
@@ -310,3 +311,31 @@ def report(result: DemoResult, tokenizer, prompt_text: str, tree, temperature: f
         "one-token forward, and a near-tie can flip (docs/testing.md)"
     print(f"output equals plain greedy decoding: NO, first difference at new token {first} ({why})", file=file)
     return 1 if exact else 0
+
+
+def load_assistant(assistant_dir, target: nn.Module, device, dtype: torch.dtype) -> nn.Module:
+    """The SpS baseline's draft LM (``--assistant``): loaded, and sharing the target's vocabulary."""
+    if not (Path(assistant_dir) / "config.json").is_file():
+        raise DemoError(f"--assistant {assistant_dir}: not a Hugging Face model directory (no config.json)")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        assistant = AutoModelForCausalLM.from_pretrained(assistant_dir, dtype=dtype).to(device).eval()
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds here
+        raise DemoError(f"--assistant {assistant_dir}: cannot load it ({str(err).splitlines()[0]})") from None
+    if assistant.config.vocab_size != target.config.vocab_size:
+        raise DemoError(f"--assistant {assistant_dir}: vocabulary {assistant.config.vocab_size} differs from "
+                        f"the target's {target.config.vocab_size} (assisted generation needs one tokenizer)")
+    return assistant
+
+
+def bench_prompts(tokenizer, count: int, device, reencode: bool) -> list:
+    """The first ``count`` held-out prompts of the toy world (the bench's default), in the target's
+    tokenizer; ``reencode`` for another model, so that its tokenizer adds its special tokens."""
+    prompts = [ids[None].to(device) for ids in held_out_prompts(tokenizer, count=count)]
+    if len(prompts) < count:
+        raise DemoError(f"--prompts {count}: the held-out modules hold {len(prompts)} prompts; ask for at most "
+                        f"{len(prompts)}, or give --prompts-file")
+    if reencode:
+        prompts = [encode_prompt(tokenizer, tokenizer.decode(ids[0]), False, device) for ids in prompts]
+    return prompts

@@ -59,10 +59,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from ._checks import check_output_dir
+from .._checks import check_output_dir
 
 __all__ = ["TASKS", "PROFILES", "LEFT_OUT", "TaskGrade", "strip_solutions", "graded_modules", "make", "grade",
-           "grade_many", "write_csv", "check", "format_report"]
+           "grade_many", "write_csv", "check", "format_report", "forbidden_imports",
+           "grade_task"]
 
 # In teaching order; each builds on the ones before it (the tree drafts with the head,
 # decoding needs fusion, the head, the tree and verification). Graded, each stands alone:
@@ -73,7 +74,7 @@ _BEGIN = re.compile(r"^(?P<indent>\s*)# --- assignment (?P<task>\w+): (?P<hint>.
 _END = "# --- end assignment"
 _DROP_BEGIN = re.compile(r"^\s*# --- not in the skeleton: ")
 _DROP_END = "# --- end not in the skeleton"
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # eagle3_ref/, the package the skeleton copies
 # Left out of the skeleton: the toy model (21 MB, unused by the tests), the buggy copies of
 # reference functions (each an answer with one bug) and the other engines' adapters.
 LEFT_OUT = ("toy_model", "testing/buggy.py", "testing/adapters")
@@ -204,7 +205,7 @@ from pathlib import Path
 
 root = Path(__file__).resolve().parent
 sys.path.insert(0, str(root))
-from eagle3_ref.assignment import check, format_report  # noqa: E402  (this skeleton's own copy)
+from eagle3_ref.tools.assignment import check, format_report  # noqa: E402  (this skeleton's own copy)
 
 grades = check(root, profile=os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 print(format_report(grades))
@@ -421,7 +422,7 @@ def _parse(source: str) -> ast.Module:
         return ast.parse(source)
 
 
-def _forbidden_imports(student: str, skeleton: str) -> list[str]:
+def forbidden_imports(student: str, skeleton: str) -> list[str]:
     """Where the submission's module reaches beyond what the skeleton's version of it does: the
     reference itself, other modules of the package, modules looked up by name at run time."""
     allowed = set().union(*map(_reaches, ast.walk(_parse(skeleton))))
@@ -438,7 +439,7 @@ def _forbidden_imports(student: str, skeleton: str) -> list[str]:
     return list(dict.fromkeys(bad))
 
 
-def _grade_task(task: str, files: list[str], package: Path, work: Path, profile: str, test_timeout: float,
+def grade_task(task: str, files: list[str], package: Path, work: Path, profile: str, test_timeout: float,
                 timeout: float, threads: int | None) -> TaskGrade:
     """One task: the reference package under another name with the submission's modules for
     ``task`` in it, the installed tests in a fresh process. A module that is missing, does not
@@ -449,7 +450,7 @@ def _grade_task(task: str, files: list[str], package: Path, work: Path, profile:
             problems.append(f"missing eagle3_ref/{f}")
             continue
         try:
-            reaches = _forbidden_imports((package / f).read_text(errors="replace"),
+            reaches = forbidden_imports((package / f).read_text(errors="replace"),
                                          strip_solutions((PACKAGE / f).read_text(), f)[0])
         except SyntaxError as err:
             problems.append(f"{f} does not compile: {type(err).__name__}: {err.msg} (line {err.lineno})")
@@ -543,7 +544,7 @@ def grade(submission: str | Path, profile: str = "quick", test_timeout: float = 
         jobs = jobs or min(len(TASKS), os.cpu_count() or 1)
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
         with ThreadPoolExecutor(jobs) as pool:
-            grades = pool.map(lambda t: _grade_task(t, tasks[t], package, work, profile, test_timeout, timeout,
+            grades = pool.map(lambda t: grade_task(t, tasks[t], package, work, profile, test_timeout, timeout,
                                                     threads), TASKS)
             return dict(zip(TASKS, grades))
 

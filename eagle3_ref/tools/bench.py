@@ -22,8 +22,8 @@ acceptance with cache compaction, and the loop's remaining Python.
 
 from __future__ import annotations
 
+import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,10 +32,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..costaware.costs import tree_verify_call
+from ..decoding import autoregressive_generate, speculative_generate
+from ..draft_head import Eagle3DraftHead
+from ..targets import cache_kwargs
+from ..timing import machine_description, sync
+from ..tree import TreeConfig
 from .demo import plain_generate
-from .draft_head import Eagle3DraftHead
-from .generate import _sync, autoregressive_generate, speculative_generate
-from .tree import TreeConfig
 
 __all__ = ["Method", "default_methods", "AUTO", "auto_trees", "bound_lines", "run_bench", "profile_cycles",
            "forward_ceiling", "forward_costs", "markdown_table",
@@ -125,7 +128,7 @@ def _generate_once(method: Method, target, head, assistant, prompt: Tensor, max_
         out = speculative_generate(target, head, prompt, max_new_tokens=max_new_tokens, tree=tree or method.tree,
                                    temperature=temperature, eos_token_id=eos, generator=generator)
         sequence, lengths = out.sequences, out.accepted_lengths
-    _sync(prompt.device)
+    sync(prompt.device)
     seconds = time.perf_counter() - start
     forwards = 0
     if counter is not None:
@@ -192,7 +195,7 @@ def profile_cycles(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tenso
     def timed_forward(*args, **kwargs):
         start = time.perf_counter()
         result = original(*args, **kwargs)
-        _sync(result.logits.device)
+        sync(result.logits.device)
         spent["head"] += time.perf_counter() - start
         return result
 
@@ -232,54 +235,27 @@ def forward_costs(target: nn.Module, head: Eagle3DraftHead, sizes: tuple[int, ..
     same for 1 and 60 tokens (memory-bound); on a CPU it grows with ``n``."""
     from transformers import DynamicCache
 
-    from .generate import compact_cache, tree_attention_mask
-    from .targets import cache_kwargs
-
     device = next(target.parameters()).device
-    dtype = next(target.parameters()).dtype
     ids = torch.randint(0, target.config.vocab_size, (1, prefix + max(sizes)), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
     out = {}
 
     def clock(fn) -> float:
         fn()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
-        _sync(device)
+        sync(device)
         return 1000 * (time.perf_counter() - start) / repeats
 
     for n in sizes:
         cache = DynamicCache(config=target.config)
         target(input_ids=ids[:, :prefix], **cache_kwargs(target, cache), use_cache=True)
-        mask = tree_attention_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril(), prefix, dtype)
-        position_ids = torch.arange(prefix, prefix + n, device=device)[None]
-
-        def verify():
-            target(input_ids=ids[:, prefix:prefix + n], **cache_kwargs(target, cache), use_cache=True,
-                   attention_mask=mask, position_ids=position_ids, output_hidden_states=True)
-            compact_cache(cache, prefix, [])  # back to the prefix (Cache.crop's meaning differs across versions)
-
-        out[f"target forward, {n} token{'s' if n > 1 else ''}"] = clock(verify)
+        out[f"target forward, {n} token{'s' if n > 1 else ''}"] = clock(tree_verify_call(target, cache, ids, prefix, n))
     hidden = torch.zeros(1, 10, head.config.hidden_size, device=device, dtype=head.fc.weight.dtype)
     out["head forward, 10 tokens"] = clock(lambda: head(ids[:, :10], hidden, torch.arange(10, device=device)[None]))
     return out
-
-
-def machine_description(device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
 def markdown_table(results: list[Measurement], baseline: str) -> str:
@@ -363,29 +339,28 @@ def plot(results: list[Measurement], baseline: str, path: str | os.PathLike) -> 
 @torch.no_grad()
 def auto_trees(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], temperatures: tuple[float, ...],
                costs=None, max_new_tokens: int = 64, progress=None) -> tuple[dict[float, TreeConfig], object]:
-    """A cost-aware tree for each temperature: the machine's :class:`~eagle3_ref.costs.CostModel`
+    """A cost-aware tree for each temperature: the machine's :class:`~eagle3_ref.costaware.costs.CostModel`
     (measured here unless given), and a calibration at each temperature on ``prompts`` (keep
     them apart from the prompts measured). Returns ``({temperature: tree}, costs)``."""
-    from .auto_tree import calibrate
-    from .costs import measure_costs
+    from ..costaware import AutoTreeConfig, calibrate, measure_costs
 
     costs = costs or measure_costs(target, head)
     trees = {}
     for t in temperatures:
         start = time.perf_counter()
         calibration = calibrate(target, head, prompts, temperature=t, top_k=costs.top_k, max_new_tokens=max_new_tokens)
-        trees[t] = TreeConfig.auto(costs, calibration)
+        trees[t] = AutoTreeConfig.from_calibration(costs, calibration)
         if progress:
             progress(f"T={t} calibrated the auto tree on {len(prompts)} prompts in {time.perf_counter() - start:.0f} s")
     return trees, costs
 
 
 def bound_lines(trees: dict[float, TreeConfig]) -> list[str]:
-    """Per temperature, the oracle bounds of :func:`eagle3_ref.auto_tree.speedup_bound`: what
+    """Per temperature, the oracle bounds of :func:`eagle3_ref.costaware.auto_tree.speedup_bound`: what
     no tree policy (fixed or chosen per cycle) can beat on this machine, and what no decoding
     at all can, even knowing each cycle's outcome; and whether the auto tree drafts at all
-    (:attr:`eagle3_ref.auto_tree.AutoTreeConfig.drafting_gain`)."""
-    from .auto_tree import speedup_bound
+    (:attr:`eagle3_ref.costaware.auto_tree.AutoTreeConfig.drafting_gain`)."""
+    from ..costaware.auto_tree import speedup_bound
 
     out = []
     for t, tree in sorted(trees.items()):
@@ -501,10 +476,10 @@ def run_batch_bench(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tens
             for _ in range(runs):
                 tokens, seconds = 0, 0.0
                 for ids, mask in batches:
-                    _sync(ids.device)
+                    sync(ids.device)
                     start = time.perf_counter()
                     n, cycle = fn(ids, mask)
-                    _sync(ids.device)
+                    sync(ids.device)
                     seconds += time.perf_counter() - start
                     tokens += n
                     lengths += cycle
@@ -572,3 +547,50 @@ def plot_batches(results: list[BatchMeasurement], path: str | os.PathLike) -> bo
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
+
+
+# ----------------------------------------------------------------------------------------
+# The report and its files, as `eagle3-ref bench` writes them
+# ----------------------------------------------------------------------------------------
+
+
+def bench_report(results: list[Measurement], baseline: str, header: str, profile: dict | None = None,
+                 costs: dict | None = None, auto_profile: dict | None = None,
+                 trees: dict[float, TreeConfig] | None = None) -> str:
+    """The markdown the bench prints and writes: the table, the cycle profiles, the one-forward
+    costs, the summary, and the cost-aware tree's bounds (each part when it was measured)."""
+    lines = [header, "", markdown_table(results, baseline)]
+    if profile:
+        lines += ["", "Where a greedy cycle of the default tree (60/8/10) goes:", "", profile_table(profile),
+                  "", "What one forward costs (after a 128-token prefix):", "", costs_table(costs)]
+    if auto_profile:
+        lines += ["", "Where a greedy cycle of the auto tree goes:", "", profile_table(auto_profile)]
+    lines += [""] + summary_lines(results, baseline)
+    if auto_profile:
+        lines.append(ceiling_line(results, baseline, auto_profile))
+    if trees:
+        lines += [""] + bound_lines(trees)
+    return "\n".join(lines)
+
+
+def write_bench(out: Path, text: str, data: dict, results: list[Measurement], baseline: str,
+                trees: dict | None = None, cost_model=None) -> bool:
+    """bench.md, bench.json, bench.png (False: no matplotlib), and what the auto rows decided
+    from (costs.json, calibration_T*.json: reusable with ``AutoTreeConfig.from_calibration``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(data, indent=1))
+    (out / "bench.md").write_text(text + "\n")
+    if trees:
+        cost_model.save(out / "costs.json")
+        for t, tree in trees.items():
+            tree.calibration.save(out / f"calibration_T{t:g}.json")
+    return plot(results, baseline, out / "bench.png")
+
+
+def write_batch_bench(out: Path, text: str, meta: dict, results: list[BatchMeasurement]) -> bool:
+    """bench_batch.md, bench_batch.json and bench_batch.png (False: no matplotlib)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{**r.__dict__, "mean_tokens_per_second": r.mean_tps} for r in results]
+    (out / "bench_batch.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    (out / "bench_batch.md").write_text(text + "\n")
+    return plot_batches(results, out / "bench_batch.png")

@@ -14,7 +14,7 @@ one-token forwards, and the best tree is small. Work since EAGLE-2 sizes the tre
 a table instead of by hand (Sequoia: a hardware-aware tree; SpecDec++ and the cost-model
 plugins of serving engines: a draft length and a verify budget from the draft's scores and
 measured costs). :class:`CostModel` is that table, measured here, savable as JSON; the
-decisions that use it are in :mod:`eagle3_ref.auto_tree`.
+decisions that use it are in :mod:`eagle3_ref.costaware.auto_tree`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,19 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ._checks import check_int
+from .._checks import check_int
+from ..fusion import default_aux_layer_ids, num_decoder_layers, select_features
+from ..generate import compact_cache, speculative_generate, tree_attention_mask
+from ..targets import cache_kwargs, new_target_cache
+from ..timing import machine_description, sync
+from ..tree import TreeConfig, build_draft_tree
 
-__all__ = ["CostModel", "measure_costs"]
+__all__ = ["CostModel", "measure_costs", "tree_verify_call", "nonincreasing_fit", "nondecreasing_fit"]
 
 
 def _interpolate(table: dict[int, float], x: float) -> float:
@@ -118,16 +124,9 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
     target forwards over each of ``sizes`` tree tokens after a ``prefix``-token cache;
     drafting 1, 2, 4 and ``max_depth`` levels of ``top_k``; and the accept part of a few real
     cycles."""
-    from .bench import machine_description
-    from .fusion import default_aux_layer_ids, num_decoder_layers, select_features
-    from .generate import _sync, compact_cache, speculative_generate, tree_attention_mask
-    from .targets import cache_kwargs, new_target_cache
-    from .tree import TreeConfig, build_draft_tree
-
     check_int("top_k", top_k, 1)
     check_int("max_depth", max_depth, 1)
     device = next(target.parameters()).device
-    dtype = next(target.parameters()).dtype
     vocab = target.config.vocab_size
     ids = torch.randint(0, vocab, (1, prefix + max(sizes)), generator=torch.Generator().manual_seed(0)).to(device)
 
@@ -139,26 +138,15 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
             fn()  # warm-up
         for _ in range(repeats):
             for key, fn in fns.items():
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 fn()
-                _sync(device)
+                sync(device)
                 times[key].append(1000 * (time.perf_counter() - start))
         return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
 
     cache = new_target_cache(target)
     out = target(input_ids=ids[:, :prefix], **cache_kwargs(target, cache), use_cache=True, output_hidden_states=True)
-
-    def verify(n: int):
-        mask = tree_attention_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril(), prefix, dtype)
-        position_ids = torch.arange(prefix, prefix + n, device=device)[None]
-
-        def run():
-            target(input_ids=ids[:, prefix:prefix + n], **cache_kwargs(target, cache), use_cache=True,
-                   attention_mask=mask, position_ids=position_ids, output_hidden_states=True)
-            compact_cache(cache, prefix, [])
-
-        return run
 
     # drafting: the head has seen the prefix but its last 4 slots (about what a cycle accepts)
     layer_ids = head.config.aux_layer_ids or default_aux_layer_ids(num_decoder_layers(target))
@@ -172,10 +160,10 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
 
     # one round-robin for both: a verify and a draft measured minutes apart on a shared machine
     # can be 1.5x apart in speed, and the decisions weigh one against the other
-    ms = clock({**{("verify", n): verify(n) for n in sizes},
+    ms = clock({**{("verify", n): tree_verify_call(target, cache, ids, prefix, n) for n in sizes},
                 **{("draft", levels): draft(levels) for levels in sorted({1, 2, 4, max_depth})}})
-    verify_ms = _nondecreasing({n: v for (kind, n), v in ms.items() if kind == "verify"})
-    draft_ms = _nondecreasing({levels: v for (kind, levels), v in ms.items() if kind == "draft"})
+    verify_ms = nondecreasing_fit({n: v for (kind, n), v in ms.items() if kind == "verify"})
+    draft_ms = nondecreasing_fit({levels: v for (kind, levels), v in ms.items() if kind == "draft"})
 
     prompt = ids[:, :32]
     result = speculative_generate(target, head, prompt, max_new_tokens=24, tree=TreeConfig(8, 4, 2))
@@ -184,11 +172,37 @@ def measure_costs(target: nn.Module, head, *, top_k: int = 10, max_depth: int = 
     return CostModel(verify_ms, draft_ms, accept_ms, top_k, machine_description(device))
 
 
-def _nondecreasing(table: dict[int, float]) -> dict[int, float]:
+def tree_verify_call(target: nn.Module, cache, ids: Tensor, prefix: int, n: int) -> Callable[[], None]:
+    """A function that verifies an ``n``-node tree (a chain, with its 4D mask and positions) on
+    ``cache``, which holds ``ids[:, :prefix]``, then compacts the cache back to the prefix: what
+    one cycle's verification costs, repeatable. ``ids (1, >= prefix + n)``."""
+    device, dtype = ids.device, next(target.parameters()).dtype
+    mask = tree_attention_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril(), prefix, dtype)
+    position_ids = torch.arange(prefix, prefix + n, device=device)[None]
+
+    def run() -> None:
+        target(input_ids=ids[:, prefix:prefix + n], **cache_kwargs(target, cache), use_cache=True,
+               attention_mask=mask, position_ids=position_ids, output_hidden_states=True)
+        compact_cache(cache, prefix, [])  # back to the prefix (Cache.crop's meaning differs across versions)
+
+    return run
+
+
+def nonincreasing_fit(values: list[float], weights: list[float]) -> list[float]:
+    """Pool-adjacent violators: the closest non-increasing sequence (weighted least squares)."""
+    blocks = []  # [value, weight, length]
+    for v, w in zip(values, weights):
+        blocks.append([v, max(w, 1e-9), 1])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return [v for v, _, n in blocks for _ in range(n)]
+
+
+def nondecreasing_fit(table: dict[int, float]) -> dict[int, float]:
     """The closest non-decreasing curve through medians (pool-adjacent violators, equal
     weights): more tokens or more levels never cost less, and a noisy dip would otherwise be a
     'sweet spot' every cycle picks."""
-    from .auto_tree import _monotone
-
     keys = sorted(table)
-    return dict(zip(keys, (-v for v in _monotone([-table[key] for key in keys], [1] * len(keys)))))
+    return dict(zip(keys, (-v for v in nonincreasing_fit([-table[key] for key in keys], [1] * len(keys)))))

@@ -41,8 +41,8 @@ from pathlib import Path
 
 __all__ = ["STEPS", "Step", "plan", "device_test_files", "run_step", "environment", "run_gpu_check", "report"]
 
-REPO = Path(__file__).resolve().parents[1]  # a clone: tests/ beside eagle3_ref/
-TOY_TARGET = Path(__file__).resolve().parent / "toy_model" / "target"
+REPO = Path(__file__).resolve().parents[2]  # a clone: tests/ beside eagle3_ref/
+TOY_TARGET = Path(__file__).resolve().parents[1] / "toy_model" / "target"
 STEPS = ("suite", "toy_bench", "shape")  # in the order they run
 
 

@@ -39,12 +39,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .checkpoint import load_draft_head
-from .eagle2 import load_eagle2_head
-from .fusion import num_decoder_layers, top_feature_id
-from .generate import speculative_generate
-from .train import TrainConfig, TrainData, regenerate, tokenize_corpus, train_head
-from .tree import TreeConfig
+from ..checkpoint import load_draft_head
+from ..decoding import speculative_generate
+from ..eagle2 import load_eagle2_head
+from ..fusion import num_decoder_layers, top_feature_id
+from ..train import TrainConfig, TrainData, regenerate, tokenize_corpus, train_head
+from ..tree import TreeConfig
 
 __all__ = ["Variant", "VARIANTS", "DEFAULT_VARIANTS", "AblateConfig", "n_alpha", "reached_steps", "ablation_data",
            "evaluate_head", "run_ablation", "finished_runs", "results_markdown", "plot_results"]
