@@ -102,9 +102,15 @@ def config_to_dict(config: Eagle3Config, dtype: torch.dtype | None = None) -> di
         num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
         head_dim=c.head_dim, num_hidden_layers=1, rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta,
         max_position_embeddings=c.max_position_embeddings, vocab_size=c.vocab_size,
-        draft_vocab_size=c.draft_vocab_size, target_hidden_size=c.target_hidden_size,
-        tie_word_embeddings=False,
+        draft_vocab_size=c.draft_vocab_size, tie_word_embeddings=False,
     )
+    # EAGLE's own loader (and ports of it, AngelSlim's) read the *presence* of target_hidden_size
+    # as "this head carries its own embedding" and then skip the target's: written for a head that
+    # shares it, the key left such a loader drafting with a random embedding, silently.
+    if c.owns_embedding:
+        d["target_hidden_size"] = c.target_hidden_size
+    else:
+        d.pop("target_hidden_size", None)
     if dtype is not None:
         d["torch_dtype"] = str(dtype).removeprefix("torch.")
     ours = {"layer_id_convention": _CONVENTION_NAME, "num_aux_layers": c.num_aux_layers}

@@ -105,8 +105,9 @@ def _official(tmp_path, **config_changes):
 def test_released_config_quirks_load(tmp_path):
     # A released head: num_hidden_layers != 1, explicit head_dim, no rope_theta, no eagle3_ref block.
     raw, state = _official(tmp_path, num_hidden_layers=40, architectures=["LlamaForCausalLMEagle3"])
-    for k in ("rope_theta", "eagle3_ref", "target_hidden_size"):
+    for k in ("rope_theta", "eagle3_ref"):
         raw.pop(k)
+    assert "target_hidden_size" not in raw  # a head sharing the target's embedding, as the released ones write it
     _write(tmp_path / "released", raw, state)
     head = load_draft_head(tmp_path / "released")
     assert head.config.rope_theta == 10000.0 and head.config.num_aux_layers == 3
@@ -185,7 +186,20 @@ def test_saved_config_is_llama_style(tmp_path):
     save_draft_head(head, tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     for field in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
-                  "rope_theta", "max_position_embeddings", "vocab_size", "draft_vocab_size", "target_hidden_size"):
+                  "rope_theta", "max_position_embeddings", "vocab_size", "draft_vocab_size"):
         assert field in raw, field
     assert raw["num_hidden_layers"] == 1 and raw["draft_vocab_size"] == 10 and raw["vocab_size"] == 50
+    # EAGLE's loader reads the presence of target_hidden_size as "this checkpoint carries its own
+    # embedding" and skips the target's: a head that shares the target's must not write it ...
+    assert "target_hidden_size" not in raw
+
+
+def test_a_head_narrower_than_its_target_writes_its_width_and_its_embedding(tmp_path):
+    # ... and one that owns its embedding (hidden_size != target_hidden_size) writes both.
+    config = Eagle3Config(hidden_size=8, intermediate_size=8, num_attention_heads=2, num_key_value_heads=1,
+                          vocab_size=50, draft_vocab_size=10, target_hidden_size=12)
+    save_draft_head(build_draft_head(config, 0), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["target_hidden_size"] == 12
+    assert "embed_tokens.weight" in load_file(tmp_path / "model.safetensors")
+    assert load_draft_head(tmp_path).config.target_hidden_size == 12
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temp files

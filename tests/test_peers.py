@@ -1,21 +1,34 @@
 """Real peer implementations through the conformance suite (docs/peers.md).
 
 SpecForge 0.2.0 (``pip install --no-deps specforge==0.2.0``; CI installs it) is judged at the
-precision it computes in, float32 internals, through ``eagle3_ref.testing.adapters.specforge``.
-Its real defects are ``xfail(strict=True)`` naming the defect: such a test goes red the day
-SpecForge fixes it, or the day it stops reproducing.
+precision it computes in, float32 internals, through ``eagle3_ref.testing.adapters.specforge``:
+its head, vocabulary and training-time test. AngelSlim 0.5.0 (``pip install --no-deps
+angelslim==0.5.0``; CI installs it), a packaged port of the official EAGLE-3 inference, is judged
+on its decoding loop (tree drafting, verification, cache bookkeeping) through
+``eagle3_ref.testing.adapters.angelslim``. Their real defects are ``xfail(strict=True)`` naming
+the defect: such a test goes red the day the peer fixes it, or the day it stops reproducing.
 """
 
 import importlib.util
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers import LlamaConfig
 
-pytestmark = [pytest.mark.peers,
-              pytest.mark.skipif(importlib.util.find_spec("specforge") is None,
-                                 reason="specforge is not installed (pip install --no-deps specforge==0.2.0)")]
+from eagle3_ref.draft_head import Eagle3Config
+from eagle3_ref.testing.conformance.test_generate import assert_same_tokens, hf_greedy, tree_configs
+from eagle3_ref.tree import TreeConfig
+
+pytestmark = pytest.mark.peers
+specforge_installed = pytest.mark.skipif(importlib.util.find_spec("specforge") is None,
+                                         reason="specforge is not installed (pip install --no-deps specforge==0.2.0)")
+angelslim_installed = pytest.mark.skipif(importlib.util.find_spec("angelslim") is None,
+                                         reason="angelslim is not installed (pip install --no-deps angelslim==0.5.0)")
 
 
+@specforge_installed
 def test_specforge_head_vocab_and_ttt_conform_at_their_own_precision(tmp_path, run_conformance):
     code, out = run_conformance("eagle3_ref.testing.adapters.specforge", "head or vocab or ttt", tmp_path)
     assert code == 0, out[-3000:]
@@ -27,6 +40,7 @@ def test_specforge_head_vocab_and_ttt_conform_at_their_own_precision(tmp_path, r
     assert "x a choice of unseen fillers (SpecForge 0.2.0 picks them in set order" in out, out[-2000:]
 
 
+@specforge_installed
 def test_judged_at_float64_specforge_differs_by_float32_rounding_only():
     # Why precision is declared: at float64 tolerances the same correct head "diverges" by
     # ~4e-8, its float32 RMSNorm; at float32 tolerances it passes (the test above).
@@ -52,6 +66,7 @@ def test_judged_at_float64_specforge_differs_by_float32_rounding_only():
     assert 0 < float((logits - want).detach().abs().max()) < 1e-5, "more than float32 rounding"
 
 
+@specforge_installed
 @pytest.mark.xfail(strict=True, raises=RuntimeError,
                    reason="SpecForge 0.2.0 defect: prepare_decoder_attention_mask (_make_causal_mask) fills a "
                           "float32 tensor with torch.finfo(model dtype).min, which overflows for a float64 model")
@@ -63,6 +78,7 @@ def test_specforge_builds_a_causal_mask_for_a_float64_model():
     assert mask.shape == (1, 1, 3, 3)
 
 
+@specforge_installed
 @pytest.mark.xfail(strict=True, raises=IndexError,
                    reason="SpecForge 0.2.0 defect: LlamaAttention cuts its RoPE table to the sequence length, then "
                           "indexes it by position id, so position ids >= the length raise IndexError")
@@ -79,6 +95,7 @@ def test_specforge_runs_its_head_at_position_ids_beyond_the_length():
         head.backbone(x, x, None, None, torch.arange(10, 14)[None])  # a sequence continued at position 10
 
 
+@specforge_installed
 @pytest.mark.xfail(strict=True, reason="SpecForge 0.2.0 defect: resolve_eagle_capture_layers' default "
                                        "[1, N//2 - 1, N - 4] repeats layers for 4- to 6-layer targets, and only a "
                                        "user override is checked for three distinct layers")
@@ -96,6 +113,7 @@ def test_specforge_default_capture_layers_are_distinct_or_refused():
         assert len(set(layers)) == 3, f"a {n}-layer target gets capture layers {layers}"
 
 
+@specforge_installed
 def test_the_reference_tree_builder_and_loop_drive_specforge_head_through_its_handle():
     # The head-handle contract (eagle3_ref/testing/handle.py) with a real foreign head: the
     # reference's tree builder and decoding loop call SpecForge's head only through the
@@ -133,6 +151,7 @@ def test_the_reference_tree_builder_and_loop_drive_specforge_head_through_its_ha
     assert_same(sequences, greedy, "speculative decoding with SpecForge's head against target.generate")
 
 
+@specforge_installed
 @pytest.mark.xfail(strict=True, reason="SpecForge 0.2.0 defect: with fewer distinct tokens seen than draft slots, "
                                        "process_token_dict_to_mappings takes the unseen fillers from "
                                        "range(draft_vocab_size) in set iteration order, not the lowest unseen ids")
@@ -149,3 +168,214 @@ def test_specforge_fills_a_draft_vocabulary_with_the_lowest_unseen_ids():
         d2t, _ = mappings(seen, 33, 34)
     kept = (torch.arange(33) + d2t).tolist()
     assert kept == [*range(32), 33], f"left out: {sorted(set(range(34)) - set(kept))}"  # 17 fillers: 0..15 and 31
+
+
+# --- AngelSlim 0.5.0: the decoding loop ------------------------------------------------------
+
+
+@st.composite
+def angelslim_cases(draw, every_token_drafted: bool = False):
+    """A tiny Llama (7 to 9 layers: AngelSlim taps hidden_states[2], [N//2], [N-3], distinct from 7
+    on), plain RoPE or Llama-3.1's, a random head tapping those layers (random draft vocabulary),
+    a tree, a prompt and a length."""
+    n_kv = draw(st.integers(1, 2))
+    n_heads, head_dim = n_kv * draw(st.integers(1, 2)), draw(st.sampled_from([4, 8]))
+    vocab = draw(st.integers(3, 5) if every_token_drafted else st.integers(3, 24))
+    rope = {"rope_type": "default", "rope_theta": draw(st.sampled_from([10000.0, 500000.0]))}
+    if draw(st.booleans()):  # Llama 3.1's: what the released Llama-3.1 targets use
+        rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": draw(st.sampled_from([16, 32]))}
+    tc = LlamaConfig(vocab_size=vocab, hidden_size=n_heads * head_dim, intermediate_size=draw(st.integers(8, 32)),
+                     num_hidden_layers=draw(st.integers(7, 9)), num_attention_heads=n_heads, num_key_value_heads=n_kv,
+                     max_position_embeddings=128, rope_parameters=rope)
+    # two draft tokens at least: with one, every path score ties (its defect below, kept apart)
+    draft_vocab = vocab if every_token_drafted else draw(st.integers(2, vocab))
+    config = Eagle3Config.for_target(tc, draft_vocab_size=draft_vocab)
+    if every_token_drafted:
+        depth = draw(st.integers(1, 2))
+        tree = TreeConfig(num_nodes=1 + vocab + (depth - 1) * vocab * vocab, max_depth=depth, top_k=vocab)
+    else:
+        tree = draw(tree_configs(draft_vocab))
+    prompt = torch.tensor([draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=6))])
+    return tc, config, tree, prompt, draw(st.integers(1, 16)), draw(st.integers(0, 2**16))
+
+
+def _angelslim_run(case, eos=None):
+    from eagle3_ref.testing.adapter import official_config_of, state_dict_of
+    from eagle3_ref.testing.adapters.angelslim import ADAPTER
+    from eagle3_ref.testing.strategies import build_draft_head, build_target
+
+    tc, config, tree, prompt, max_new, seed = case
+    target = build_target(tc, seed, torch.float64)
+    ref = build_draft_head(config, seed, target.get_input_embeddings().weight, torch.float64)
+    head = ADAPTER.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    got, lengths = ADAPTER.generate(target, head, prompt, max_new_tokens=max_new, num_nodes=tree.num_nodes,
+                                    max_depth=tree.max_depth, top_k=tree.top_k, eos_token_id=eos)
+    return target, got, lengths
+
+
+@angelslim_installed
+@given(case=angelslim_cases(), data=st.data())
+def test_angelslim_greedy_tokens_equal_generate_up_to_its_stop(case, data):
+    # Its tree drafting (topK_genrate), verification (evaluate_posterior) and cache bookkeeping
+    # (update_inference_inputs) over many cycles: every token it emits up to max_new_tokens, and
+    # up to the first EOS, is target.generate's. (Where it stops is the two xfails below.)
+    tc, config, tree, prompt, max_new, _ = case
+    eos = data.draw(st.one_of(st.none(), st.integers(0, tc.vocab_size - 1)))
+    target, got, _ = _angelslim_run(case, eos)
+    want = hf_greedy(target, prompt, max_new, eos)
+    assert got.shape[1] >= want.shape[1], f"AngelSlim stopped after {got.shape[1]} tokens, generate after {want.shape[1]}"
+    assert_same_tokens(got[:, :want.shape[1]], want, prompt.shape[1], f"AngelSlim, {tree}, eos {eos}")
+
+
+@angelslim_installed
+@given(case=angelslim_cases(every_token_drafted=True))
+def test_angelslim_greedy_accepts_drafts_when_every_token_is_drafted(case):
+    # Every token is a first-level child: the paths a cycle accepts are long, so the cache
+    # compaction of accepted tree nodes (not only of the root) is what is judged here.
+    tc, config, tree, prompt, max_new, _ = case
+    target, got, lengths = _angelslim_run(case)
+    want = hf_greedy(target, prompt, max_new, None)
+    assert_same_tokens(got[:, :want.shape[1]], want, prompt.shape[1], f"AngelSlim, {tree}, every token drafted")
+    assert all(k >= 2 for k in lengths[:-1]), f"accepted lengths {lengths}: a cycle accepted nothing"
+
+
+def _fixed_case(**changes):
+    tc = LlamaConfig(vocab_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=7, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=128)
+    case = dict(tc=tc, config=Eagle3Config.for_target(tc), tree=TreeConfig(21, 2, 4), prompt=torch.tensor([[1, 2]]),
+                max_new=12, seed=0)
+    case.update(changes)
+    return tuple(case.values())
+
+
+@angelslim_installed
+@pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect: eagle_generate stops only once it has more than "
+                                       "max_new_tokens new tokens (new_token > max_new_tokens) and never cuts a cycle "
+                                       "back, so it returns more tokens than asked")
+def test_angelslim_stops_at_max_new_tokens():
+    case = _fixed_case()
+    target, got, _ = _angelslim_run(case)
+    assert got.shape[1] == case[3].shape[1] + case[4], f"{got.shape[1] - case[3].shape[1]} new tokens, {case[4]} asked"
+    assert torch.equal(got, hf_greedy(target, case[3], case[4], None))
+
+
+@angelslim_installed
+@pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect: an EOS accepted inside a cycle stops decoding only "
+                                       "after the whole cycle is appended: tokens after the EOS are returned")
+def test_angelslim_stops_right_after_an_eos():
+    case = _fixed_case()
+    target, _, _ = _angelslim_run(case)
+    eos = int(hf_greedy(target, case[3], 1, None)[0, -1])  # the first new token: a cycle accepts it and drafts on
+    _, got, _ = _angelslim_run(case, eos)
+    assert got[0, -1] == eos and torch.equal(got, hf_greedy(target, case[3], case[4], eos)), got.tolist()
+
+
+@angelslim_installed
+@pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect (the official code's): its rerank takes torch.topk of "
+                                       "path scores, which among equal scores may keep a node without its parent; the "
+                                       "tree then has a path that does not start at the root, and the output is not the "
+                                       "target's")
+def test_angelslim_keeps_each_drafted_nodes_parent_when_path_scores_tie():
+    # A draft vocabulary of one token: every log-prob is 0, every path score ties. It keeps levels
+    # 3 and 4 of the chain without levels 1 and 2, and emits the draft's token where the target's
+    # argmax was another.
+    tc = LlamaConfig(vocab_size=4, hidden_size=4, intermediate_size=8, num_hidden_layers=7, num_attention_heads=1,
+                     num_key_value_heads=1, max_position_embeddings=128)
+    case = (tc, Eagle3Config.for_target(tc, draft_vocab_size=1), TreeConfig(3, 4, 1), torch.tensor([[0]]), 3, 15)
+    target, got, _ = _angelslim_run(case)
+    assert_same_tokens(got[:, :4], hf_greedy(target, case[3], 3, None), 1, "AngelSlim, path scores all tied")
+
+
+def _angelslim_tiny_llama(tmp_path, rope_parameters=None):
+    """A tiny Llama saved with the index file AngelSlim's embedding loader reads; and its directory."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=7,
+                         num_attention_heads=2, num_key_value_heads=1, **({"rope_parameters": rope_parameters}
+                                                                          if rope_parameters else {}))
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    index = {"metadata": {}, "weight_map": {k: "model.safetensors" for k in model.state_dict()}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    return model, tmp_path
+
+
+LLAMA31_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+
+
+@angelslim_installed
+@pytest.mark.xfail(strict=True, raises=KeyError, reason="AngelSlim 0.5.0 defect on transformers 5: the drafter's "
+                                                        "_init_rope indexes config.rope_scaling['type'], but v5 configs "
+                                                        "hold rope_parameters there (never None): no head config builds")
+def test_angelslim_builds_its_drafter_from_a_plain_rope_head_config(tmp_path):
+    import json
+
+    from eagle3_ref.testing.adapters.angelslim import angelslim_modules
+
+    mods = angelslim_modules()
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLMEagle3"], "hidden_size": 16, "intermediate_size": 32,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "vocab_size": 32,
+        "draft_vocab_size": 32, "rope_theta": 10000.0, "max_position_embeddings": 128}))
+    mods.Drafter(mods.Config.from_pretrained(str(tmp_path)), total_tokens=10, depth=3, top_k=3)
+
+
+@angelslim_installed
+@pytest.mark.xfail(strict=True, raises=KeyError, reason="AngelSlim 0.5.0 defect on transformers 5: its KV-cache Llama "
+                                                        "cannot be built from a plain-RoPE config (rope_scaling is never "
+                                                        "None, and ROPE_INIT_FUNCTIONS has no 'default')")
+def test_angelslim_loads_a_plain_rope_llama(tmp_path):
+    from eagle3_ref.testing.adapters.angelslim import angelslim_modules
+
+    _, folder = _angelslim_tiny_llama(tmp_path)
+    angelslim_modules().ModelLoader.load_base_model(str(folder))
+
+
+@angelslim_installed
+@pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect on transformers 5: its KV-cache Llama, loaded by "
+                                       "from_pretrained, keeps RoPE frequencies (inv_freq) the loader never "
+                                       "initialises: the target's logits are not transformers'")
+def test_angelslim_kv_llama_computes_the_targets_logits(tmp_path):
+    from eagle3_ref.testing.adapters.angelslim import angelslim_modules
+
+    model, folder = _angelslim_tiny_llama(tmp_path, LLAMA31_ROPE)  # a Llama-3.1-style target, which it can build
+    kv = angelslim_modules().ModelLoader.load_base_model(str(folder)).eval()
+    ids = torch.tensor([[1, 5, 9, 3, 7, 2]])
+    with torch.no_grad():
+        assert torch.allclose(kv(ids)[0], model(ids).logits, atol=1e-4), "its logits differ from transformers'"
+
+
+@angelslim_installed
+@pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect: a head whose config names target_hidden_size and whose "
+                                       "checkpoint has no embed_tokens.weight drafts with a random embedding, no error "
+                                       "(the drafter skips the target's embedding when the key is there; strict=False)")
+def test_angelslim_drafts_with_the_targets_embedding_or_refuses(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from eagle3_ref.testing.adapters.angelslim import angelslim_modules
+
+    mods = angelslim_modules()
+    model, target_dir = _angelslim_tiny_llama(tmp_path / "target", LLAMA31_ROPE)
+    head_dir = tmp_path / "head"
+    head_dir.mkdir()
+    (head_dir / "config.json").write_text(json.dumps({  # as eagle3-ref wrote every head until this was found
+        "architectures": ["LlamaForCausalLMEagle3"], "hidden_size": 16, "intermediate_size": 32,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "vocab_size": 32,
+        "draft_vocab_size": 32, "target_hidden_size": 16, "rope_theta": 10000.0, "max_position_embeddings": 128,
+        "rope_scaling": {"type": "linear", "factor": 2.0}}))  # a config the drafter can be built from (above)
+    save_file({"fc.weight": torch.zeros(16, 48)}, head_dir / "model.safetensors")
+    drafter = mods.Drafter(mods.Config.from_pretrained(str(head_dir)), path=str(target_dir), load_emb=True)
+    try:
+        drafter.load_state_dict(mods.ModelLoader.load_eagle_state_dict(str(head_dir), torch.device("cpu")),
+                                strict=False)  # as Eagle3Model.from_pretrained loads it
+    except Exception:  # noqa: BLE001 - a refusal by name would be the fix
+        return
+    assert torch.equal(drafter.embed_tokens.weight, model.get_input_embeddings().weight), \
+        "the drafter's embedding is neither the target's nor the checkpoint's"
