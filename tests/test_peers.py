@@ -240,6 +240,38 @@ def test_angelslim_greedy_accepts_drafts_when_every_token_is_drafted(case):
     assert all(k >= 2 for k in lengths[:-1]), f"accepted lengths {lengths}: a cycle accepted nothing"
 
 
+@angelslim_installed
+@given(case=angelslim_cases(), root=st.integers(0, 2**16))
+def test_angelslim_drafts_the_reference_tree(case, root, tmp_path_factory):
+    # Its topK_genrate (the official tree growth and rerank) on the same weights and features as
+    # the reference's build_draft_tree: the same nodes in the same order, their depths, the tree
+    # mask and the root-to-leaf paths (AngelSlim returns its own buffers, not path scores).
+    from eagle3_ref.fusion import collect_features, default_aux_layer_ids
+    from eagle3_ref.testing.adapter import official_config_of, state_dict_of
+    from eagle3_ref.testing.adapters.angelslim import ADAPTER
+    from eagle3_ref.testing.divergence import assert_same
+    from eagle3_ref.testing.strategies import build_draft_head, build_target
+    from eagle3_ref.tree import build_draft_tree
+
+    tc, config, tree, prompt, _, seed = case
+    target = build_target(tc, seed, torch.float64)
+    ref = build_draft_head(config, seed, target.get_input_embeddings().weight, torch.float64)
+    head = ADAPTER.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    model = ADAPTER.build(target, head, tmp_path_factory.mktemp("angelslim"), num_nodes=tree.num_nodes,
+                          max_depth=tree.max_depth, top_k=tree.top_k)
+    ids = torch.cat([prompt, torch.tensor([[root % tc.vocab_size]])], dim=1)  # the prompt, then the root
+    features = collect_features(target, prompt, default_aux_layer_ids(tc.num_hidden_layers))
+    want = build_draft_tree(ref, features, ids, tree)
+    model.eagle_layer.reset_kv()
+    with torch.no_grad():
+        tokens, retrieve, mask, depth, _ = model.eagle_layer.topK_genrate(features, ids, None, None)
+    assert_same(tokens[0], want.tokens, f"AngelSlim's tree tokens, {tree}")
+    assert_same(depth, want.tree_position_ids, f"AngelSlim's tree depths, {tree}")
+    assert_same(mask[0, 0].bool(), want.tree_mask, f"AngelSlim's tree mask, {tree}")
+    paths = sorted(retrieve.tolist()), sorted(want.retrieve_indices.tolist())
+    assert paths[0] == paths[1], f"AngelSlim's root-to-leaf paths {paths[0]}, the reference's {paths[1]}"
+
+
 def _fixed_case(**changes):
     tc = LlamaConfig(vocab_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=7, num_attention_heads=2,
                      num_key_value_heads=1, max_position_embeddings=128)

@@ -51,9 +51,10 @@ standalone reproductions):
   ``strict=False``. (eagle3-ref's own writer wrote that key for every head until this was
   found; it now writes it only for a head that owns its embedding.)
 
-Pieces: ``generate`` (greedy). Sampling is not judged yet: AngelSlim's verification draws from
-Python's global ``random`` and ``torch.multinomial``, which the conformance suite's scripted
-sampler cannot drive.
+Pieces: ``generate`` (greedy); ``tests/test_peers.py`` also compares the tree its drafter grows
+(``build`` gives the model, whose ``eagle_layer.topK_genrate`` it calls) with the reference's.
+Sampling is not judged yet: AngelSlim's verification draws from Python's global ``random`` and
+``torch.multinomial``, which the conformance suite's scripted sampler cannot drive.
 """
 
 from __future__ import annotations
