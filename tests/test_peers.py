@@ -26,8 +26,46 @@ specforge_installed = pytest.mark.skipif(importlib.util.find_spec("specforge") i
                                          reason="specforge is not installed (pip install --no-deps specforge==0.2.0)")
 angelslim_installed = pytest.mark.skipif(importlib.util.find_spec("angelslim") is None,
                                          reason="angelslim is not installed (pip install --no-deps angelslim==0.5.0)")
+PEERS = {"specforge": "SpecForge 0.2.0", "angelslim": "AngelSlim 0.5.0"}
 
 
+def judges(peer: str, *pieces: str):
+    """Tag a test with the peer and the pieces it judges: docs/peers.md's matrix is built from the tags."""
+    def tag(test):
+        test.judges = (peer, pieces)
+        return test
+    return tag
+
+
+def peers_matrix() -> str:
+    """Peer x piece: how many of this module's properties hold, and how many defects are kept as
+    strict xfails. Built from the tests themselves, so docs/peers.md cannot drift from them."""
+    from eagle3_ref.testing.adapter import PIECES
+
+    tests = [t for t in globals().values() if callable(t) and hasattr(t, "judges")]
+    lines = ["| implementation | " + " | ".join(PIECES) + " |", "|---" * (len(PIECES) + 1) + "|"]
+    for peer, name in PEERS.items():
+        cells = []
+        for piece in PIECES:
+            mine = [t for t in tests if t.judges[0] == peer and piece in t.judges[1]]
+            defects = sum(any(m.name == "xfail" and m.kwargs.get("strict") for m in getattr(t, "pytestmark", []))
+                          for t in mine)
+            holds = len(mine) - defects
+            cell = ", ".join(x for x in (f"{holds} hold" if holds else "", f"{defects} defect{'s' * (defects > 1)}"
+                                         if defects else "") if x)
+            cells.append(cell or "not judged")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_the_matrix_in_docs_peers_is_the_tests_own():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "peers.md").read_text()
+    assert peers_matrix() in page, f"docs/peers.md's matrix is stale; it is now:\n{peers_matrix()}"
+
+
+@judges("specforge", "head", "vocab", "ttt")
 @specforge_installed
 def test_specforge_head_vocab_and_ttt_conform_at_their_own_precision(tmp_path, run_conformance):
     code, out = run_conformance("eagle3_ref.testing.adapters.specforge", "head or vocab or ttt", tmp_path)
@@ -40,6 +78,7 @@ def test_specforge_head_vocab_and_ttt_conform_at_their_own_precision(tmp_path, r
     assert "x a choice of unseen fillers (SpecForge 0.2.0 picks them in set order" in out, out[-2000:]
 
 
+@judges("specforge", "head")
 @specforge_installed
 def test_judged_at_float64_specforge_differs_by_float32_rounding_only():
     # Why precision is declared: at float64 tolerances the same correct head "diverges" by
@@ -66,6 +105,7 @@ def test_judged_at_float64_specforge_differs_by_float32_rounding_only():
     assert 0 < float((logits - want).detach().abs().max()) < 1e-5, "more than float32 rounding"
 
 
+@judges("specforge", "head", "ttt")
 @specforge_installed
 @pytest.mark.xfail(strict=True, raises=RuntimeError,
                    reason="SpecForge 0.2.0 defect: prepare_decoder_attention_mask (_make_causal_mask) fills a "
@@ -78,6 +118,7 @@ def test_specforge_builds_a_causal_mask_for_a_float64_model():
     assert mask.shape == (1, 1, 3, 3)
 
 
+@judges("specforge", "head")
 @specforge_installed
 @pytest.mark.xfail(strict=True, raises=IndexError,
                    reason="SpecForge 0.2.0 defect: LlamaAttention cuts its RoPE table to the sequence length, then "
@@ -95,6 +136,7 @@ def test_specforge_runs_its_head_at_position_ids_beyond_the_length():
         head.backbone(x, x, None, None, torch.arange(10, 14)[None])  # a sequence continued at position 10
 
 
+@judges("specforge", "fusion")
 @specforge_installed
 @pytest.mark.xfail(strict=True, reason="SpecForge 0.2.0 defect: resolve_eagle_capture_layers' default "
                                        "[1, N//2 - 1, N - 4] repeats layers for 4- to 6-layer targets, and only a "
@@ -113,6 +155,7 @@ def test_specforge_default_capture_layers_are_distinct_or_refused():
         assert len(set(layers)) == 3, f"a {n}-layer target gets capture layers {layers}"
 
 
+@judges("specforge", "head")
 @specforge_installed
 def test_the_reference_tree_builder_and_loop_drive_specforge_head_through_its_handle():
     # The head-handle contract (eagle3_ref/testing/handle.py) with a real foreign head: the
@@ -151,6 +194,7 @@ def test_the_reference_tree_builder_and_loop_drive_specforge_head_through_its_ha
     assert_same(sequences, greedy, "speculative decoding with SpecForge's head against target.generate")
 
 
+@judges("specforge", "vocab")
 @specforge_installed
 @pytest.mark.xfail(strict=True, reason="SpecForge 0.2.0 defect: with fewer distinct tokens seen than draft slots, "
                                        "process_token_dict_to_mappings takes the unseen fillers from "
@@ -214,6 +258,7 @@ def _angelslim_run(case, eos=None):
     return target, got, lengths
 
 
+@judges("angelslim", "tree", "verify", "generate")
 @angelslim_installed
 @given(case=angelslim_cases(), data=st.data())
 def test_angelslim_greedy_tokens_equal_generate_up_to_its_stop(case, data):
@@ -228,6 +273,7 @@ def test_angelslim_greedy_tokens_equal_generate_up_to_its_stop(case, data):
     assert_same_tokens(got[:, :want.shape[1]], want, prompt.shape[1], f"AngelSlim, {tree}, eos {eos}")
 
 
+@judges("angelslim", "verify", "generate")
 @angelslim_installed
 @given(case=angelslim_cases(every_token_drafted=True))
 def test_angelslim_greedy_accepts_drafts_when_every_token_is_drafted(case):
@@ -275,6 +321,7 @@ def trees_its_scoring_defect_spares(draw, draft_vocab: int):
     return TreeConfig(num_nodes=1 + k + k * k, max_depth=2, top_k=k)
 
 
+@judges("angelslim", "tree")
 @angelslim_installed
 @given(case=angelslim_cases(), root=st.integers(0, 2**16), data=st.data())
 def test_angelslim_drafts_the_reference_tree(case, root, data, tmp_path_factory):
@@ -294,6 +341,7 @@ def test_angelslim_drafts_the_reference_tree(case, root, data, tmp_path_factory)
     assert paths[0] == paths[1], f"AngelSlim's root-to-leaf paths {paths[0]}, the reference's {paths[1]}"
 
 
+@judges("angelslim", "tree")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect: _get_topk_tokens returns topk.values[0], so from the "
                                        "second level on every frontier node's children are scored with the first "
@@ -320,6 +368,7 @@ def _fixed_case(**changes):
     return tuple(case.values())
 
 
+@judges("angelslim", "generate")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect: eagle_generate stops only once it has more than "
                                        "max_new_tokens new tokens (new_token > max_new_tokens) and never cuts a cycle "
@@ -331,6 +380,7 @@ def test_angelslim_stops_at_max_new_tokens():
     assert torch.equal(got, hf_greedy(target, case[3], case[4], None))
 
 
+@judges("angelslim", "generate")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect: an EOS accepted inside a cycle stops decoding only "
                                        "after the whole cycle is appended: tokens after the EOS are returned")
@@ -342,6 +392,7 @@ def test_angelslim_stops_right_after_an_eos():
     assert got[0, -1] == eos and torch.equal(got, hf_greedy(target, case[3], case[4], eos)), got.tolist()
 
 
+@judges("angelslim", "tree")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect (the official code's): its rerank takes torch.topk of "
                                        "path scores, which among equal scores may keep a node without its parent; the "
@@ -379,6 +430,7 @@ LLAMA31_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "lo
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
 
 
+@judges("angelslim", "head")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, raises=KeyError, reason="AngelSlim 0.5.0 defect on transformers 5: the drafter's "
                                                         "_init_rope indexes config.rope_scaling['type'], but v5 configs "
@@ -396,6 +448,7 @@ def test_angelslim_builds_its_drafter_from_a_plain_rope_head_config(tmp_path):
     mods.Drafter(mods.Config.from_pretrained(str(tmp_path)), total_tokens=10, depth=3, top_k=3)
 
 
+@judges("angelslim", "generate")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, raises=KeyError, reason="AngelSlim 0.5.0 defect on transformers 5: its KV-cache Llama "
                                                         "cannot be built from a plain-RoPE config (rope_scaling is never "
@@ -407,6 +460,7 @@ def test_angelslim_loads_a_plain_rope_llama(tmp_path):
     angelslim_modules().ModelLoader.load_base_model(str(folder))
 
 
+@judges("angelslim", "generate")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, raises=KeyError, reason="AngelSlim 0.5.0 defect on transformers 5: its KV-cache Qwen3 "
                                                         "looks up ROPE_INIT_FUNCTIONS['default'] for plain RoPE, which "
@@ -421,6 +475,7 @@ def test_angelslim_loads_a_qwen3(tmp_path):
     angelslim_modules().ModelLoader.load_base_model(str(tmp_path))
 
 
+@judges("angelslim", "generate")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect on transformers 5: its KV-cache Llama, loaded by "
                                        "from_pretrained, keeps RoPE frequencies (inv_freq) the loader never "
@@ -435,6 +490,7 @@ def test_angelslim_kv_llama_computes_the_targets_logits(tmp_path):
         assert torch.allclose(kv(ids)[0], model(ids).logits, atol=1e-4), "its logits differ from transformers'"
 
 
+@judges("angelslim", "head")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect: a head whose config names target_hidden_size and whose "
                                        "checkpoint has no embed_tokens.weight drafts with a random embedding, no error "
