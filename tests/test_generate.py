@@ -25,6 +25,7 @@ from eagle3_ref.generate import decode_cycle, prefill
 from eagle3_ref.targets import cache_kwargs
 from eagle3_ref.testing.conformance.test_generate import hf_greedy, tree_configs
 from eagle3_ref.testing.drafters import OracleDrafter
+from eagle3_ref.testing.law import generation_law
 from eagle3_ref.testing.plugin import examples_per_architecture
 from eagle3_ref.testing.strategies import ARCHITECTURES, build_draft_head, build_target, seeds, target_configs
 from eagle3_ref.tree import TreeConfig
@@ -262,3 +263,41 @@ def test_the_reference_law_is_the_one_generate_samples_from(seed, temperature, t
     assert torch.equal(got > 0, want > 0), f"support: reference {got.nonzero().flatten().tolist()}, generate " \
                                            f"{want.nonzero().flatten().tolist()}"
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # and the oracle of every sampling property is this law: it asks transformers for the
+    # processor list generate builds, so it must agree with generate's own scores
+    oracle = generation_law(out.logits[0][0], temperature=temperature, top_k=top_k, top_p=top_p)
+    assert torch.equal(oracle > 0, want > 0)
+    torch.testing.assert_close(oracle, want.double(), rtol=0, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("tree", [TreeConfig(num_nodes=3, max_depth=2, top_k=1), TreeConfig(num_nodes=5, max_depth=2, top_k=3)],
+                         ids=["chain", "tree"])
+@pytest.mark.parametrize("warp", [dict(temperature=0.9), dict(temperature=0.9, top_k=2), dict(temperature=1.3, top_p=0.7),
+                                  dict(temperature=1.5, top_k=2, top_p=0.55)], ids=lambda w: "-".join(w))
+def test_one_sampled_cycle_is_exactly_what_generate_samples(warp, tree):
+    # every random choice of the prefill and one cycle enumerated; the oracle is transformers'
+    # own processor list (a sampler whose warpers are reordered or dropped fails here, whatever
+    # the reference's target_probs says)
+    from eagle3_ref.testing.conformance.test_verify import tempered_pair
+    from eagle3_ref.testing.law import assert_a_cycle_follows_the_generation_law
+    from eagle3_ref.testing.adapter import ReferenceAdapter
+    from eagle3_ref.tree import HeadDrafter
+
+    target, head = tempered_pair(ReferenceAdapter(), 4, 11)  # the last warp tells every order apart on it
+    outcomes = assert_a_cycle_follows_the_generation_law(target, HeadDrafter(head), [1, 3, 2], tree, (0, 1, 2), warp)
+    assert max(len(tokens) for _, tokens in outcomes) >= 3  # some cycles accepted drafts
+
+@given(seed=seeds, vocab=st.integers(2, 40), temperature=st.floats(0.05, 5.0), top_k=st.integers(0, 45),
+       top_p=st.one_of(st.just(1.0), st.floats(0.01, 1.0)))
+def test_the_reference_warpers_are_transformers_on_random_logits(seed, vocab, temperature, top_k, top_p):
+    # the processors the reference builds for (temperature, top_k, top_p) give, on any logits,
+    # the law transformers' generation config gives: a reordered or dropped warper, or an
+    # off-by-one in what "off" means (top_k = 0, top_p = 1), shows here
+    from eagle3_ref.verify import target_probs
+
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3
+    got = target_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    want = generation_law(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    assert torch.equal(got > 0, want > 0), f"support differs: reference {got > 0}, transformers {want > 0}"
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

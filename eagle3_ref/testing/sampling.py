@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["NeedChoice", "ScriptedSampler", "enumerate_verifier"]
+__all__ = ["NeedChoice", "ScriptedSampler", "enumerate_runs", "enumerate_verifier"]
 
 
 class NeedChoice(Exception):
@@ -43,19 +43,26 @@ class ScriptedSampler:
         return self._next([(v, float(probs[v])) for v in range(probs.shape[0])])
 
 
-def enumerate_verifier(verify: Callable[[Any], tuple[list[int], int]]) -> list[tuple[float, list[int], int]]:
-    """Every ``(probability, accepted node indices, bonus token)`` that ``verify(sampler)``
-    can return. Their probabilities sum to 1 for a correct verifier."""
+def enumerate_runs(run: Callable[[Any], Any]) -> list[tuple[float, Any]]:
+    """Every ``(probability, result)`` that ``run(sampler)`` can return, drawing all its
+    randomness from ``sampler``: a verifier, a whole decoding cycle, a sampling step. Their
+    probabilities sum to 1 when ``run`` draws only through ``sampler``."""
     outcomes, stack = [], [[]]
     while stack:
         script = stack.pop()
         sampler = ScriptedSampler(script)
         try:
-            accepted, bonus = verify(sampler)
+            result = run(sampler)
         except NeedChoice as choice:
             stack.extend(script + [option] for option in choice.options)
             continue
         if sampler.i != len(script):
-            raise AssertionError("the verifier must draw exactly the choices it was scripted, no fewer")
-        outcomes.append((sampler.prob, [int(a) for a in accepted], int(bonus)))
+            raise AssertionError("the run must draw exactly the choices it was scripted, no fewer")
+        outcomes.append((sampler.prob, result))
     return outcomes
+
+
+def enumerate_verifier(verify: Callable[[Any], tuple[list[int], int]]) -> list[tuple[float, list[int], int]]:
+    """Every ``(probability, accepted node indices, bonus token)`` that ``verify(sampler)``
+    can return. Their probabilities sum to 1 for a correct verifier."""
+    return [(prob, [int(a) for a in accepted], int(bonus)) for prob, (accepted, bonus) in enumerate_runs(verify)]

@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eagle3_ref.testing.divergence import assert_same
+from eagle3_ref.testing.law import generation_law
 from eagle3_ref.testing.sampling import enumerate_verifier
 from eagle3_ref.testing.strategies import seeds, trees
 from eagle3_ref.tree import DraftTree, tree_buffers
-from eagle3_ref.verify import target_probs
 
 # --- not in the skeleton: a naive twin of the verify task; the test that uses it is held back
 from eagle3_ref.verify import verify_greedy_naive  # noqa: E402
@@ -100,10 +100,11 @@ def test_greedy_follows_the_argmax_chain(impl, device, vocab, data, seed):
 
 @st.composite
 def target_distributions(draw, n: int, vocab: int):
-    """Processed target distributions with real zeros (top-k / top-p) and real peaks."""
+    """Processed target distributions with real zeros (top-k / top-p) and real peaks, as
+    transformers' generate would sample from them."""
     seed = draw(seeds)
     logits = torch.randn(n, vocab, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
-    return target_probs(logits, temperature=draw(st.sampled_from([0.5, 1.0, 2.0])),
+    return generation_law(logits, temperature=draw(st.sampled_from([0.5, 1.0, 2.0])),
                         top_k=draw(st.sampled_from([0, 1, 2, vocab])), top_p=draw(st.sampled_from([1.0, 0.8, 0.3])))
 
 
@@ -184,9 +185,9 @@ def test_speculative_sampling_matches_the_target_statistically(impl):
     prompt = torch.tensor([[1, 4, 2]])
     # The exact law of the next two tokens from the target itself.
     with torch.no_grad():
-        p1 = torch.softmax(target(prompt).logits[0, -1], -1)
-        law = torch.stack([p1[a] * torch.softmax(target(torch.cat([prompt, torch.tensor([[a]])], 1)).logits[0, -1], -1)
-                           for a in range(V)]).flatten()
+        p1 = generation_law(target(prompt).logits[0, -1], temperature=1.0)
+        law = torch.stack([p1[a] * generation_law(target(torch.cat([prompt, torch.tensor([[a]])], 1)).logits[0, -1],
+                                                  temperature=1.0) for a in range(V)]).flatten()
     counts = torch.zeros(V * V, dtype=torch.float64)
     gen = torch.Generator().manual_seed(1234)
     for _ in range(runs):
@@ -228,10 +229,10 @@ def assert_sampled_sequences_follow_the_warped_law(impl, warp):
     processed = dict(temperature=warp["temperature"], top_k=warp.get("sampling_top_k", 0),
                      top_p=warp.get("sampling_top_p", 1.0))
 
-    def p_next(prefix: list[int]) -> torch.Tensor:  # the target's processed distribution after prompt + prefix
+    def p_next(prefix: list[int]) -> torch.Tensor:  # what generate samples from after prompt + prefix
         with torch.no_grad():
-            logits = target(torch.cat([prompt, torch.tensor([prefix], dtype=torch.long)], 1)).logits[0, -1:]
-        return target_probs(logits, **processed)[0]
+            logits = target(torch.cat([prompt, torch.tensor([prefix], dtype=torch.long)], 1)).logits[0, -1]
+        return generation_law(logits, **processed)
 
     law = torch.zeros(V, V, V, dtype=torch.float64)  # P(t1, t2, t3), exactly
     p1 = p_next([])
