@@ -38,6 +38,7 @@ What an adapter declares besides its methods (all optional):
 from __future__ import annotations
 
 import importlib
+import functools
 import os
 from collections import Counter
 from typing import Any, Protocol, runtime_checkable
@@ -196,13 +197,17 @@ class Eagle3Adapter(Protocol):
     # optional: an implementation without it is reported "batch 1 only", not failed
     def generate_batch(self, target: nn.Module, head: Any, input_ids: Tensor, attention_mask: Tensor, *,
                        max_new_tokens: int, num_nodes: int, max_depth: int, top_k: int,
-                       eos_token_id: int | None = None, pad_token_id: int | None = None
+                       eos_token_id: int | None = None, pad_token_id: int | None = None, temperature: float = 0.0,
+                       generator: Any = None, sampling_top_k: int = 0, sampling_top_p: float = 1.0
                        ) -> tuple[Tensor, list[list[int]]]:
-        """Greedy speculative decoding of a left-padded batch ``input_ids (B, T)`` with its
+        """Speculative decoding of a left-padded batch ``input_ids (B, T)`` with its
         ``attention_mask (B, T)``, all rows verified in one target forward per cycle, each
         accepting its own number of tokens and stopping on its own. Returns (sequences
         ``(B, T + new)``, as ``generate`` gives them: finished rows padded with
-        ``pad_token_id``; per row, the tokens appended by each target forward)."""
+        ``pad_token_id``; per row, the tokens appended by each target forward). Greedy at
+        ``temperature=0``; sampling as in :meth:`generate`, with one ``generator`` for the
+        batch. An adapter whose ``generate_batch`` takes no ``temperature`` is judged on
+        greedy batches only."""
 
 
 def _loop_drafter(adapter, head):
@@ -294,13 +299,16 @@ class ReferenceAdapter:
         return out.sequences, out.accepted_lengths
 
     def generate_batch(self, target, head, input_ids, attention_mask, *, max_new_tokens, num_nodes, max_depth, top_k,
-                       eos_token_id=None, pad_token_id=None):
+                       eos_token_id=None, pad_token_id=None, temperature=0.0, generator=None, sampling_top_k=0,
+                       sampling_top_p=1.0):
         speculative_generate = implementation_module(self, "decoding").speculative_generate
         TreeConfig = implementation_module(self, "tree").TreeConfig
         drafter, layer_ids = _loop_drafter(self, head)
         out = speculative_generate(target, drafter, input_ids, attention_mask=attention_mask,
                                    max_new_tokens=max_new_tokens, tree=TreeConfig(num_nodes, max_depth, top_k),
-                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, aux_layer_ids=layer_ids)
+                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, aux_layer_ids=layer_ids,
+                                   temperature=temperature, generator=generator, top_k=sampling_top_k,
+                                   top_p=sampling_top_p)
         return out.sequences, out.accepted_lengths
 
 
@@ -337,6 +345,7 @@ class CheckedAdapter:
         if name not in ADAPTER_METHODS or not callable(value):
             return value
 
+        @functools.wraps(value)  # inspect.signature sees the adapter's own parameters
         def call(*args, **kwargs):
             if name == "load_head" and callable(getattr(self.adapter, "supports_head", None)):
                 verdict = self.adapter.supports_head(args[0] if args else kwargs["config"])
