@@ -140,6 +140,10 @@ def check_command(line: str) -> None:
         _parse_cli(words[words.index("eagle3_ref.cli") + 1:])
     elif words[:3] == ["python", "-m", "pytest"]:
         _check_pytest(words[3:], env)
+    elif words[:3] == ["python", "-m", "eagle3_ref.testing.mutants"]:
+        from eagle3_ref.testing.mutants import parser
+
+        parser().parse_args(words[3:])
     elif words[:2] == ["python", "-c"]:
         compile(words[2], line, "exec")
     elif words[0] == "cd" or words[:2] == ["python", "grade.py"]:

@@ -189,3 +189,41 @@ def test_an_engine_that_refuses_exotic_heads_is_not_drawn_them(tmp_path, run_con
     code, out = run_conformance("production_engine", "head", tmp_path)
     assert code == 0, out[-3000:]
     assert "implementation under test: production-shapes engine" in out and "filtered" not in out, out[-3000:]
+
+
+def test_every_mutant_still_applies_to_the_code():
+    # docs/testing.md's mutation table is only true while each mutant's source is in the code
+    from eagle3_ref.testing.mutants import MUTANTS, PACKAGE
+    from eagle3_ref.testing.plugin import CONFORMANCE_MARKERS
+
+    assert len({m.name for m in MUTANTS}) == len(MUTANTS)
+    for m in MUTANTS:
+        assert (PACKAGE / m.file).read_text().count(m.old) == 1, f"{m.name}: its source is not in {m.file} exactly once"
+        assert m.piece in CONFORMANCE_MARKERS, m.name
+        assert m.old != m.new, m.name
+
+
+def test_a_mutant_is_caught_through_the_adapter_alone():
+    # The batch sampled with one generator that drops top-k / top-p (#31): the whole loop of the
+    # mutants runner (a mutated copy of the package, the conformance suite run on it in its own
+    # process, the verdict read from its exit), on one mutant, restricted to the test that must
+    # catch it. And an unmutated copy passes the same test, so the verdict is the mutant's.
+    from eagle3_ref.testing.mutants import MUTANTS, Mutant, run_mutant
+
+    mutant = next(m for m in MUTANTS if m.name == "ONE_GENERATOR_LOSES_WARPERS")
+    only = ("-k", "one_generator_follows_the_warped_law")
+    result = run_mutant(mutant, extra=only)
+    assert result.outcome == "caught", result
+    assert result.first_failure == "test_a_batch_sampled_with_one_generator_follows_the_warped_law"
+    same = Mutant("NONE", mutant.piece, mutant.file, mutant.old, mutant.old, "no change")
+    assert run_mutant(same, extra=only).outcome == "missed"
+
+
+def test_the_mutation_table_in_the_docs_lists_every_mutant():
+    from pathlib import Path
+
+    from eagle3_ref.testing.mutants import MUTANTS
+
+    doc = (Path(__file__).parents[1] / "docs" / "testing.md").read_text()
+    missing = [m.name for m in MUTANTS if f"`{m.name}`" not in doc]
+    assert not missing, f"docs/testing.md's mutation table lacks {missing}: rerun python -m eagle3_ref.testing.mutants"
