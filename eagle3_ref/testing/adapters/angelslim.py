@@ -54,10 +54,15 @@ adapter gets round two of them in the open, or nothing could be judged:
   accepted in. The adapter returns what AngelSlim returns: ``tests/test_peers.py`` judges the
   tokens it emits up to ``max_new_tokens`` (and up to the first EOS) against ``generate``.
 
-Pieces: ``generate`` (greedy); ``tests/test_peers.py`` also compares the tree its drafter grows
-(``build`` gives the model, whose ``eagle_layer.topK_genrate`` it calls) with the reference's.
-Sampling is not judged yet: AngelSlim's verification draws from Python's global ``random`` and
-``torch.multinomial``, which the conformance suite's scripted sampler cannot drive.
+* Its warpers (``prepare_logits_processor``, the official code's) apply top-p before top-k;
+  transformers' ``generate`` applies top-k first, so with both set it samples another law.
+
+Pieces: ``generate``, greedy and sampled; ``tests/test_peers.py`` also compares the tree its
+drafter grows (``build`` gives the model, whose ``eagle_layer.topK_genrate`` it calls) with the
+reference's. Its verification draws from Python's global ``random`` and ``torch.multinomial``
+without a generator: :meth:`AngelSlimAdapter.decode` seeds both from the caller's generator for
+each call (and puts torch's global state back), so sampling is judged statistically; the
+conformance suite's scripted sampler cannot drive it.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import random
 import sys
 import tempfile
 import types
@@ -199,20 +205,37 @@ class AngelSlimAdapter:
 
     def generate(self, target, head, input_ids, *, max_new_tokens, num_nodes, max_depth, top_k, eos_token_id=None,
                  temperature=0.0, generator=None, sampling_top_k=0, sampling_top_p=1.0):
-        """AngelSlim's greedy ``eagle_generate``: (sequences, tokens appended by each cycle after
-        the prefill), as it returns them (it may run past ``max_new_tokens``: module docstring)."""
-        if temperature != 0:
-            raise Unsupported("sampling: AngelSlim draws from Python's global random and torch.multinomial, which "
-                              "the scripted sampler cannot drive")
+        """AngelSlim's ``eagle_generate``: (sequences, tokens appended by each cycle after the
+        prefill), as it returns them (it may run past ``max_new_tokens``: module docstring)."""
         if input_ids.shape[0] != 1:
             raise Unsupported("AngelSlim decodes one sequence")
         with tempfile.TemporaryDirectory(prefix="angelslim-") as folder:
             model = self.build(target, head, Path(folder), num_nodes=num_nodes, max_depth=max_depth, top_k=top_k,
                                eos_token_id=eos_token_id)
-            room = input_ids.shape[1] + max_new_tokens + 2 * num_nodes + 32  # its KV cache and step bound
-            sequences, _, _, accepted = model.eagle_generate(input_ids, temperature=0.0, max_new_tokens=max_new_tokens,
-                                                             max_length=room, log=True)
-        return sequences, [int(a) + 1 for a in accepted]
+            return self.decode(model, input_ids, max_new_tokens=max_new_tokens, num_nodes=num_nodes,
+                               temperature=temperature, generator=generator, sampling_top_k=sampling_top_k,
+                               sampling_top_p=sampling_top_p)
 
+    @staticmethod
+    def decode(model, input_ids, *, max_new_tokens, num_nodes, temperature=0.0, generator=None, sampling_top_k=0,
+               sampling_top_p=1.0):
+        """One ``eagle_generate`` of a built model. Sampling draws from Python's global ``random``
+        (acceptance) and torch's global generator (``torch.multinomial``), as the official code
+        does: both are seeded from ``generator`` for the call, and torch's global state is put
+        back afterwards, so a seeded run is reproducible and leaves the caller's stream alone."""
+        room = input_ids.shape[1] + max_new_tokens + 2 * num_nodes + 32  # its KV cache and step bound
+        # its warpers: temperature, then top-p (0 = off), then top-k (0 = off)
+        kwargs = dict(temperature=float(temperature), top_p=float(sampling_top_p) if sampling_top_p < 1 else 0.0,
+                      top_k=int(sampling_top_k), max_new_tokens=max_new_tokens, max_length=room, log=True)
+        if temperature == 0:
+            sequences, _, _, accepted = model.eagle_generate(input_ids, **kwargs)
+        else:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None \
+                else random.randrange(2**31 - 1)
+            with torch.random.fork_rng(devices=[]):
+                random.seed(seed)
+                torch.manual_seed(seed)
+                sequences, _, _, accepted = model.eagle_generate(input_ids, **kwargs)
+        return sequences, [int(a) + 1 for a in accepted]
 
 ADAPTER = AngelSlimAdapter()
