@@ -148,6 +148,17 @@ MUTANTS: tuple[Mutant, ...] = (
            "position_ids=(prefix_len + depth)[None]",
            "position_ids=(prefix_len + torch.arange(len(depth), device=device))[None]",
            "verifies tree node i at position prefix + i, not prefix + depth"),
+    Mutant("VERIFY_SEES_ONLY_THE_PREFIX", "generate", "generate.py",
+           "allowed = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=tree_mask.device), tree_mask], dim=1)",
+           "allowed = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=tree_mask.device), "
+           "torch.eye(n, dtype=torch.bool, device=tree_mask.device)], dim=1)",
+           "the verify forward lets each tree node see the prefix and itself, not its ancestors among the tree's "
+           "tokens (its key range leaves out the verify tokens)", "the kind of sglang #40214"),
+    Mutant("WINDOW_IGNORED_IN_VERIFY", "generate", "generate.py",
+           "mask = mask.masked_fill(~visible(rule, q_pos, k_pos)[None, None], torch.finfo(dtype).min)",
+           "mask = mask",
+           "a sliding-window layer verifies the tree with the full-attention mask: keys beyond its window are read",
+           "the kind of sglang #39160 / #39287"),
     Mutant("EOS_MID_BLOCK_MISSED", "generate", "generate.py",
            "        if t in eos:\n            return tokens[: i + 1], True",
            "        if t in eos and i == len(tokens[:room]) - 1:\n            return tokens[: i + 1], True",
