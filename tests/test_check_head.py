@@ -1,5 +1,6 @@
 """``eagle3-ref check-head``: every problem of a head directory reported, none invented."""
 
+import dataclasses
 import json
 
 import pytest
@@ -22,6 +23,9 @@ CONFIG = Eagle3Config(hidden_size=16, intermediate_size=32, num_attention_heads=
 def _head_dir(tmp_path, name="head", engine=None, config=CONFIG):
     torch.manual_seed(0)
     head = Eagle3DraftHead(config)
+    with torch.no_grad():  # as if trained: every weight moved off its initialisation (see test_untrained_weights...)
+        for p in head.parameters():
+            p.mul_(1.2).add_(torch.randn_like(p) * 0.1)
     if config.draft_vocab_size < config.vocab_size:
         mapping = build_vocab_mapping(torch.arange(config.vocab_size, 0, -1), config.draft_vocab_size)
         head.d2t.copy_(mapping.d2t)
@@ -146,3 +150,60 @@ def test_the_command(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 16, "vocab_size": 40, "hidden_size": 16}))
     assert main(["check-head", str(TOY_DIR / "head"), "--target", str(tmp_path)]) == 1
     assert "this head was not trained for this target" in capsys.readouterr().out
+
+
+
+def test_untrained_weights_are_an_error_naming_them(tmp_path):
+    # speculators #1114 / #1131: a converter that loads with strict=False saves the weights of
+    # the keys it never matched as initialised; the head then drafts at random, without an error
+    wide = dataclasses.replace(CONFIG, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                               num_key_value_heads=2)  # matrices of 1024 numbers and more: enough to tell
+    path = _head_dir(tmp_path, config=wide)
+    assert check_head_dir(path, target_layers=12).ok
+    fresh = Eagle3DraftHead(wide).state_dict()  # nn.Linear's uniform init, norms at 1.0
+
+    def unmatched_midlayer(state):
+        for k in [k for k in state if k.startswith("midlayer.")]:
+            state[k] = fresh[k].clone()
+    errors = check_head_dir(_edit(path, weights=unmatched_midlayer), target_layers=12).errors
+    assert len(errors) == 1 and errors[0].startswith("10 of 14 weights still at initialisation"), errors
+    assert "midlayer.input_layernorm.weight (all 1.0, as RMSNorm starts)" in errors[0]
+    assert "midlayer.mlp.down_proj.weight (uniform within ±1/sqrt(128), as nn.Linear starts)" in errors[0]
+    assert "; and 6 more." in errors[0]
+
+    def untrained(state):
+        state.update({k: fresh[k].clone() for k in state if state[k].is_floating_point()})
+    assert check_head_dir(_edit(_head_dir(tmp_path, "h2", config=wide), weights=untrained), target_layers=12).errors[0].startswith(
+        "every weight still at initialisation")
+
+
+def test_what_counts_as_initialised():
+    from eagle3_ref.tools.check_head import looks_initialised
+
+    torch.manual_seed(1)
+    assert looks_initialised("lm_head.weight", torch.empty(64, 128).normal_(0, 0.02)).startswith("normal(0, 0.02)")
+    assert looks_initialised("fc.weight", torch.nn.Linear(96, 64).weight) is not None
+    assert looks_initialised("norm.weight", torch.ones(16)) is not None
+    # trained-looking: scaled, shifted, heavier tails, small tensors, and integer buffers pass
+    assert looks_initialised("lm_head.weight", torch.empty(64, 128).normal_(0, 0.03)) is None
+    assert looks_initialised("fc.weight", torch.nn.Linear(96, 64).weight * 1.3) is None
+    assert looks_initialised("norm.weight", torch.ones(16) + 1e-3) is None
+    assert looks_initialised("lm_head.weight", torch.distributions.StudentT(3).sample((64, 128)) * 0.01) is None
+    assert looks_initialised("d2t", torch.zeros(8, dtype=torch.long)) is None
+    assert looks_initialised("fc.weight", torch.nn.Linear(8, 8).weight) is None  # too few numbers to tell
+
+
+def test_with_the_target_a_short_acceptance_measurement(tmp_path, capsys):
+    import shutil
+
+    assert main(["check-head", str(TOY_DIR / "head"), "--target", str(TOY_DIR / "target")]) == 0
+    out = capsys.readouterr().out
+    tau = float(out.split("acceptance on the target: tau ")[1].split()[0])
+    assert tau > 3.0 and "accepts almost nothing" not in out
+    # a head whose files are all well-formed but which drafts garbage: its lm_head rows rolled
+    # (a draft id mapped to another token: what a reordered vocabulary does)
+    shutil.copytree(TOY_DIR / "head", tmp_path / "head")
+    _edit(tmp_path / "head", weights=lambda s: s.__setitem__("lm_head.weight", s["lm_head.weight"].roll(1, 0)))
+    assert main(["check-head", str(tmp_path / "head"), "--target", str(TOY_DIR / "target")]) == 0  # a warning
+    out = capsys.readouterr().out
+    assert "WARNING the head accepts almost nothing on this target" in out, out

@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
     ch.add_argument("dir", help="the head directory")
     group = ch.add_mutually_exclusive_group()
     group.add_argument("--target-layers", type=int, help="the target's number of decoder layers")
-    group.add_argument("--target", help="the target's directory (only its config.json is read)")
+    group.add_argument("--target", help="the target's directory: its config.json is checked against the head's and, "
+                                        "when it holds weights and the head has no error, a short acceptance "
+                                        "measurement says whether the head drafts what the target writes")
     ch.set_defaults(func=run, command_name="check-head", aliases={})
 
 
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         layers = target.get("num_hidden_layers")
     if layers is not None and (not isinstance(layers, int) or layers < 1):
         return fail(args, f"--target-layers must be positive, got {layers}")
-    check = check_head_dir(args.dir, layers, target)
+    weights = args.target is not None and any((Path(args.target) / name).is_file() for name in
+                                              ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    check = check_head_dir(args.dir, layers, target, target_dir=args.target if weights else None)
     print(check.report())
     return 0 if check.ok else 1

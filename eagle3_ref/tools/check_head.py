@@ -10,6 +10,7 @@ Checked: ``config.json`` (required fields, plain RoPE), the weight file (safeten
 ``pytorch_model.bin``), the key set against the official one, every shape against the
 config, dtypes (floating weights, integer ``d2t``, bool ``t2d``), the draft vocabulary
 (``d2t`` in range, ``t2d`` count and agreement with ``d2t``), finite weights of one dtype,
+weights moved off their initialisation (:func:`looks_initialised`),
 and the layer ids declared in each convention (agreeing with each other; in range, with
 ``--target-layers N``). With ``--target DIR``, also the head's vocabulary and width against
 the target's: everything ``eagle3-ref demo`` relies on later.
@@ -35,7 +36,7 @@ from ..checkpoint import (
 from ..fusion import default_aux_layer_ids, from_convention, validate_aux_layer_ids
 from ..vocab import validate_vocab_mapping
 
-__all__ = ["HeadCheck", "check_head_dir", "declared_layer_ids"]
+__all__ = ["HeadCheck", "check_head_dir", "declared_layer_ids", "looks_initialised", "measure_acceptance"]
 
 
 @dataclass
@@ -191,11 +192,90 @@ def _check_values(check: HeadCheck, state: dict) -> None:
                             "a head computes in one")
 
 
+
+def looks_initialised(name: str, t: torch.Tensor) -> str | None:
+    """How ``t`` still looks like a freshly initialised weight, or None: an RMSNorm weight of
+    exactly 1.0 everywhere; a matrix uniform within ``±1/sqrt(fan_in)`` (``nn.Linear``'s own
+    initialisation: no entry beyond the bound, the spread of a uniform there); a matrix drawn
+    from ``normal(0, 0.02)`` (transformers' ``initializer_range``) or ``normal(0, 1)``
+    (``nn.Embedding``): mean, spread and tails within four standard errors of the
+    distribution's, for a tensor of that many numbers (1024 at least). A trained head has none:
+    training moves every weight off these, and a converter that loads with ``strict=False``
+    saves exactly these for the keys it never matched."""
+    if not t.is_floating_point() or t.numel() < 2:
+        return None
+    x = t.detach().double().flatten()
+    if name.endswith("norm.weight") and bool((x == 1).all()):
+        return "all 1.0, as RMSNorm starts"
+    if t.dim() != 2 or t.numel() < 1024:
+        return None
+    n, bound = x.numel(), 1 / t.shape[1] ** 0.5
+    std, mean = float(x.std()), float(x.mean())
+    # within four standard errors of what the initialisation gives, for a tensor of n numbers
+    if float(x.abs().max()) <= bound * (1 + 1e-6) and abs(std / (bound / 3**0.5) - 1) < max(0.03, 1.8 / n**0.5):
+        return f"uniform within ±1/sqrt({t.shape[1]}), as nn.Linear starts"
+    kurtosis = float(((x - mean) ** 4).mean() / std**4)
+    for sigma, who in ((0.02, "transformers initialises"), (1.0, "nn.Embedding starts")):
+        if abs(std / sigma - 1) < 2.8 / n**0.5 and abs(mean) < 4 * sigma / n**0.5 and abs(kurtosis - 3) < 20 / n**0.5:
+            return f"normal(0, {sigma:g}), as {who}"
+    return None
+
+
+def _check_trained(check: HeadCheck, state: dict) -> None:
+    """Weights still at their initialisation: a head never trained, or keys a conversion never
+    matched (speculators #1114 / #1131: loaded with ``strict=False``, the unmatched weights were
+    saved as initialised, and the head accepts nothing without an error)."""
+    fresh = {k: why for k, t in state.items() if (why := looks_initialised(k, t))}
+    if not fresh:
+        return
+    floating = [k for k, t in state.items() if t.is_floating_point()]
+    what = "; ".join(f"{k} ({why})" for k, why in list(fresh.items())[:4]) + \
+        (f"; and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+    whole = "every weight" if len(fresh) == len(floating) else f"{len(fresh)} of {len(floating)} weights"
+    check.errors.append(f"{whole} still at initialisation: {what}. An untrained head, or keys a conversion never "
+                        f"matched (loaded with strict=False, saved as initialised): it would draft at random")
+
+
+def measure_acceptance(head_dir: str | os.PathLike, target_dir: str | os.PathLike, prompts: int = 3,
+                       prompt_tokens: int = 24, new_tokens: int = 32) -> tuple[float, int]:
+    """A short acceptance measurement: the target writes ``prompts`` texts of its own (greedy,
+    from its first token ids), then the head drafts ``new_tokens`` more of each with the
+    default tree, greedily. Returns (tau, cycles): tokens per target forward over all cycles.
+    A head that drafts at random accepts almost nothing (tau about 1.0), whatever its files say."""
+    from transformers import AutoModelForCausalLM
+
+    from ..checkpoint import load_draft_head
+    from ..decoding import speculative_generate
+
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+    head = load_draft_head(head_dir, target)
+    lengths = []
+    with torch.no_grad():
+        for start in range(1, prompts + 1):
+            ids = torch.tensor([[start]])
+            text = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                   max_new_tokens=prompt_tokens - 1, min_new_tokens=prompt_tokens - 1,
+                                   pad_token_id=0)
+            lengths += speculative_generate(target, head, text, max_new_tokens=new_tokens).accepted_lengths
+    return sum(lengths) / max(len(lengths), 1), len(lengths)
+
+
+def _check_acceptance(check: HeadCheck, path: Path, target_dir: Path) -> None:
+    tau, cycles = measure_acceptance(path, target_dir)
+    check.facts.append(f"acceptance on the target: tau {tau:.2f} tokens per target forward over {cycles} cycles (3 "
+                       f"texts the target wrote itself, 32 new tokens each, greedy, the default tree; a head that "
+                       f"drafts at random gets about 1.0)")
+    if tau < 1.2:
+        check.warnings.append(f"the head accepts almost nothing on this target (tau {tau:.2f}): weights that never "
+                              f"loaded, the wrong tapped layers, or another target's head")
+
 def check_head_dir(path: str | os.PathLike, target_layers: int | None = None,
-                   target_config: dict | None = None) -> HeadCheck:
+                   target_config: dict | None = None, target_dir: str | os.PathLike | None = None) -> HeadCheck:
     """Every problem of a head directory, and how each engine would read its layer ids.
     ``target_config``: the target's (text) ``config.json`` as a dict: its layer count,
-    vocabulary and hidden size are checked against the head's."""
+    vocabulary and hidden size are checked against the head's. ``target_dir``: the target
+    itself, with its weights; when the head has no error, a short acceptance measurement
+    (:func:`measure_acceptance`) says whether it drafts what the target writes."""
     path = Path(path)
     check = HeadCheck(path)
     if target_config is not None and target_layers is None:
@@ -242,7 +322,10 @@ def check_head_dir(path: str | os.PathLike, target_layers: int | None = None,
     if state is not None:
         _check_weights(check, config, state)
         _check_values(check, state)
+        _check_trained(check, state)
     if target_config is not None:
         _check_fits_target(check, config, target_config)
     _check_layer_ids(check, config, raw, target_layers)
+    if target_dir is not None and check.ok:
+        _check_acceptance(check, path, Path(target_dir))
     return check
