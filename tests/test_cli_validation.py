@@ -115,6 +115,12 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--target-layers": COUNTS,
         "--target": [MISSING, FILE],
     }),
+    "convert": (["<head>", "<out>", "--to", "official"], {
+        "src": [MISSING, FILE],
+        "dst": [FILE] + UNWRITABLE,
+        "--to": ["modelopt", "SPECULATORS"],
+        "--verifier": ["", "meta-llama/Llama-3.1-8B-Instruct"],  # with --to official: nowhere to write it
+    }),
     "vectors export": ([], {"dir": [FILE] + UNWRITABLE}),
     "vectors check": (["<vectors>"], {
         "dir": [MISSING, FILE],
@@ -159,6 +165,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     }),
 }
 CASES = [(command, option) for command, (_, options) in COMMANDS.items() for option in options]
+SECOND_POSITIONAL = {("convert", "dst"): 1}  # where a command takes two, the second's place in the base
 
 
 def _options(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -223,7 +230,8 @@ def test_a_malformed_option_is_refused_by_name(command, option, data, places, ca
     subs = {FILE: str(places / "file"), "<data>": str(places / "data.txt"), "<out>": str(out),
             "<not UTF-8>": str(places / "latin1.txt"), "<a directory>": str(places / "vectors"),
             "<an empty file>": str(places / "empty.txt"),
-            "<vectors>": str(places / "vectors"), "<skeleton>": str(places / "skeleton")}
+            "<vectors>": str(places / "vectors"), "<skeleton>": str(places / "skeleton"),
+            "<head>": str(TOY_DIR / "head")}
     value = subs.get(value, value)
     argv = [*command.split(), *[subs.get(a, a) for a in base]]
     if option.startswith("--"):
@@ -232,7 +240,7 @@ def test_a_malformed_option_is_refused_by_name(command, option, data, places, ca
         else:
             argv += [option, value]
     else:  # the positional argument, in place of the base's (if it has one)
-        at = len(command.split())
+        at = len(command.split()) + SECOND_POSITIONAL.get((command, option), 0)
         argv[at:at + (len(argv) > at and not argv[at].startswith("--"))] = [value]
     capsys.readouterr()
     try:

@@ -28,6 +28,7 @@ from . import (
     assignment,
     bench,
     check_head,
+    convert,
     demo,
     gpu_check,
     info,
@@ -39,7 +40,7 @@ from .common import version
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (info, train, demo, bench, check_head, vectors, assignment, ablate, gpu_check, toy)
+COMMANDS = (info, train, demo, bench, check_head, convert, vectors, assignment, ablate, gpu_check, toy)
 
 
 def build_parser() -> argparse.ArgumentParser:

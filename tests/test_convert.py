@@ -1,0 +1,183 @@
+"""Converting heads between checkpoint formats (eagle3_ref/tools/convert.py): official <-> speculators.
+
+Proofs: A -> B -> A gives back A's config.json and weights exactly, both ways round, for random
+heads written as this project, vLLM and SGLang write them, and for a speculators head as its own
+converter writes one; what the official format cannot mean is refused by name; and a head
+converted to the speculators format loads into speculators' own ``Eagle3DraftModel`` (0.9.0,
+installed by CI) and computes the reference head's draft logits.
+"""
+
+import copy
+import dataclasses
+import importlib.util
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from eagle3_ref.checkpoint import save_draft_head
+from eagle3_ref.draft_head import Eagle3DraftHead
+from eagle3_ref.testing.strategies import head_configs, seeds, target_configs
+from eagle3_ref.tools.check_head import declared_layer_ids
+from eagle3_ref.tools.convert import convert, detect_format, official_to_speculators, speculators_to_official
+
+pytestmark = pytest.mark.checkpoint
+speculators_installed = pytest.mark.skipif(importlib.util.find_spec("speculators") is None,
+                                           reason="speculators is not installed (pip install --no-deps "
+                                                  "speculators==0.9.0, and openai datasets hs-connectors loguru)")
+
+
+def _files(path):
+    return json.loads((path / "config.json").read_text()), load_file(str(path / "model.safetensors"))
+
+
+def _same(a, b, what):
+    (ca, wa), (cb, wb) = _files(a), _files(b)
+    assert ca == cb, f"{what}: config.json differs:\n{ca}\n{cb}"
+    assert wa.keys() == wb.keys(), f"{what}: keys {sorted(wa.keys() ^ wb.keys())}"
+    for k in wa:
+        assert wa[k].dtype == wb[k].dtype and torch.equal(wa[k], wb[k]), f"{what}: {k} differs"
+
+
+@pytest.mark.parametrize("engine", [None, "vllm", "sglang"], ids=["eagle3-ref", "vllm-export", "sglang-export"])
+@settings(max_examples=10)
+@given(tc=target_configs(min_layers=7, max_layers=12), seed=seeds, data=st.data())
+def test_every_round_trip_gives_back_the_head_exactly(tmp_path_factory, engine, tc, seed, data):
+    config = data.draw(head_configs(tc))
+    if engine == "sglang" and config.aux_layer_ids and min(config.aux_layer_ids) == 0:
+        config = dataclasses.replace(config, aux_layer_ids=None)  # SGLang cannot spell layer 0's input
+    torch.manual_seed(seed)
+    head = Eagle3DraftHead(config).to(data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16])))
+    tmp = tmp_path_factory.mktemp("convert")
+    official = save_draft_head(head, tmp / "official", engine=engine, num_target_layers=tc.num_hidden_layers)
+    verifier = data.draw(st.sampled_from([None, "meta-llama/Llama-3.1-8B-Instruct"]))
+    spec = convert(official, tmp / "spec", "speculators", verifier=verifier)
+    assert detect_format(spec) == "speculators" and detect_format(official) == "official"
+    back = convert(spec, tmp / "back", "official")
+    _same(official, back, "official -> speculators -> official")
+    # and from the speculators side, whatever it holds that official cannot comes back too
+    _same(spec, convert(back, tmp / "spec2", "speculators", verifier=verifier), "speculators -> official -> speculators")
+    cfg, weights = _files(spec)
+    declared = set(declared_layer_ids(_files(official)[0]).values())  # what each convention says, as hidden_states ids
+    assert cfg["eagle_aux_hidden_state_layer_ids"] == (list(declared.pop()) if declared else None)
+    assert any(k.startswith("layers.0.") for k in weights) and not any(k.startswith("midlayer.") for k in weights)
+
+
+def _speculators_head(tmp_path, **changes):
+    """A head as speculators' converter writes one (its config fields, layers.0.* keys, a verifier)."""
+    torch.manual_seed(0)
+    head = Eagle3DraftHead(_small_config())
+    layer = {"model_type": "llama", "vocab_size": 50, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "rms_norm_eps": 1e-5,
+             "max_position_embeddings": 4096, "hidden_act": "silu", "tie_word_embeddings": False,
+             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "architectures": ["LlamaForCausalLM"],
+             "initializer_range": 0.02, "attention_bias": False, "mlp_bias": False}
+    config = {"architectures": ["Eagle3Speculator"], "speculators_model_type": "eagle3", "speculators_version": "0.9.0",
+              "transformer_layer_config": layer, "draft_vocab_size": 30, "norm_before_residual": False,
+              "target_hidden_size": None, "eagle_aux_hidden_state_layer_ids": [2, 4, 6], "norm_before_fc": False,
+              "fc_norm": False, "norm_output": False, "embed_requires_grad": False, "dtype": "float32",
+              "speculators_config": {"algorithm": "eagle3", "default_proposal_method": "greedy",
+                                     "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": 5}],
+                                     "verifier": {"name_or_path": "meta-llama/Llama-3.1-8B-Instruct",
+                                                  "architectures": ["LlamaForCausalLM"]}}}
+    for key, value in changes.items():
+        target = config["transformer_layer_config"] if key in layer or key in ("sliding_window", "layer_types") else config
+        target[key] = value
+    path = tmp_path / "speculators"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    weights = {("layers.0." + k[9:] if k.startswith("midlayer.") else k): v for k, v in head.state_dict().items()}
+    save_file(weights, path / "model.safetensors")
+    return path
+
+
+def _small_config():
+    from eagle3_ref.draft_head import Eagle3Config
+
+    return Eagle3Config(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=50,
+                        draft_vocab_size=30, aux_layer_ids=(2, 4, 6))
+
+
+def test_a_speculators_head_round_trips_through_official(tmp_path):
+    spec = _speculators_head(tmp_path)
+    official = convert(spec, tmp_path / "official", "official")
+    raw, weights = _files(official)
+    assert raw["eagle_aux_hidden_state_layer_ids"] == [2, 4, 6] and raw["draft_vocab_size"] == 30
+    assert raw["speculators"]["fields"]["speculators_config"]["proposal_methods"][0]["speculative_tokens"] == 5
+    assert "midlayer.self_attn.q_proj.weight" in weights
+    _same(spec, convert(official, tmp_path / "back", "speculators"), "speculators -> official -> speculators")
+    # the official loader reads the converted head as the layers it was trained on
+    from eagle3_ref.checkpoint import load_draft_head
+
+    assert load_draft_head(official).config.aux_layer_ids == (2, 4, 6)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"norm_before_residual": True}, "norm_before_residual"), ({"norm_before_fc": True}, "norm_before_fc"),
+    ({"fc_norm": True}, "fc_norm"), ({"norm_output": True}, "norm_output"),
+    ({"model_type": "qwen3"}, "model_type"), ({"num_hidden_layers": 2}, "num_hidden_layers"),
+    ({"sliding_window": 64}, "sliding_window"), ({"layer_types": ["sliding_attention"]}, "sliding_window"),
+    ({"attention_bias": True}, "attention_bias"),
+])
+def test_what_official_cannot_mean_is_refused_by_name(tmp_path, change, named):
+    spec = _speculators_head(tmp_path, **change)
+    with pytest.raises(ValueError, match=named):
+        convert(spec, tmp_path / "official", "official")
+    assert not (tmp_path / "official").exists()  # nothing half-written
+
+
+def test_weights_without_a_place_are_refused_and_layer_ids_must_agree(tmp_path):
+    spec = _speculators_head(tmp_path)
+    raw, weights = _files(spec)
+    with pytest.raises(ValueError, match="layers.1.mlp.up_proj.weight"):
+        speculators_to_official(raw, {**weights, "layers.1.mlp.up_proj.weight": torch.zeros(2)})
+    official = copy.deepcopy(speculators_to_official(raw, weights)[0])
+    official.pop("speculators")
+    official["eagle3_ref"] = {"aux_layer_ids": [1, 4, 6]}  # vLLM's key says (2, 4, 6)
+    with pytest.raises(ValueError, match="different tapped layers"):
+        official_to_speculators(official, weights)
+    with pytest.raises(ValueError, match="exists and is not empty"):
+        convert(spec, spec, "official")
+    with pytest.raises(ValueError, match="to must be one of"):
+        convert(spec, tmp_path / "x", "modelopt")
+
+
+@speculators_installed
+def test_a_converted_head_loads_into_speculators_and_computes_the_same_logits(tmp_path):
+    # speculators' own model, from the files convert wrote: its Eagle3DraftModel.from_pretrained
+    # (which reads the verifier's config: a tiny Llama written here), then one step of its forward
+    # with the reference head's inputs, logits taken from its lm_head. Its positions default to
+    # 1 + arange (given here as the reference's 0-based ones) and it embeds with its own embedding
+    # (loaded from the verifier when the head has none: the target's, as the reference's).
+    from speculators.models.eagle3.config import Eagle3SpeculatorConfig
+    from speculators.models.eagle3.core import Eagle3DraftModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    target = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=8,
+                                          num_attention_heads=4, num_key_value_heads=2))
+    target.save_pretrained(tmp_path / "target")
+    head = Eagle3DraftHead(_small_config())
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(3.0)  # logits of some size
+    official = save_draft_head(head, tmp_path / "official")
+    spec = convert(official, tmp_path / "spec", "speculators", verifier=str(tmp_path / "target"))
+    config = Eagle3SpeculatorConfig.from_pretrained(spec)
+    config.transformer_layer_config._attn_implementation = "sdpa"  # its default, flex attention, needs a GPU
+    model = Eagle3DraftModel.from_pretrained(spec, config=config).eval()
+    T = 7
+    features, ids = torch.randn(1, T, 3 * 32), torch.randint(0, 50, (1, T + 1))
+    captured = []
+    model.lm_head.register_forward_hook(lambda module, args, out: captured.append(out))
+    head.embed_weight = target.get_input_embeddings().weight
+    with torch.no_grad():
+        model(hidden_states=features, input_ids=ids[:, 1:], document_ids=torch.zeros(1, T, dtype=torch.long),
+              position_ids=torch.arange(T)[None], ttt_steps=1)
+        want = head(ids[:, 1:], head.fuse(features), torch.arange(T)[None]).logits
+    torch.testing.assert_close(captured[0], want, rtol=1e-5, atol=1e-5)
+    assert model.config.eagle_aux_hidden_state_layer_ids == [2, 4, 6]
+    assert int(model.t2d.sum()) == 30 and torch.equal(model.d2t, head.d2t)
