@@ -28,7 +28,6 @@ import os
 import shutil
 from pathlib import Path
 
-
 from ..checkpoint import CONFIG, SAFETENSORS, read_weights
 from .check_head import declared_layer_ids
 
