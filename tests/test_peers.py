@@ -422,7 +422,7 @@ def _angelslim_sampled_pairs(warp: dict, runs: int) -> tuple[torch.Tensor, torch
 
     from eagle3_ref.testing.adapter import official_config_of, state_dict_of
     from eagle3_ref.testing.adapters.angelslim import ADAPTER
-    from eagle3_ref.testing.law import generation_law
+    from eagle3_ref.testing.law import generation_law, sequence_law
     from eagle3_ref.testing.strategies import build_draft_head, build_target
 
     V, prompt = 4, [1, 3, 2]
@@ -439,12 +439,7 @@ def _angelslim_sampled_pairs(warp: dict, runs: int) -> tuple[torch.Tensor, torch
         with torch.no_grad():
             return generation_law(target(torch.tensor([prompt + prefix])).logits[0, -1], **processed)
 
-    law = torch.zeros(V, V, V, dtype=torch.float64)
-    first = p_next([])
-    for a in range(V):
-        second = p_next([a])
-        for b in range(V):
-            law[a, b] = first[a] * second[b] * p_next([a, b])
+    law = sequence_law(p_next, V, 3)
     counts = torch.zeros(V, V, V, dtype=torch.float64)
     generator = torch.Generator().manual_seed(5)
     with tempfile.TemporaryDirectory(prefix="angelslim-") as folder, contextlib.redirect_stdout(io.StringIO()):

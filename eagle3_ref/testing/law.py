@@ -17,6 +17,7 @@ given the tokens before it, which is what the oracle is compared with, whatever 
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 from collections.abc import Callable, Sequence
 
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["assert_a_cycle_follows_the_generation_law", "assert_follows_the_generation_law", "generation_law",
-           "next_token_laws"]
+           "next_token_laws", "sequence_law"]
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +51,19 @@ def generation_law(logits: Tensor, temperature: float, top_k: int = 0, top_p: fl
     flat = logits.double().reshape(-1, logits.shape[-1])
     return torch.softmax(processors(None, flat), dim=-1).reshape(logits.shape)
 
+
+
+def sequence_law(p_next: Callable[[list[int]], Tensor], vocab: int, length: int) -> Tensor:
+    """``(vocab,) * length``: the probability of each sequence of ``length`` tokens, the product
+    of ``p_next(prefix)[token]`` along it; ``p_next(prefix)`` is the law after the context and
+    ``prefix`` (e.g. :func:`generation_law` of the target's logits there). What the statistical
+    tests compare sampled sequences with."""
+    law = torch.ones((), dtype=torch.float64)
+    for _ in range(length):  # extend every prefix by one token
+        prefixes = list(itertools.product(range(vocab), repeat=law.dim()))
+        step = torch.stack([p_next(list(u)).double() for u in prefixes]).reshape(*law.shape, vocab)
+        law = law[..., None] * step
+    return law
 
 def next_token_laws(outcomes) -> dict[tuple[int, ...], dict[int, float]]:
     """``outcomes``: ``(probability, emitted tokens)`` pairs covering every way a cycle can go

@@ -195,7 +195,7 @@ def test_a_batch_sampled_with_one_generator_follows_the_warped_law(impl):
     import inspect
 
     from eagle3_ref.testing.conformance.test_verify import chi_square_p_value, tempered_pair
-    from eagle3_ref.testing.law import generation_law
+    from eagle3_ref.testing.law import generation_law, sequence_law
 
     if not callable(getattr(impl, "generate_batch", None)):
         pytest.skip("batch 1 only: the adapter has no generate_batch")
@@ -213,7 +213,7 @@ def test_a_batch_sampled_with_one_generator_follows_the_warped_law(impl):
         with torch.no_grad():
             return generation_law(target(torch.tensor([prompt + prefix])).logits[0, -1], **warp)
 
-    laws = [torch.stack([p_next(p, [])[a] * p_next(p, [a]) for a in range(V)]) for p in prompts]  # (V, V) each
+    laws = [sequence_law(lambda prefix, p=p: p_next(p, prefix), V, new) for p in prompts]  # (V, V) each
     counts = torch.zeros(len(prompts), V, V, dtype=torch.float64)
     generator = torch.Generator().manual_seed(2468)
     for _ in range(runs):

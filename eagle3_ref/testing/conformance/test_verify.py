@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eagle3_ref.testing.divergence import assert_same
-from eagle3_ref.testing.law import generation_law
+from eagle3_ref.testing.law import generation_law, sequence_law
 from eagle3_ref.testing.sampling import enumerate_verifier
 from eagle3_ref.testing.strategies import seeds, trees
 from eagle3_ref.tree import DraftTree, tree_buffers
@@ -183,11 +183,13 @@ def test_speculative_sampling_matches_the_target_statistically(impl):
     V, runs, alpha = 6, 600, 1e-3
     target, head = tempered_pair(impl, V, 7)
     prompt = torch.tensor([[1, 4, 2]])
-    # The exact law of the next two tokens from the target itself.
-    with torch.no_grad():
-        p1 = generation_law(target(prompt).logits[0, -1], temperature=1.0)
-        law = torch.stack([p1[a] * generation_law(target(torch.cat([prompt, torch.tensor([[a]])], 1)).logits[0, -1],
-                                                  temperature=1.0) for a in range(V)]).flatten()
+
+    def p_next(prefix: list[int]) -> torch.Tensor:  # what generate samples from after prompt + prefix
+        with torch.no_grad():
+            logits = target(torch.cat([prompt, torch.tensor([prefix], dtype=torch.long)], 1)).logits[0, -1]
+        return generation_law(logits, temperature=1.0)
+
+    law = sequence_law(p_next, V, 2).flatten()  # the exact law of the next two tokens from the target itself
     counts = torch.zeros(V * V, dtype=torch.float64)
     gen = torch.Generator().manual_seed(1234)
     for _ in range(runs):
@@ -234,12 +236,7 @@ def assert_sampled_sequences_follow_the_warped_law(impl, warp):
             logits = target(torch.cat([prompt, torch.tensor([prefix], dtype=torch.long)], 1)).logits[0, -1]
         return generation_law(logits, **processed)
 
-    law = torch.zeros(V, V, V, dtype=torch.float64)  # P(t1, t2, t3), exactly
-    p1 = p_next([])
-    for a in range(V):
-        p2 = p_next([a])
-        for b in range(V):
-            law[a, b] = p1[a] * p2[b] * p_next([a, b])
+    law = sequence_law(p_next, V, new)  # P(t1, t2, t3), exactly
     counts = torch.zeros(V, V, V, dtype=torch.float64)
     gen = torch.Generator().manual_seed(4321)
     for _ in range(runs):
