@@ -53,10 +53,12 @@ from .checkpoint import load_draft_head, publish, save_draft_head
 from .draft_head import Eagle3Config, Eagle3DraftHead
 from .eagle2 import Eagle2DraftHead, eagle2_config, eagle2_loss, load_eagle2_head, save_eagle2_head
 from .fusion import default_aux_layer_ids, num_decoder_layers, select_features, top_feature_id, validate_aux_layer_ids
+from .tree import TreeConfig
 from .ttt import ttt_forward, ttt_loss
 from .vocab import build_vocab_mapping, count_tokens
 
 __all__ = ["TrainConfig", "TrainData", "tokenize_corpus", "regenerate", "continue_prompts", "read_data_file",
+           "prepare_held_out", "evaluate_loss",
            "target_pass", "prepare_data",
            "train_head", "evaluate_tau", "TrainingError", "check_out_dir", "new_head"]
 
@@ -82,7 +84,9 @@ class TrainConfig:
     draft_vocab_size: int | None = None  # None: the target's vocabulary
     aux_layer_ids: tuple[int, ...] | None = None  # None: EAGLE-3's default (2, N//2, N-3)
     regenerate_prompt_tokens: int = 0  # > 0: self-distillation with prompts of this many tokens
-    regenerate_temperature: float = 0.0  # the target writes greedily (0) or samples at this temperature
+    # The target writes greedily (0) or samples at this temperature; several (e.g. (0.0, 1.0)): each
+    # sequence is rewritten once at each, the data mix that serves decoding at both temperatures.
+    regenerate_temperature: float | tuple[float, ...] = 0.0
     max_sequences: int | None = None  # keep this many corpus sequences (a seeded sample); None: all
     seed: int = 0
     save_every: int = 100
@@ -91,6 +95,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     cache_dir: str | None = None  # cache the target pass here (safetensors shards)
+    data_cache: str | None = None  # keep the (rewritten) sequences here, reused when the recipe matches
     head_overrides: dict = field(default_factory=dict)  # e.g. {"intermediate_size": 64}
     head: str = "eagle3"  # "eagle2": the EAGLE-2-style baseline (eagle2.py); needs ttt_steps 1
     init_lm_head_from_target: bool = False  # start lm_head as the target's LM head rows (a diagnostic)
@@ -112,13 +117,27 @@ class TrainConfig:
         whole("seq_len", 2)
         whole("draft_vocab_size", 1, none_ok=True)
         whole("max_sequences", 1, none_ok=True)
-        for name, positive in (("lr", True), ("grad_clip", True), ("weight_decay", False),
-                               ("regenerate_temperature", False)):
-            value = getattr(self, name)
+        def number(name: str, value, positive: bool) -> None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
                 (value > 0 if positive else value >= 0)
             if not ok:
                 raise TrainingError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+        for name, positive in (("lr", True), ("grad_clip", True), ("weight_decay", False)):
+            number(name, getattr(self, name), positive)
+        if isinstance(self.regenerate_temperature, (list, tuple)):
+            temperatures = tuple(self.regenerate_temperature)
+            if not temperatures or len(set(temperatures)) != len(temperatures):
+                raise TrainingError(f"regenerate_temperature: give one temperature or several distinct ones, got "
+                                    f"{self.regenerate_temperature!r}")
+            for value in temperatures:
+                number("regenerate_temperature", value, False)
+            self.regenerate_temperature = temperatures[0] if len(temperatures) == 1 else temperatures
+        else:
+            number("regenerate_temperature", self.regenerate_temperature, False)
+        if isinstance(self.regenerate_temperature, tuple) and not self.regenerate_prompt_tokens:
+            raise TrainingError("regenerate_temperature lists several temperatures, but regenerate_prompt_tokens is 0: "
+                                "nothing is rewritten")
         if self.ttt_steps > self.seq_len:
             raise TrainingError(f"ttt_steps ({self.ttt_steps}) must be at most seq_len ({self.seq_len}): a step past "
                                 "the sequence has no token to read")
@@ -134,6 +153,13 @@ class TrainConfig:
             self.aux_layer_ids = ids
         if self.resume and self.overwrite:
             raise TrainingError("resume and overwrite are mutually exclusive")
+
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """The rewrite temperatures as a tuple (one or several)."""
+        t = self.regenerate_temperature
+        return t if isinstance(t, tuple) else (t,)
 
 
 @dataclass
@@ -233,29 +259,30 @@ def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, l
                  batch_size: int = 8, progress: bool = False) -> TrainData:
     """Tokenise (and optionally regenerate); with ``cache_dir``, run the target once and
     keep features and logits in safetensors shards (reused when they match)."""
-    corpus, prompts = read_data_file(text, tokenizer)
-    if prompts and not corpus.strip():
-        ids, mask = continue_prompts(target, prompts, config.seq_len)
-    else:
-        ids = tokenize_corpus(corpus, tokenizer, config.seq_len)
-        if config.max_sequences is not None and config.max_sequences < ids.shape[0]:
-            keep = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(config.seed))
-            ids = ids[keep[: config.max_sequences].sort().values]
-        if config.regenerate_prompt_tokens:
-            ids, mask = regenerate(target, ids, config.regenerate_prompt_tokens, progress=progress,
-                                   temperature=config.regenerate_temperature, seed=config.seed)
+    recipe = {"text": hashlib.sha256(text.encode()).hexdigest()[:16], "seq_len": config.seq_len,
+              "max_sequences": config.max_sequences, "seed": config.seed,
+              "regenerate": config.regenerate_prompt_tokens, "temperatures": list(config.temperatures)}
+    ids_mask = _cached_sequences(config.data_cache, "train", recipe)
+    if ids_mask is None:
+        corpus, prompts = read_data_file(text, tokenizer)
+        if prompts and not corpus.strip():
+            ids_mask = continue_prompts(target, prompts, config.seq_len)
         else:
-            mask = torch.ones_like(ids)
-        if prompts:
-            more, more_mask = continue_prompts(target, prompts, config.seq_len)
-            ids, mask = torch.cat([ids, more]), torch.cat([mask, more_mask])
+            ids_mask = _rewrite(target, tokenize_corpus(corpus, tokenizer, config.seq_len), config,
+                                config.max_sequences, progress)
+            if prompts:
+                more, more_mask = continue_prompts(target, prompts, config.seq_len)
+                ids_mask = torch.cat([ids_mask[0], more]), torch.cat([ids_mask[1], more_mask])
+        _cache_sequences(config.data_cache, "train", recipe, *ids_mask)
+    ids, mask = ids_mask
     data = TrainData(ids, mask)
     if config.cache_dir is None:
         return data
     cache = Path(config.cache_dir)
     stamp = {"layer_ids": list(layer_ids), "n": ids.shape[0], "seq_len": config.seq_len,
              "ids_sum": int(ids.sum()), "regenerate": config.regenerate_prompt_tokens,
-             "regenerate_temperature": config.regenerate_temperature,
+             "regenerate_temperature": list(config.temperatures) if len(config.temperatures) > 1
+             else config.regenerate_temperature,
              "max_sequences": config.max_sequences}
     if (cache / "manifest.json").exists() and json.loads((cache / "manifest.json").read_text()) == stamp:
         shards = [load_file(p) for p in sorted(cache.glob("shard_*.safetensors"))]
@@ -332,18 +359,107 @@ def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: l
 
 # ----------------------------------------------------------------------------------------
 # Evaluation
+def _rewrite(target: nn.Module, ids: Tensor, config: TrainConfig, keep: int | None,
+             progress: bool) -> tuple[Tensor, Tensor]:
+    """A seeded sample of ``keep`` sequences, each rewritten by the target once per
+    temperature of the recipe (or left as written when nothing is rewritten)."""
+    if keep is not None and keep < ids.shape[0]:
+        order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(config.seed))
+        ids = ids[order[:keep].sort().values]
+    if not config.regenerate_prompt_tokens:
+        return ids, torch.ones_like(ids)
+    rewrites = [regenerate(target, ids, config.regenerate_prompt_tokens, progress=progress, temperature=t,
+                           seed=config.seed) for t in config.temperatures]
+    return torch.cat([r[0] for r in rewrites]), torch.cat([r[1] for r in rewrites])
+
+
+def _cached_sequences(cache: str | None, name: str, recipe: dict) -> tuple[Tensor, Tensor] | None:
+    """The sequences a ``data_cache`` holds for this recipe, or None."""
+    if cache is None:
+        return None
+    stamp = Path(cache) / f"{name}.json"
+    if not stamp.is_file() or json.loads(stamp.read_text()) != recipe:
+        return None
+    tensors = load_file(Path(cache) / f"{name}.safetensors")
+    return tensors["input_ids"], tensors["loss_mask"]
+
+
+def _cache_sequences(cache: str | None, name: str, recipe: dict, ids: Tensor, mask: Tensor) -> None:
+    if cache is None:
+        return
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    save_file({"input_ids": ids.contiguous(), "loss_mask": mask.contiguous()}, Path(cache) / f"{name}.safetensors")
+    (Path(cache) / f"{name}.json").write_text(json.dumps(recipe))
+
+
+def prepare_held_out(target: nn.Module, text: str, tokenizer, config: TrainConfig, layer_ids: tuple[int, ...],
+                     sequences: int, batch_size: int = 8) -> TrainData:
+    """Held-out sequences for the held-out loss: ``sequences`` of the held-out text, made the
+    way the training data is (the same rewrites), with the target's features and logits
+    (kept in memory: keep ``sequences`` small)."""
+    if sequences < 1:
+        raise TrainingError(f"held-out sequences must be >= 1, got {sequences}")
+    recipe = {"text": hashlib.sha256(text.encode()).hexdigest()[:16], "seq_len": config.seq_len,
+              "sequences": sequences, "seed": config.seed, "regenerate": config.regenerate_prompt_tokens,
+              "temperatures": list(config.temperatures)}
+    ids_mask = _cached_sequences(config.data_cache, "held_out", recipe)
+    if ids_mask is None:
+        ids = tokenize_corpus(text, tokenizer, config.seq_len)
+        if ids.shape[0] == 0:
+            raise TrainingError(f"the held-out text is shorter than one sequence of {config.seq_len} tokens")
+        ids_mask = _rewrite(target, ids, config, sequences, progress=False)
+        _cache_sequences(config.data_cache, "held_out", recipe, *ids_mask)
+    ids, mask = ids_mask
+    passes = [target_pass(target, ids[i:i + batch_size], layer_ids) for i in range(0, ids.shape[0], batch_size)]
+    return TrainData(ids, mask, torch.cat([f for f, _ in passes]).cpu(), torch.cat([lg for _, lg in passes]).cpu())
+
+
+@torch.no_grad()
+def evaluate_loss(head: nn.Module, held_out: TrainData, config: TrainConfig) -> tuple[float, list[float | None]]:
+    """The training loss on held-out sequences (``eval_loss`` in ``history.json``) and the
+    top-1 accuracy at each TTT step, computed ``config.batch_size`` sequences at a time but
+    equal to one pass over the whole set: each part weighted by what its loss is normalised
+    by (its ``B*T`` slots for EAGLE-3, its counted slots for the EAGLE-2-style head)."""
+    device = next(head.parameters()).device
+    was_training = head.training
+    head.eval()
+    eagle2 = config.head == "eagle2"
+    total, weight = 0.0, 0
+    hits = counts = [0] * (1 if eagle2 else config.ttt_steps)
+    for start in range(0, held_out.input_ids.shape[0], config.batch_size):
+        part = slice(start, start + config.batch_size)
+        ids, mask = held_out.input_ids[part].to(device), held_out.loss_mask[part].to(device)
+        feats, logits = held_out.features[part].to(device), held_out.target_logits[part].to(device)
+        if feats.dtype in (torch.float16, torch.bfloat16):  # a half-precision target: the head's float32
+            feats, logits = feats.float(), logits.float()
+        if eagle2:  # no data noise: that is training's regulariser, not part of the loss measured
+            result = eagle2_loss(head, feats, ids, logits, mask, noise_std=0.0)
+            w = result.step_counts[0]
+        else:
+            result = ttt_loss(ttt_forward(head, feats, ids, config.ttt_steps).logits, logits, mask, head.t2d, head.d2t)
+            w = ids.numel()
+        total, weight = total + result.loss.item() * w, weight + w
+        hits = [h + (0.0 if a != a else a * c) for h, a, c in zip(hits, result.step_accuracy, result.step_counts)]
+        counts = [c + s for c, s in zip(counts, result.step_counts)]
+    head.train(was_training)
+    return total / max(1, weight), [h / c if c else None for h, c in zip(hits, counts)]
+
+
 # ----------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate_tau(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], max_new_tokens: int) -> float:
-    """Mean acceptance length over held-out prompts, greedy, the default tree (its branching
-    cut to the draft vocabulary when that has fewer than 10 tokens)."""
+def evaluate_tau(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], max_new_tokens: int,
+                 tree=None) -> float:
+    """Mean acceptance length over held-out prompts, greedy, with ``tree`` (default: the
+    default tree, its branching cut to the draft vocabulary when that has fewer than 10
+    tokens)."""
     from .generate import speculative_generate
-    from .tree import TreeConfig
 
-    top_k = min(TreeConfig().top_k, head.config.draft_vocab_size)
-    tree = TreeConfig() if top_k == TreeConfig().top_k else TreeConfig(num_nodes=top_k + 1, max_depth=8, top_k=top_k)
+    if tree is None:
+        top_k = min(TreeConfig().top_k, head.config.draft_vocab_size)
+        tree = TreeConfig() if top_k == TreeConfig().top_k else TreeConfig(num_nodes=top_k + 1, max_depth=8,
+                                                                           top_k=top_k)
     head.eval()
     lengths = []
     for prompt in prompts:
@@ -388,7 +504,8 @@ def _barrier() -> None:
 _NO_CHECKPOINT_YET = ("train_config.json", ".ckpt-tmp-*", ".latest-*")
 
 # Fields a resumed run may change: where and how often it writes and evaluates, not what it learns.
-_RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "save_every", "eval_every", "eval_max_new_tokens", "cache_dir"}
+_RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "save_every", "eval_every", "eval_max_new_tokens", "cache_dir",
+                      "data_cache"}
 
 
 def lock_path(out: Path) -> Path:
@@ -487,8 +604,14 @@ def _check_resume_matches(config: TrainConfig, out: Path, data: TrainData) -> No
 
 
 def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_prompts: list[Tensor] | None = None,
-               log: Callable[[dict], None] | None = None, progress: bool = True) -> Eagle3DraftHead:
+               log: Callable[[dict], None] | None = None, progress: bool = True,
+               held_out: TrainData | None = None) -> Eagle3DraftHead:
     """Train (or resume training) an EAGLE-3 head for ``target``; returns the head.
+
+    Every ``config.eval_every`` steps: the acceptance length on ``eval_prompts`` with the
+    default tree (``tau``) and a 7-deep chain (``tau_chain``), and the loss and per-step
+    accuracy on ``held_out`` (:func:`prepare_held_out`; ``eval_loss``, ``eval_acc``), all in
+    ``history.json``.
 
     Everything is validated before anything is written to ``config.out_dir``. Launched by
     torchrun / accelerate (``WORLD_SIZE`` > 1), it joins the process group, averages gradients
@@ -499,7 +622,7 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
     try:
         joined = _join_process_group()
         try:
-            return _train(target, data, config, out, eval_prompts, log, progress)
+            return _train(target, data, config, out, eval_prompts, log, progress, held_out)
         finally:
             if joined:
                 dist.destroy_process_group()
@@ -582,7 +705,7 @@ def check_config_fits_target(config: TrainConfig, target: nn.Module) -> tuple[in
 
 
 def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, eval_prompts: list[Tensor] | None,
-           log: Callable[[dict], None] | None, progress: bool) -> Eagle3DraftHead:
+           log: Callable[[dict], None] | None, progress: bool, held_out: TrainData | None = None) -> Eagle3DraftHead:
     rank, world = _rank_and_world()
     eagle2 = config.head == "eagle2"
     layer_ids = check_config_fits_target(config, target)
@@ -659,8 +782,14 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
         record = {"step": step, "loss": result.loss.item(), "acc": [round(a, 4) if a == a else None
                                                                      for a in result.step_accuracy],
                   "lr": scheduler.get_last_lr()[0]}
-        if config.eval_every and eval_prompts and step % config.eval_every == 0:
-            record["tau"] = evaluate_tau(target, head, eval_prompts, config.eval_max_new_tokens)
+        if config.eval_every and step % config.eval_every == 0:
+            if eval_prompts:
+                record["tau"] = evaluate_tau(target, head, eval_prompts, config.eval_max_new_tokens)
+                record["tau_chain"] = evaluate_tau(target, head, eval_prompts, config.eval_max_new_tokens,
+                                                   tree=TreeConfig.chain(7))
+            if held_out is not None:
+                record["eval_loss"], accuracy = evaluate_loss(head, held_out, config)
+                record["eval_acc"] = [None if a is None else round(a, 4) for a in accuracy]
         history.append(record)
         if log:
             log(record)

@@ -25,7 +25,9 @@ from eagle3_ref.testing.tiny import make_tiny_target_dir
 from eagle3_ref.train import (
     TrainConfig,
     TrainingError,
+    evaluate_loss,
     prepare_data,
+    prepare_held_out,
     regenerate,
     target_pass,
     tokenize_corpus,
@@ -68,13 +70,18 @@ def _held_out_accuracy(target, head, tokenizer, layer_ids):
 
 def test_a_short_run_learns(tiny, tmp_path):
     _, target, tokenizer = tiny
-    config = _config(tmp_path / "run")
+    config = _config(tmp_path / "run", eval_every=50)
     data = prepare_data(target, TRAIN_TEXT, tokenizer, config, (2, 3, 4))
+    held_out = prepare_held_out(target, HELD_OUT_TEXT, tokenizer, config, (2, 3, 4), sequences=12)
     history = []
-    head = train_head(target, data, config, log=history.append, progress=False)
+    head = train_head(target, data, config, log=history.append, progress=False, held_out=held_out)
     before = sum(h["loss"] for h in history[:10]) / 10
     after = sum(h["loss"] for h in history[-10:]) / 10
     assert after < before - 0.02, (before, after)
+    # The held-out loss is measured every eval_every steps, and falls.
+    evals = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [50, 100, 150] and len(evals[0]["eval_acc"]) == config.ttt_steps
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"], evals
     result, logits = _held_out_accuracy(target, head, tokenizer, (2, 3, 4))
     # Chance: the best constant guess, i.e. the most frequent target argmax on the held-out text.
     argmax = logits.argmax(-1)[:, 1:]
@@ -268,6 +275,79 @@ def test_sampled_self_distillation_is_the_targets_sampled_text_and_seeded(tiny):
     assert bool((logp.gather(-1, sampled[:, 8:, None]) > -30).all())
 
 
+def test_the_data_mix_rewrites_each_sequence_once_at_each_temperature(tiny, tmp_path):
+    _, target, tokenizer = tiny
+    config = _config(tmp_path / "mix", regenerate_prompt_tokens=8, seq_len=16, regenerate_temperature=(0.0, 1.0),
+                     seed=3)
+    data = prepare_data(target, TRAIN_TEXT[:3000], tokenizer, config, (2, 3, 4))
+    sequences = tokenize_corpus(TRAIN_TEXT[:3000], tokenizer, 16)
+    n = sequences.shape[0]
+    assert data.input_ids.shape[0] == 2 * n  # a mix that kept one temperature would have n
+    assert torch.equal(data.input_ids[:n], regenerate(target, sequences, 8)[0])
+    assert torch.equal(data.input_ids[n:], regenerate(target, sequences, 8, temperature=1.0, seed=3)[0])
+    assert not torch.equal(data.input_ids[:n], data.input_ids[n:])
+    # One temperature given as a list is that temperature, recorded the same way.
+    assert _config(tmp_path / "one", regenerate_temperature=[0.5]).regenerate_temperature == 0.5
+    for bad, message in [((), "one temperature or several distinct"), ((1.0, 1.0), "several distinct"),
+                         ((0.0, -1.0), "regenerate_temperature must be a finite number >= 0, got -1.0")]:
+        with pytest.raises(TrainingError, match=message):
+            _config(tmp_path / "bad", regenerate_prompt_tokens=8, seq_len=16, regenerate_temperature=bad)
+    with pytest.raises(TrainingError, match="regenerate_prompt_tokens is 0: nothing is rewritten"):
+        _config(tmp_path / "bad", regenerate_temperature=(0.0, 1.0))
+
+
+def test_a_data_cache_skips_the_rewrite_only_for_the_same_recipe(tiny, tmp_path, monkeypatch):
+    # The bug of speculators #1081: a cached vocabulary mapping reused whatever was asked next.
+    import eagle3_ref.train as train
+
+    _, target, tokenizer = tiny
+    cache = str(tmp_path / "data")
+    config = _config(tmp_path / "c", regenerate_prompt_tokens=8, seq_len=16, data_cache=cache, max_sequences=8)
+    first = prepare_data(target, TRAIN_TEXT[:3000], tokenizer, config, (2, 3, 4))
+    calls = []
+    monkeypatch.setattr(train, "regenerate", lambda *a, **k: calls.append(1) or regenerate(*a, **k))
+    again = prepare_data(target, TRAIN_TEXT[:3000], tokenizer, config, (2, 3, 4))
+    assert not calls and torch.equal(again.input_ids, first.input_ids) and torch.equal(again.loss_mask,
+                                                                                       first.loss_mask)
+    for change in [dict(regenerate_temperature=1.0), dict(max_sequences=3), dict(seed=1),
+                   dict(regenerate_prompt_tokens=6)]:
+        calls.clear()
+        other = prepare_data(target, TRAIN_TEXT[:3000], tokenizer, _config(tmp_path / "c", **{
+            **dict(regenerate_prompt_tokens=8, seq_len=16, data_cache=cache, max_sequences=8), **change}), (2, 3, 4))
+        assert calls, change  # (a greedy rewrite of every sequence is the same under another seed: rewritten anyway)
+        assert other.input_ids.shape[0] == (3 if "max_sequences" in change else 8)
+    calls.clear()
+    prepare_data(target, TRAIN_TEXT[:2500], tokenizer, config, (2, 3, 4))  # other text, same settings
+    assert calls
+
+
+def test_the_held_out_loss_in_parts_is_the_loss_of_the_whole_set(tiny, tmp_path):
+    # Averaging the parts' losses unweighted would overweight the last, short part (5 = 2 + 2 + 1).
+    from eagle3_ref.eagle2 import eagle2_loss
+    from eagle3_ref.train import new_head
+
+    _, target, tokenizer = tiny
+    for head_kind, steps in (("eagle3", 3), ("eagle2", 1)):
+        layers = (2, 3, 4) if head_kind == "eagle3" else (7,)
+        config = _config(tmp_path / head_kind, batch_size=2, head=head_kind, ttt_steps=steps,
+                         regenerate_prompt_tokens=12, aux_layer_ids=layers)
+        held_out = prepare_held_out(target, HELD_OUT_TEXT, tokenizer, config, layers, sequences=5)
+        assert held_out.input_ids.shape == (5, 32) and held_out.loss_mask[:, :12].sum() == 0
+        torch.manual_seed(0)
+        head = new_head(target, held_out, config, layers)
+        loss, accuracy = evaluate_loss(head, held_out, config)
+        with torch.no_grad():
+            args = (held_out.features, held_out.input_ids)
+            whole = eagle2_loss(head, *args, held_out.target_logits, held_out.loss_mask, noise_std=0.0) \
+                if head_kind == "eagle2" else \
+                ttt_loss(ttt_forward(head, *args, steps).logits, held_out.target_logits, held_out.loss_mask,
+                         head.t2d, head.d2t)
+        assert loss == pytest.approx(whole.loss.item(), rel=1e-5), head_kind
+        assert accuracy == pytest.approx(whole.step_accuracy, abs=1e-9), head_kind
+    with pytest.raises(TrainingError, match="held-out sequences must be >= 1"):
+        prepare_held_out(target, HELD_OUT_TEXT, tokenizer, config, layers, sequences=0)
+
+
 def test_max_sequences_is_a_seeded_sample_of_the_corpus(tiny, tmp_path):
     _, target, tokenizer = tiny
     every = tokenize_corpus(TRAIN_TEXT, tokenizer, 32).tolist()
@@ -334,6 +414,10 @@ def test_bad_inputs_are_named_and_write_nothing(tiny, tmp_path, capsys):
     (["--regenerate-prompt-tokens", "32"], "--regenerate-prompt-tokens (32) must be below seq_len (32)"),
     (["--eval-data", "missing.txt"], "--eval-data missing.txt: no such file"),
     (["--head", "eagle2", "--ttt-steps", "7"], "ttt_steps must be 1"),
+    (["--regenerate-temperature", "0,x"], "--regenerate-temperature: expected a number or comma-separated numbers"),
+    (["--regenerate-temperature", "0,1"], "regenerate_prompt_tokens is 0: nothing is rewritten"),
+    (["--eval-sequences", "4"], "--eval-sequences needs --eval-data"),
+    (["--eval-prompts", "-1"], "--eval-prompts must be >= 0, got -1"),
 ])
 def test_each_bad_option_is_refused_by_name_before_anything_is_written(tiny, tmp_path, capsys, flags, message):
     path, _, _ = tiny
@@ -473,7 +557,7 @@ def test_tau_evaluation_with_a_tiny_draft_vocabulary(tiny, tmp_path):
     data = prepare_data(target, TRAIN_TEXT[:3000], tokenizer, config, (2, 3, 4))
     history = []
     head = train_head(target, data, config, [data.input_ids[0, :8]], log=history.append, progress=False)
-    assert history[-1]["tau"] >= 1.0
+    assert history[-1]["tau"] >= 1.0 and history[-1]["tau_chain"] >= 1.0
     assert evaluate_tau(target, head, [data.input_ids[1, :8]], 4) >= 1.0
 
 

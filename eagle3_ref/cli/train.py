@@ -16,7 +16,15 @@ def add_parser(sub) -> None:
     train.add_argument("--target", required=True, help="Hugging Face causal LM directory (with its tokenizer)")
     train.add_argument("--data", required=True, help="training text file")
     train.add_argument("--out", required=True, help="output directory (the head, in the official format)")
-    train.add_argument("--eval-data", help="held-out text: prompts for the periodic tau evaluation")
+    train.add_argument("--eval-data", help="held-out text: prompts for the periodic tau evaluation (and sequences "
+                                           "for the held-out loss, with --eval-sequences)")
+    train.add_argument("--eval-prompts", type=int, default=4,
+                       help="with --eval-data: this many held-out prompts of 32 tokens for tau (default 4)")
+    train.add_argument("--eval-max-new-tokens", type=int, default=32,
+                       help="tokens generated per evaluation prompt (default 32)")
+    train.add_argument("--eval-sequences", type=int, default=0,
+                       help="with --eval-data: this many held-out sequences, made like the training data, for the "
+                            "held-out loss and accuracy (default 0: none)")
     train.add_argument("--steps", type=int, default=1000)
     train.add_argument("--batch-size", type=int, default=4)
     train.add_argument("--seq-len", type=int, default=256)
@@ -30,12 +38,16 @@ def add_parser(sub) -> None:
     train.add_argument("--aux-layer-ids", help="tapped layers as hidden_states indices, e.g. 2,16,29 (default EAGLE-3's)")
     train.add_argument("--regenerate-prompt-tokens", type=int, default=0,
                        help="self-distillation: the target rewrites each sequence after this many tokens")
-    train.add_argument("--regenerate-temperature", type=float, default=0.0,
+    train.add_argument("--regenerate-temperature", default="0",
                        help="with --regenerate-prompt-tokens: the target samples its rewrite at this temperature "
-                            "(default 0: greedy), so the head sees the text it will draft for when sampling")
+                            "(default 0: greedy), so the head sees the text it will draft for when sampling; "
+                            "several, comma-separated (e.g. 0,1): each sequence is rewritten once at each")
     train.add_argument("--max-sequences", type=int,
                        help="train on a seeded sample of this many corpus sequences (default: all)")
     train.add_argument("--cache-dir", help="cache the target's features and logits here (safetensors shards)")
+    train.add_argument("--data-cache", help="keep the training (and held-out) sequences here, rewrites included, "
+                                            "and reuse them when the recipe matches (a resumed run skips the "
+                                            "rewriting)")
     train.add_argument("--save-every", type=int, default=100)
     train.add_argument("--eval-every", type=int, default=0)
     train.add_argument("--seed", type=int, default=0)
@@ -57,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         check_config_fits_target,
         check_out_dir,
         prepare_data,
+        prepare_held_out,
         train_head,
     )
 
@@ -67,10 +80,15 @@ def run(args: argparse.Namespace) -> int:
             draft_vocab_size=args.draft_vocab_size, head=args.head,
             aux_layer_ids=_layer_ids(args.aux_layer_ids),
             regenerate_prompt_tokens=args.regenerate_prompt_tokens, max_sequences=args.max_sequences, seed=args.seed,
-            regenerate_temperature=args.regenerate_temperature,
+            regenerate_temperature=_temperatures(args.regenerate_temperature),
             save_every=args.save_every, eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite,
-            cache_dir=args.cache_dir,
+            cache_dir=args.cache_dir, data_cache=args.data_cache, eval_max_new_tokens=args.eval_max_new_tokens,
         )
+        for option, value in (("--eval-prompts", args.eval_prompts), ("--eval-sequences", args.eval_sequences)):
+            if value < 0:
+                raise OptionError(f"{option} must be >= 0, got {value}")
+        if args.eval_sequences and not args.eval_data:
+            raise OptionError("--eval-sequences needs --eval-data (the held-out text they are cut from)")
         if args.warmup > args.steps:  # the learning rate would never finish warming up
             default = "" if any(a.startswith("--warmup") for a in args.argv) else " (the default)"
             raise OptionError(f"--warmup {args.warmup}{default} exceeds --steps {args.steps}: the learning rate would "
@@ -89,11 +107,14 @@ def run(args: argparse.Namespace) -> int:
         target = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype).to(device).eval()
         layer_ids = check_config_fits_target(config, target)
         data = prepare_data(target, texts["--data"], tokenizer, config, layer_ids, progress=not args.quiet)
-        prompts = []
+        prompts, held_out = [], None
         if args.eval_data:
             ids = tokenizer(texts["--eval-data"], add_special_tokens=False)["input_ids"]
-            prompts = [torch.tensor(ids[i:i + 32]) for i in range(0, min(len(ids) - 32, 32 * 4), 32)]
-        train_head(target, data, config, prompts, progress=not args.quiet)
+            prompts = [torch.tensor(ids[i:i + 32]) for i in range(0, min(len(ids) - 32, 32 * args.eval_prompts), 32)]
+            if args.eval_sequences:
+                held_out = prepare_held_out(target, texts["--eval-data"], tokenizer, config, layer_ids,
+                                            args.eval_sequences)
+        train_head(target, data, config, prompts, progress=not args.quiet, held_out=held_out)
     except (TrainingError, OptionError) as err:
         return fail(args, err)
     except KeyboardInterrupt:  # Ctrl-C: where the run stands, and how to go on, instead of a traceback
@@ -113,6 +134,17 @@ def resume_hint(args: argparse.Namespace) -> str:
     words = [w for w in args.argv if w not in ("--overwrite", "--resume")] + ["--resume"]
     return (f"The last checkpoint is {Path(args.out) / latest.read_text().strip()}; continue with:\n"
             f"  eagle3-ref {shlex.join(words)}")
+
+
+def _temperatures(text: str) -> float | tuple[float, ...]:
+    from ..train import TrainingError
+
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise TrainingError(f"--regenerate-temperature: expected a number or comma-separated numbers, got {text!r}") \
+            from None
+    return values[0] if len(values) == 1 else values
 
 
 def _layer_ids(text: str | None) -> tuple[int, ...] | None:
