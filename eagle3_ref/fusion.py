@@ -28,6 +28,7 @@ bugs on exactly that off-by-one:
 | ``vllm`` | same as ``hf`` | (2, 16, 29) |
 | ``sglang`` | SGLang captures at ``L + 1`` | (1, 15, 28) |
 | ``specforge`` | output of decoder layer ``L`` | (1, 15, 28) |
+| ``modelopt`` | output of decoder layer ``L`` (a forward hook on ``layers[L]``) | (1, 15, 28) |
 
 Use :func:`to_convention` / :func:`from_convention` rather than adding or subtracting
 one by hand.
@@ -56,10 +57,10 @@ __all__ = [
     "fuse",
 ]
 
-LayerIdConvention = Literal["hf", "vllm", "sglang", "specforge"]
+LayerIdConvention = Literal["hf", "vllm", "sglang", "specforge", "modelopt"]
 
 # Offset to *add* to an hf id to get the engine's id.
-_OFFSET_FROM_HF: dict[str, int] = {"hf": 0, "vllm": 0, "sglang": -1, "specforge": -1}
+_OFFSET_FROM_HF: dict[str, int] = {"hf": 0, "vllm": 0, "sglang": -1, "specforge": -1, "modelopt": -1}
 LAYER_ID_CONVENTIONS: tuple[str, ...] = tuple(_OFFSET_FROM_HF)
 
 

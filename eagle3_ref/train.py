@@ -128,7 +128,7 @@ class TrainConfig:
         if isinstance(self.regenerate_temperature, (list, tuple)):
             temperatures = tuple(self.regenerate_temperature)
             if not temperatures or len(set(temperatures)) != len(temperatures):
-                raise TrainingError(f"regenerate_temperature: give one temperature or several distinct ones, got "
+                raise TrainingError(f"regenerate_temperature must be one temperature or several distinct ones, got "
                                     f"{self.regenerate_temperature!r}")
             for value in temperatures:
                 number("regenerate_temperature", value, False)
@@ -562,6 +562,8 @@ def check_out_dir(config: TrainConfig) -> Path:
         out = check_output_dir("out_dir", config.out_dir)
         if config.cache_dir is not None:
             check_output_dir("cache_dir", config.cache_dir)
+        if config.data_cache is not None:
+            check_output_dir("data_cache", config.data_cache)
     except ValueError as err:
         raise TrainingError(str(err)) from None
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, process 0 holds the lock for all

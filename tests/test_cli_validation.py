@@ -63,9 +63,13 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--draft-vocab-size": ["0", "-1", "100000", "x"],
         "--aux-layer-ids": ["a,b", "1,2,99", "-1,2,3"],
         "--regenerate-prompt-tokens": NON_NEGATIVE + ["256"],  # not below --seq-len
-        "--regenerate-temperature": ["-1", "nan", "inf", "warm"],
+        "--regenerate-temperature": ["-1", "nan", "inf", "warm", "0,x", "0,-1", "1,1", "0,1"],  # 0,1: nothing rewritten
         "--max-sequences": COUNTS,
         "--cache-dir": [FILE] + UNWRITABLE,
+        "--data-cache": [FILE] + UNWRITABLE,
+        "--eval-prompts": ["-1", "x", "1.5"],
+        "--eval-max-new-tokens": COUNTS,
+        "--eval-sequences": ["-1", "x", "4"],  # 4: without --eval-data, nothing to cut them from
         "--save-every": COUNTS,
         "--eval-every": NON_NEGATIVE,
         "--seed": ["x", "1.5"],
@@ -118,7 +122,8 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     "convert": (["<head>", "<out>", "--to", "official"], {
         "src": [MISSING, FILE],
         "dst": [FILE] + UNWRITABLE,
-        "--to": ["modelopt", "SPECULATORS"],
+        "--to": ["hf", "SPECULATORS"],
+        "--from": ["sglang", "MODELOPT"],
         "--verifier": ["", "meta-llama/Llama-3.1-8B-Instruct"],  # with --to official: nowhere to write it
     }),
     "vectors export": ([], {"dir": [FILE] + UNWRITABLE}),

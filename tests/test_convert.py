@@ -1,10 +1,12 @@
-"""Converting heads between checkpoint formats (eagle3_ref/tools/convert.py): official <-> speculators.
+"""Converting heads between checkpoint formats (eagle3_ref/tools/convert.py): official, speculators,
+SpecForge and ModelOpt.
 
-Proofs: A -> B -> A gives back A's config.json and weights exactly, both ways round, for random
-heads written as this project, vLLM and SGLang write them, and for a speculators head as its own
-converter writes one; what the official format cannot mean is refused by name; and a head
-converted to the speculators format loads into speculators' own ``Eagle3DraftModel`` (0.9.0,
-installed by CI) and computes the reference head's draft logits.
+Proofs: A -> B -> A gives back A's config.json and weights exactly, for every pair of the four
+formats, for random heads written as this project, vLLM and SGLang write them, and for heads as
+speculators', SpecForge's and ModelOpt's own writers shape them (ModelOpt's draft vocabulary in
+its own order); what a destination cannot mean is refused by name; and a head converted to the
+speculators format loads into speculators' own ``Eagle3DraftModel`` (0.9.0, installed by CI) and
+computes the reference head's draft logits.
 """
 
 import copy
@@ -22,7 +24,15 @@ from eagle3_ref.checkpoint import save_draft_head
 from eagle3_ref.draft_head import Eagle3DraftHead
 from eagle3_ref.testing.strategies import head_configs, seeds, target_configs
 from eagle3_ref.tools.check_head import declared_layer_ids
-from eagle3_ref.tools.convert import convert, detect_format, official_to_speculators, speculators_to_official
+from eagle3_ref.tools.convert import (
+    FORMATS,
+    STASH,
+    convert,
+    detect_format,
+    official_to_speculators,
+    speculators_to_official,
+)
+from eagle3_ref.vocab import build_vocab_mapping
 
 pytestmark = pytest.mark.checkpoint
 speculators_installed = pytest.mark.skipif(importlib.util.find_spec("speculators") is None,
@@ -142,7 +152,7 @@ def test_weights_without_a_place_are_refused_and_layer_ids_must_agree(tmp_path):
     with pytest.raises(ValueError, match="exists and is not empty"):
         convert(spec, spec, "official")
     with pytest.raises(ValueError, match="to must be one of"):
-        convert(spec, tmp_path / "x", "modelopt")
+        convert(spec, tmp_path / "x", "hf")
 
 
 @speculators_installed
@@ -216,3 +226,205 @@ def test_speculators_takes_the_verifiers_embedding_for_a_head_without_one(tmp_pa
         model.embed_tokens.weight.zero_()  # what from_pretrained leaves when the memory held no NaN
     model.load_verifier_weights()
     assert torch.equal(model.embed_tokens.weight, target.get_input_embeddings().weight)
+
+
+# ----------------------------------------------------------------------------------------
+# All four formats
+# ----------------------------------------------------------------------------------------
+
+
+def _verifier(path, vocab, width, layers, dtype=torch.float32):
+    """A target directory as a conversion reads it: its depth, and its token embedding."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": layers}))
+    save_file({"model.embed_tokens.weight": torch.randn(vocab, width).to(dtype)}, path / "model.safetensors")
+    return str(path)
+
+
+def _with_vocabulary(head, generator=None):
+    """A head whose draft vocabulary was set (a random one, as training sets it)."""
+    c = head.config
+    if c.draft_vocab_size < c.vocab_size:
+        mapping = build_vocab_mapping(torch.randint(0, 1000, (c.vocab_size,), generator=generator), c.draft_vocab_size)
+        head.d2t.copy_(mapping.d2t)
+        head.t2d.copy_(mapping.t2d)
+    return head
+
+
+# What a format cannot hold, refused by name: SpecForge's fc reads three layers; ModelOpt's is
+# sized by the target's width; neither can spell layer 0's input; a never-set d2t.
+CANNOT_HOLD = {"specforge": ("SpecForge's fc is 3 x", "has no 'specforge' spelling"),
+               "modelopt": ("ModelOpt's fc and embedding are sized", "has no 'modelopt' spelling", "d2t: all zeros")}
+
+
+@settings(max_examples=8, deadline=None)
+@given(tc=target_configs(min_layers=7, max_layers=12), seed=seeds, data=st.data())
+def test_every_pair_of_the_four_formats_round_trips_exactly(tmp_path_factory, tc, seed, data):
+    config = data.draw(head_configs(tc))
+    engine = data.draw(st.sampled_from([None, "vllm", "sglang"]), label="written as")
+    if engine == "sglang" and config.aux_layer_ids and min(config.aux_layer_ids) == 0:
+        config = dataclasses.replace(config, aux_layer_ids=None)
+    torch.manual_seed(seed)
+    dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), label="dtype")
+    head = _with_vocabulary(Eagle3DraftHead(config)).to(dtype)
+    tmp = tmp_path_factory.mktemp("formats")
+    declared = data.draw(st.booleans(), label="layer ids written")
+    official = save_draft_head(head, tmp / "official", engine=engine,
+                               num_target_layers=tc.num_hidden_layers if declared else None)
+    verifier = _verifier(tmp / "target", config.vocab_size, config.hidden_size, tc.num_hidden_layers, dtype)
+    heads = {"official": official}
+    for fmt in FORMATS[1:]:
+        try:
+            heads[fmt] = convert(official, tmp / fmt, fmt, verifier=verifier)
+        except ValueError as err:
+            assert any(reason in str(err) for reason in CANNOT_HOLD.get(fmt, ())), (fmt, err)
+            continue
+        assert detect_format(heads[fmt]) == fmt
+    for a in heads:
+        for b in heads:
+            if a != b:
+                there = convert(heads[a], tmp / f"{a}-{b}", b, verifier=None if b == "official" else verifier)
+                back = convert(there, tmp / f"{a}-{b}-{a}", a, verifier=None if a == "official" else verifier)
+                _same(heads[a], back, f"{a} -> {b} -> {a}")
+
+
+def _native(src, dst, *, drop=(STASH, "eagle3ref"), permute=None):
+    """A head as its own writer shapes it: no block of ours, and (``permute``) ModelOpt's draft
+    vocabulary in its own order (by frequency, not by target id), ``lm_head`` rows with it."""
+    cfg, weights = _files(src)
+    for key in (STASH, "eagle3_ref"):
+        cfg.pop(key, None)
+    if permute is not None:
+        targets = torch.arange(weights["d2t"].shape[0]) + weights["d2t"]
+        weights["d2t"] = targets[permute] - torch.arange(len(permute))
+        weights["lm_head.weight"] = weights["lm_head.weight"][permute]
+    dst.mkdir()
+    (dst / "config.json").write_text(json.dumps(cfg))
+    save_file(weights, dst / "model.safetensors")
+    return dst
+
+
+def test_heads_as_specforge_and_modelopt_write_them_round_trip_and_mean_the_same_head(tmp_path):
+    from eagle3_ref.checkpoint import load_draft_head
+
+    torch.manual_seed(0)
+    head = _with_vocabulary(Eagle3DraftHead(_small_config()))
+    official = save_draft_head(head, tmp_path / "official")
+    verifier = _verifier(tmp_path / "target", 50, 32, 8)
+    order = torch.randperm(30)
+    native = {"specforge": _native(convert(official, tmp_path / "sf", "specforge", verifier=verifier),
+                                   tmp_path / "native-sf"),
+              "modelopt": _native(convert(official, tmp_path / "mo", "modelopt"), tmp_path / "native-mo",
+                                  permute=order)}
+    for fmt, path in native.items():
+        assert detect_format(path) == fmt
+        for other in FORMATS:
+            if other != fmt:
+                there = convert(path, tmp_path / f"{fmt}-{other}", other,
+                                verifier=None if other == "official" else verifier)
+                _same(path, convert(there, tmp_path / f"{fmt}-{other}-{fmt}", fmt, verifier=verifier),
+                      f"native {fmt} -> {other} -> {fmt}")
+        # Read as an official head, it is the head it was made from: every weight, and d2t/t2d in the
+        # official order (ModelOpt's rows put back in ascending target-id order).
+        loaded = load_draft_head(convert(path, tmp_path / f"{fmt}-read", "official"))
+        for k, v in head.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), (fmt, k)
+        assert loaded.config.aux_layer_ids == (2, 4, 6)
+    raw = _files(tmp_path / "modelopt-official")[0]
+    assert raw["modelopt"]["draft_order"] == torch.argsort(order).tolist()
+    # ModelOpt keeps no t2d; SpecForge ships the verifier's embedding.
+    assert "t2d" not in _files(native["modelopt"])[1]
+    assert torch.equal(_files(native["specforge"])[1]["embed_tokens.weight"],
+                       load_file(tmp_path / "target" / "model.safetensors")["model.embed_tokens.weight"])
+
+
+def _modelopt_head(tmp_path, name="mo", cfg_change=None, weight_change=None):
+    torch.manual_seed(0)
+    official = save_draft_head(_with_vocabulary(Eagle3DraftHead(_small_config())), tmp_path / f"{name}-official")
+    path = _native(convert(official, tmp_path / f"{name}-0", "modelopt"), tmp_path / name)
+    cfg, weights = _files(path)
+    for key, value in (cfg_change or {}).items():
+        (cfg["eagle_config"] if key in cfg["eagle_config"] else cfg)[key] = value
+    weights.update(weight_change(weights) if weight_change else {})
+    (path / "config.json").write_text(json.dumps(cfg))
+    save_file(weights, path / "model.safetensors")
+    return path
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"use_last_layernorm": False}, "eagle_config.use_last_layernorm"),
+    ({"use_aux_hidden_state": False}, "eagle_config.use_aux_hidden_state"),
+    ({"parallel_draft_step": 3}, "eagle_config.parallel_draft_step"),
+    ({"use_mtp_layernorm": True}, "eagle_config.use_mtp_layernorm"),
+    ({"architectures": ["Eagle3DeepseekV2ForCausalLM"]}, "architectures"),
+    ({"num_hidden_layers": 2}, "num_hidden_layers"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"eagle_aux_hidden_state_layer_ids": []}, "eagle_aux_hidden_state_layer_ids"),
+])
+def test_what_official_cannot_mean_in_a_modelopt_head_is_refused_by_name(tmp_path, change, named):
+    path = _modelopt_head(tmp_path, cfg_change=change)
+    with pytest.raises(ValueError, match=named):
+        convert(path, tmp_path / "out", "official")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("weights, named", [
+    (lambda w: {"d2t": torch.zeros_like(w["d2t"])}, "d2t: all zeros"),  # ModelOpt's buffer, never set
+    (lambda w: {"d2t": torch.cat([w["d2t"][:1], w["d2t"][:1] - 1, w["d2t"][2:]])}, "two draft ids to the same"),
+    (lambda w: {"d2t": w["d2t"] + 100}, "outside the target vocabulary"),
+    (lambda w: {"layers.1.mlp.up_proj.weight": torch.zeros(2)}, "layers.1.mlp.up_proj.weight"),
+])
+def test_a_modelopt_vocabulary_that_cannot_be_right_is_refused(tmp_path, weights, named):
+    with pytest.raises(ValueError, match=named):
+        convert(_modelopt_head(tmp_path, weight_change=weights), tmp_path / "out", "official")
+
+
+def test_a_kept_config_never_undoes_an_edit_and_the_verifier_is_checked(tmp_path):
+    torch.manual_seed(0)
+    official = save_draft_head(_with_vocabulary(Eagle3DraftHead(_small_config())), tmp_path / "official")
+    verifier = _verifier(tmp_path / "target", 50, 32, 8)
+    mo = convert(official, tmp_path / "mo", "modelopt")
+    cfg, weights = _files(mo)
+    cfg["rms_norm_eps"] = 1e-3  # edited after the conversion: the kept official config says 1e-6
+    (mo / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"rms_norm_eps: changed since .* {STASH}"):
+        convert(mo, tmp_path / "back", "official")
+    # SpecForge ships the target's embedding: no verifier, no conversion; another target's, refused.
+    with pytest.raises(ValueError, match="verifier: SpecForge's layout ships the target's token embedding"):
+        convert(official, tmp_path / "sf0", "specforge")
+    sf = _native(convert(official, tmp_path / "sf", "specforge", verifier=verifier), tmp_path / "native-sf")
+    back = convert(sf, tmp_path / "sf-official", "official")
+    other = _verifier(tmp_path / "other", 50, 32, 8)
+    with pytest.raises(ValueError, match="not the one this SpecForge head shipped"):
+        convert(back, tmp_path / "sf-again", "specforge", verifier=other)
+    # An official head that declares no tapped layers: EAGLE-3's default for the verifier's depth.
+    bare = save_draft_head(_with_vocabulary(Eagle3DraftHead(dataclasses.replace(_small_config(), aux_layer_ids=None))),
+                           tmp_path / "bare")
+    with pytest.raises(ValueError, match="verifier: the tapped layers"):
+        convert(bare, tmp_path / "bare-mo", "modelopt")
+    cfg, _ = _files(convert(bare, tmp_path / "bare-mo", "modelopt", verifier=verifier))
+    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 3, 4]  # sorted({1, 8//2-1, 8-4})
+    # What SpecForge and the official format cannot mean.
+    for flag, value in (("fc_norm", True), ("norm_output", False)):
+        cfg, weights = _files(sf)
+        cfg[flag] = value
+        bad = tmp_path / f"sf-{flag}"
+        bad.mkdir()
+        (bad / "config.json").write_text(json.dumps(cfg))
+        save_file(weights, bad / "model.safetensors")
+        with pytest.raises(ValueError, match=flag):
+            convert(bad, tmp_path / f"sf-{flag}-out", "official")
+
+
+def test_modelopts_default_layers_are_eagle3s_in_its_convention():
+    from eagle3_ref.fusion import default_aux_layer_ids, to_convention
+
+    for n in range(7, 81):  # ModelOpt: sorted({1, max(0, n//2-1), max(0, n-4)}), forward hooks on layers[L]
+        assert list(to_convention(default_aux_layer_ids(n), "modelopt")) == sorted({1, max(0, n // 2 - 1),
+                                                                                       max(0, n - 4)})
+
+
+def test_the_command_line_knows_every_format():
+    from eagle3_ref.cli.convert import FORMATS as CLI_FORMATS
+
+    assert CLI_FORMATS == FORMATS
