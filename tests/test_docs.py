@@ -242,6 +242,15 @@ def test_the_targets_page_is_the_matrix_the_tests_draw():
         "python -c 'from eagle3_ref.testing.strategies import architecture_table; print(architecture_table(), end=\"\")'")
 
 
+def test_the_checkpoint_page_shows_the_converters_own_format_table():
+    from eagle3_ref.tools.convert import format_table_markdown
+
+    page = (ROOT / "docs" / "checkpoint.md").read_text()
+    shown = page.split("<!-- format-table -->\n", 1)[1].split("<!-- /format-table -->", 1)[0]
+    assert shown == format_table_markdown(), f"docs/checkpoint.md's format table is stale; it is now:\n" \
+                                             f"{format_table_markdown()}"
+
+
 def test_no_internal_vocabulary():
     """A reader cannot follow "the issue's bars": the docs speak of goals, not of our tracker."""
     pages = PAGES + sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "eagle3_ref").glob("*.py"))

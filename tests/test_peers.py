@@ -5,8 +5,11 @@ precision it computes in, float32 internals, through ``eagle3_ref.testing.adapte
 its head, vocabulary and training-time test. AngelSlim 0.5.0 (``pip install --no-deps
 angelslim==0.5.0``; CI installs it), a packaged port of the official EAGLE-3 inference, is judged
 on its decoding loop (tree drafting, verification, cache bookkeeping) through
-``eagle3_ref.testing.adapters.angelslim``. Their real defects are ``xfail(strict=True)`` naming
-the defect: such a test goes red the day the peer fixes it, or the day it stops reproducing.
+``eagle3_ref.testing.adapters.angelslim``. ModelOpt 0.47.0 (``pip install --no-deps
+nvidia-modelopt==0.47.0``; CI installs it) is judged on its draft module, vocabulary, export and
+greedy chain through ``eagle3_ref.testing.adapters.modelopt`` and ``eagle3-ref convert``. Their
+real defects are ``xfail(strict=True)`` naming the defect: such a test goes red the day the peer
+fixes it, or the day it stops reproducing.
 """
 
 import importlib.util
@@ -19,6 +22,7 @@ from transformers import LlamaConfig
 
 from eagle3_ref.draft_head import Eagle3Config
 from eagle3_ref.testing.conformance.test_generate import assert_same_tokens, hf_greedy, tree_configs
+from eagle3_ref.testing.conformance.test_head import draft_tree_incrementally, path_logits_without_cache
 from eagle3_ref.tree import TreeConfig
 
 pytestmark = pytest.mark.peers
@@ -26,7 +30,10 @@ specforge_installed = pytest.mark.skipif(importlib.util.find_spec("specforge") i
                                          reason="specforge is not installed (pip install --no-deps specforge==0.2.0)")
 angelslim_installed = pytest.mark.skipif(importlib.util.find_spec("angelslim") is None,
                                          reason="angelslim is not installed (pip install --no-deps angelslim==0.5.0)")
-PEERS = {"specforge": "SpecForge 0.2.0", "angelslim": "AngelSlim 0.5.0"}
+modelopt_installed = pytest.mark.skipif(importlib.util.find_spec("modelopt") is None,
+                                        reason="modelopt is not installed (pip install --no-deps nvidia-modelopt==0.47.0 "
+                                               "omegaconf pulp nvidia-ml-py ninja)")
+PEERS = {"specforge": "SpecForge 0.2.0", "angelslim": "AngelSlim 0.5.0", "modelopt": "ModelOpt 0.47.0"}
 
 
 def judges(peer: str, *pieces: str):
@@ -599,3 +606,191 @@ def test_angelslim_drafts_with_the_targets_embedding_or_refuses(tmp_path):
         return
     assert torch.equal(drafter.embed_tokens.weight, model.get_input_embeddings().weight), \
         "the drafter's embedding is neither the target's nor the checkpoint's"
+
+
+# ----------------------------------------------------------------------------------------
+# ModelOpt 0.47.0: its EagleModule, its vocabulary, its export and its greedy chain
+# ----------------------------------------------------------------------------------------
+
+
+@judges("modelopt", "vocab")
+@modelopt_installed
+def test_modelopt_vocabulary_conforms(tmp_path, run_conformance):
+    code, out = run_conformance("eagle3_ref.testing.adapters.modelopt", "vocab", tmp_path)
+    assert code == 0, out[-3000:]
+    assert "implementation under test: modelopt 0.47.0" in out and "precision float32" in out, out[-2000:]
+    assert "not implemented (their tests skipped): fusion, ttt, tree, verify, generate" in out, out[-2000:]
+    assert "3 passed" in out and "x fewer distinct tokens than draft slots (ModelOpt refuses" in out, out[-2000:]
+
+
+@judges("modelopt", "head")
+@modelopt_installed
+@pytest.mark.xfail(strict=True, reason="ModelOpt 0.47.0 defect: EagleModule's attention pre-hook applies hidden_norm to "
+                                       "hidden states the decoder layer has already passed through input_layernorm, "
+                                       "so it trains hidden_norm(input_layernorm(h)); EAGLE-3 (and vLLM, SGLang, "
+                                       "which serve its exports) compute hidden_norm(h)")
+def test_modelopt_feeds_the_attention_hidden_norm_of_the_hidden_input():
+    # The standalone reproduction of docs/peers.md: only ModelOpt, torch and transformers.
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    from eagle3_ref.testing.adapters.modelopt import modelopt_modules
+
+    modeling_eagle, _ = modelopt_modules()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1,
+                      vocab_size=32, num_hidden_layers=1, rms_norm_eps=1e-6)
+    for name, value in dict(use_aux_hidden_state=True, eagle_aux_hidden_state_layer_ids=[1, 2, 3],
+                            use_last_layernorm=True, draft_vocab_size=32, has_lm_head=True,
+                            eagle_decoder_type="llama").items():
+        setattr(cfg, name, value)
+    cfg._attn_implementation = "sdpa"
+    module = modeling_eagle.EagleModule(cfg, LlamaDecoderLayer).eval()
+    module.rotary_emb = LlamaRotaryEmbedding(config=cfg)  # transformers >= 5.15 takes no device=
+    layer = module.layers[0]
+    with torch.no_grad():
+        layer.input_layernorm.weight.uniform_(0.5, 1.5)  # as training leaves it: not one constant
+    seen = []
+    layer.self_attn.q_proj.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    hidden, embeds = torch.randn(1, 4, 16), torch.randn(1, 4, 16)
+    with torch.no_grad():
+        module(hidden, embeds, torch.ones(4, 4, dtype=torch.bool).tril()[None, None])
+        twice = layer.hidden_norm(layer.input_layernorm(hidden))
+        torch.testing.assert_close(seen[0][..., 16:], twice)  # what ModelOpt computes, to float32 rounding
+        torch.testing.assert_close(seen[0][..., :16], layer.input_layernorm(embeds))  # the embedding half is right
+        torch.testing.assert_close(seen[0][..., 16:], layer.hidden_norm(hidden))  # what EAGLE-3 computes
+
+
+def _unit_input_norm(config, seed):
+    """A random reference head whose input_layernorm is 1, as ModelOpt initialises it: where the
+    double normalisation above leaves the function unchanged (up to rms_norm_eps)."""
+    from eagle3_ref.testing.strategies import build_draft_head
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    embed = torch.randn(config.vocab_size, config.hidden_size, generator=gen, dtype=torch.float64)
+    ref = build_draft_head(config, seed, embed)
+    with torch.no_grad():
+        ref.midlayer.input_layernorm.weight.fill_(1.0)
+    return ref
+
+
+@judges("modelopt", "head")
+@modelopt_installed
+@given(data=st.data())
+def test_modelopt_head_computes_eagle3_where_its_input_norm_is_one(data):
+    # Everything else of the head: fc, the concat, GQA attention, RoPE, the MLP, norm, lm_head,
+    # and the cache under tree masks (the conformance suite's own tree walk), at float32.
+    import dataclasses
+
+    from eagle3_ref.testing.adapter import ReferenceAdapter, official_config_of, state_dict_of, tolerance
+    from eagle3_ref.testing.adapters.modelopt import ADAPTER as modelopt
+    from eagle3_ref.testing.divergence import assert_same
+    from eagle3_ref.testing.strategies import head_configs, seeds, target_configs, trees
+
+    tc = data.draw(target_configs(min_layers=3, max_layers=4))
+    config = data.draw(head_configs(tc, shapes="production").filter(lambda c: not c.owns_embedding))  # see load_head
+    config = dataclasses.replace(config, rms_norm_eps=1e-6)
+    seed, T, parents = data.draw(seeds), data.draw(st.integers(1, 6)), data.draw(trees(max_nodes=8))
+    ref = _unit_input_norm(config, seed)
+    head = modelopt.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    gen = torch.Generator().manual_seed(seed + 2)
+    ids = torch.randint(0, config.vocab_size, (1, T), generator=gen)
+    feats = torch.randn(1, T, config.num_aux_layers * config.hidden_size, generator=gen, dtype=torch.float64)
+    hidden = modelopt.head_fuse(head, feats)
+    logits, out, _ = modelopt.head_step(head, ids, hidden, torch.arange(T)[None], None, None)
+    want = ref(ids, ref.fuse(feats), torch.arange(T)[None])
+    assert_same(logits, want.logits, "ModelOpt's EagleModule logits", **tolerance(modelopt, "logits"))
+    assert_same(out, want.hidden, "ModelOpt's pre-norm hidden output", **tolerance(modelopt, "logits"))
+    tokens = [None] + [data.draw(st.integers(0, config.vocab_size - 1)) for _ in parents[1:]]
+    incremental = draft_tree_incrementally(modelopt, head, ids, hidden, parents, tokens, "cpu")
+    for node in range(len(parents)):
+        path, n = [], node
+        while n > 0:
+            path.append(tokens[n])
+            n = parents[n]
+        reference = path_logits_without_cache(ReferenceAdapter(), ref, ids, ref.fuse(feats), path[::-1])
+        assert_same(incremental[node], reference, f"ModelOpt's cached tree-masked logits of node {node}",
+                    **tolerance(modelopt, "tree_logits"))
+
+
+def _modelopt_model(tmp_path, **export):
+    """A tiny Llama converted by ModelOpt itself (``mtsp.convert``, EAGLE-3's default config made
+    small), its draft given a vocabulary in ModelOpt's order and weights of some size; and the
+    plain target with the same weights."""
+    import copy
+
+    from transformers import LlamaForCausalLM
+
+    from eagle3_ref.testing.adapters.modelopt import modelopt_modules
+
+    modelopt_modules()
+    import modelopt.torch.speculative as mtsp
+    from modelopt.torch.speculative.config import EAGLE3_DEFAULT_CFG
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=8,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+    target = copy.deepcopy(model).eval()
+    cfg = copy.deepcopy(EAGLE3_DEFAULT_CFG["config"])
+    cfg["eagle_architecture_config"].update(intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                            head_dim=8, draft_vocab_size=40, torch_dtype="float32")
+    cfg.update(export)
+    mtsp.convert(model, mode=[("eagle", cfg)])
+    eagle = model.eagle_module
+    eagle.rotary_emb = LlamaRotaryEmbedding(config=eagle.config)  # transformers >= 5.15 takes no device=
+    with torch.no_grad():
+        for name, p in eagle.named_parameters():
+            if p.dim() >= 2:
+                p.mul_(30.0)  # ModelOpt initialises at std 0.01: logits of some size, no near-ties
+        # A vocabulary as calibrate_frequent_vocab leaves it: 40 target ids in frequency order.
+        kept = torch.randperm(64, generator=torch.Generator().manual_seed(1))[:40]
+        eagle.d2t.copy_(kept - torch.arange(40))
+    return model.eval(), target
+
+
+@judges("modelopt", "tree")
+@modelopt_installed
+def test_a_modelopt_export_drafts_modelopts_chain_once_converted(tmp_path):
+    # ModelOpt's whole path: its converted model trains (here: random) and exports; eagle3-ref
+    # convert reads the export; the reference drafts a chain with the converted head (its tree
+    # builder, cached) and gets the tokens ModelOpt's pseudo_speculative_generate drafts (its
+    # own uncached loop). The draft's input_layernorm is ModelOpt's initial 1 (see the defect).
+    from eagle3_ref.checkpoint import load_draft_head
+    from eagle3_ref.fusion import select_features
+    from eagle3_ref.tools.convert import convert
+    from eagle3_ref.tree import build_draft_tree
+
+    model, target = _modelopt_model(tmp_path, eagle_export_rope_scaling={})
+    model.get_exporter().export(tmp_path / "export")
+    official = convert(tmp_path / "export", tmp_path / "official", "official")
+    head = load_draft_head(official, target)
+    assert head.config.aux_layer_ids == (2, 4, 5)  # ModelOpt's [1, 3, 4], outputs of layers: one more
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        input_ids = torch.randint(0, 64, (1, 9), generator=gen)
+        with torch.no_grad():
+            base, drafts = model.pseudo_speculative_generate(input_ids, steps=4)
+            out = target(input_ids, output_hidden_states=True)
+            root = out.logits[:, -1:].argmax(-1)
+            tree = build_draft_tree(head, select_features(out.hidden_states, head.config.aux_layer_ids),
+                                    torch.cat([input_ids, root], 1), TreeConfig.chain(4))
+        assert int(base) == int(root)
+        assert tree.tokens[1:].tolist() == drafts[0].tolist(), (tree.tokens, drafts)
+
+
+@judges("modelopt", "head")
+@modelopt_installed
+def test_a_modelopt_export_with_its_default_yarn_is_refused_by_name(tmp_path):
+    # ModelOpt's default eagle_export_rope_scaling writes YaRN (factor 32) into the exported config of a
+    # head it trained and drafts with under plain RoPE. Converted silently, the head would be served
+    # with another RoPE than it learnt; the reference computes plain RoPE only, and says so.
+    from eagle3_ref.tools.convert import convert
+
+    model, _ = _modelopt_model(tmp_path)
+    model.get_exporter().export(tmp_path / "export")
+    import json
+
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["rope_scaling"]["rope_type"] == "yarn"
+    with pytest.raises(ValueError, match="rope_scaling: 'yarn': ModelOpt's export writes its eagle_export_rope_scaling"):
+        convert(tmp_path / "export", tmp_path / "official", "official")
+    assert not (tmp_path / "official").exists()

@@ -1,19 +1,25 @@
 """``eagle3-ref convert SRC DST --to FORMAT``: an EAGLE-3 head moved between checkpoint formats, losslessly.
 
+Four formats (:data:`FORMAT_TABLE` has them side by side; docs/checkpoint.md shows it):
+
 | format | ``config.json`` | weights |
 |---|---|---|
 | ``official`` | LlamaForCausalLM-style: ``hidden_size``, ``draft_vocab_size``, ... (EAGLE's, this project's, the vLLM / SGLang exports) | ``midlayer.*``, ``fc``, ``norm``, ``lm_head``, ``d2t``, ``t2d`` |
 | ``speculators`` | ``speculators_model_type: "eagle3"``, ``transformer_layer_config`` (the layer's LlamaConfig), ``eagle_aux_hidden_state_layer_ids`` (``hidden_states`` indices, as vLLM), ``norm_before_residual``, ``norm_before_fc``, ``speculators_config`` (the verifier) | ``layers.0.*`` for ``midlayer.*``, the rest the same |
+| ``specforge`` | a ``LlamaConfig`` with ``architectures: ["LlamaForCausalLMEagle3"]`` and ``eagle_config.eagle_aux_hidden_state_layer_ids`` (one less) | the official keys and ``embed_tokens.weight``, the target's |
+| ``modelopt`` | ModelOpt's export template, ``eagle_config`` with the layer ids (one less) and its flags | ``layers.0.*``, ``fc``, ``norm``, ``lm_head``, ``d2t`` in its own (frequency) order, no ``t2d`` |
 
-The source format is read from ``SRC/config.json``. Every field the source carries reaches the
-destination: the fields both formats name are mapped, and what only one of them holds is kept
+Every conversion goes through the official layout: SRC -> official -> DST.
+
+The source format is read from ``SRC/config.json`` and the weights' names. Every field the source
+carries reaches the destination: the fields both formats name are mapped, and what only one of them holds is kept
 in a block of its own (``eagle3_ref_official`` in a speculators config, ``speculators`` in an
 official one), so that A -> B -> A gives back A's ``config.json`` and weights exactly. What the
 destination cannot *mean* is refused by name, never dropped: a speculators head with
 ``norm_before_residual``, ``norm_before_fc``, ``fc_norm`` or ``norm_output`` set, a layer that
 is not Llama's, more than one layer, sliding-window attention, biases, or weights no EAGLE-3 head
 has (a converter that loads with ``strict=False`` and saves what it did not match is how
-speculators #1114 shipped random weights).
+speculators #1114 shipped random weights). SpecForge and ModelOpt: see their converters below.
 
 speculators' own loader (``Eagle3DraftModel.from_pretrained``) reads the verifier's config from
 ``speculators_config.verifier.name_or_path``: ``--verifier`` writes it (the target's directory or
@@ -418,6 +424,13 @@ def official_from_modelopt(cfg: dict) -> dict:
     for bias in ("attention_bias", "mlp_bias"):
         if cfg.get(bias):
             raise ValueError(f"{bias}: biases the official format has no weights for")
+    rope = cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"rope_scaling: {rope_type!r}: ModelOpt's export writes its eagle_export_rope_scaling (by "
+                         f"default YaRN, factor 32) over a head it trained and drafts with under plain RoPE; the "
+                         f"official format (and this reference) computes plain RoPE only: export with "
+                         f"eagle_export_rope_scaling={{}} to convert the head as it was trained")
     ids = eagle.get("eagle_aux_hidden_state_layer_ids")
     if not ids:
         raise ValueError("eagle_config.eagle_aux_hidden_state_layer_ids: missing; which layers the head reads is "
