@@ -207,3 +207,47 @@ def test_with_the_target_a_short_acceptance_measurement(tmp_path, capsys):
     assert main(["check-head", str(tmp_path / "head"), "--target", str(TOY_DIR / "target")]) == 0  # a warning
     out = capsys.readouterr().out
     assert "WARNING the head accepts almost nothing on this target" in out, out
+
+
+def test_every_format_is_checked_as_the_official_head_it_converts_to(tmp_path, capsys):
+    from eagle3_ref.tools.convert import convert
+
+    mapping = build_vocab_mapping(torch.arange(40), 24)  # the most frequent tokens are 16..39
+    official = _edit(_head_dir(tmp_path), weights=lambda s: s.update(d2t=mapping.d2t, t2d=mapping.t2d))
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "config.json").write_text(json.dumps({"num_hidden_layers": 12}))
+    save_file({"model.embed_tokens.weight": torch.randn(40, 16)}, target / "model.safetensors")
+    for fmt in ("speculators", "specforge", "modelopt"):
+        check = check_head_dir(convert(official, tmp_path / fmt, fmt, verifier=str(target)), target_layers=12)
+        assert check.ok and f"format: {fmt}" in " ".join(check.facts), (fmt, check.errors)
+    # speculators #1114 / #1131: a converter that loaded with strict=False saved the decoder layer it
+    # never matched as initialised; the head is well-formed and drafts at random.
+    spec = _edit(convert(TOY_DIR / "head", tmp_path / "toy-speculators", "speculators"),
+                 weights=lambda s: s.update({k: torch.randn_like(v) * 0.02 for k, v in s.items()
+                                             if k.startswith("layers.0.") and v.dim() == 2}))
+    check = check_head_dir(spec)
+    assert not check.ok and any(e.startswith("7 of 13 weights still at initialisation: midlayer.") and "speculators" not in e
+                                for e in check.errors), check.errors
+    # ModelOpt's d2t as registered, never set from a vocabulary: the conversion refuses it, and says why.
+    _edit(tmp_path / "modelopt", weights=lambda s: s["d2t"].zero_())
+    assert main(["check-head", str(tmp_path / "modelopt")]) == 1
+    out = capsys.readouterr().out
+    assert "a modelopt head the official format cannot hold: d2t: all zeros" in out, out
+
+
+def test_a_never_set_draft_vocabulary_is_warned_about(tmp_path):
+    path = _edit(_head_dir(tmp_path), weights=lambda s: (s["d2t"].zero_(), s["t2d"].zero_(),
+                                                         s["t2d"][:24].fill_(True)))
+    check = check_head_dir(path)
+    assert check.ok and any(w.startswith("d2t is all zeros: the draft vocabulary is target ids 0..23") for w in
+                            check.warnings), check.warnings
+
+
+def test_with_the_target_a_modelopt_export_is_measured_too(tmp_path, capsys):
+    from eagle3_ref.tools.convert import convert
+
+    head = convert(TOY_DIR / "head", tmp_path / "modelopt", "modelopt")
+    assert main(["check-head", str(head), "--target", str(TOY_DIR / "target")]) == 0
+    out = capsys.readouterr().out
+    assert "format: modelopt" in out and float(out.split("acceptance on the target: tau ")[1].split()[0]) > 3.0, out

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     ch = sub.add_parser("check-head", help="validate an EAGLE-3 head directory; which layers each engine would tap",
                         description="Report every problem of an EAGLE-3 head directory (config, keys, shapes, dtypes, "
                                     "draft vocabulary, layer ids) and where vLLM, SGLang, EAGLE and eagle3-ref would "
-                                    "read its tapped layer ids from. Exit status 1 when there are errors.")
+                                    "read its tapped layer ids from; a speculators, SpecForge or ModelOpt head is read "
+                                    "as eagle3-ref convert reads it. Exit status 1 when there are errors.")
     ch.add_argument("dir", help="the head directory")
     group = ch.add_mutually_exclusive_group()
     group.add_argument("--target-layers", type=int, help="the target's number of decoder layers")

@@ -118,6 +118,12 @@ def _check_weights(check: HeadCheck, config, state: dict) -> None:
             check.errors.append(f"{k} must be floating point, got {t.dtype}")
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for k, t in state.items() if t.is_floating_point()})
     check.facts.append(f"weights: {len(state)} tensors, dtype {'/'.join(dtypes) or 'none'}")
+    d2t = state.get("d2t")
+    if not identity and d2t is not None and tuple(d2t.shape) == shapes.get("d2t") and \
+            config.draft_vocab_size < config.vocab_size and not bool(d2t.any()):
+        check.warnings.append(f"d2t is all zeros: the draft vocabulary is target ids 0..{config.draft_vocab_size - 1}, "
+                              "which is what the buffer says before any vocabulary is set (ModelOpt, SpecForge and "
+                              "this reference register it so); a vocabulary built from token counts almost never is")
     if not identity and "d2t" in state and "t2d" in state and not check.errors:
         try:
             validate_vocab_mapping(state["d2t"], state["t2d"], config.vocab_size, config.draft_vocab_size)
@@ -269,6 +275,7 @@ def _check_acceptance(check: HeadCheck, path: Path, target_dir: Path) -> None:
         check.warnings.append(f"the head accepts almost nothing on this target (tau {tau:.2f}): weights that never "
                               f"loaded, the wrong tapped layers, or another target's head")
 
+
 def check_head_dir(path: str | os.PathLike, target_layers: int | None = None,
                    target_config: dict | None = None, target_dir: str | os.PathLike | None = None) -> HeadCheck:
     """Every problem of a head directory, and how each engine would read its layer ids.
@@ -305,6 +312,18 @@ def check_head_dir(path: str | os.PathLike, target_layers: int | None = None,
     except Exception as err:  # noqa: BLE001 - a corrupt file can raise anything
         check.errors.append(f"the weight file cannot be read: {str(err).splitlines()[0]}")
         state = None
+    fmt = "official"
+    if state is not None:  # another format: read through the converter's mapping to the official one
+        from .convert import TO_OFFICIAL, Verifier, detect_format
+
+        fmt = detect_format(path)
+        if fmt != "official":
+            try:
+                raw, state = TO_OFFICIAL[fmt](raw, state, Verifier(None))
+            except ValueError as err:
+                check.errors.append(f"a {fmt} head the official format cannot hold: {err}")
+                return check
+            check.facts.append(f"format: {fmt} (read as eagle3-ref convert --to official reads it)")
     num_aux = None
     if state and "fc.weight" in state:
         th = raw.get("target_hidden_size") or raw.get("hidden_size")
@@ -327,5 +346,14 @@ def check_head_dir(path: str | os.PathLike, target_layers: int | None = None,
         _check_fits_target(check, config, target_config)
     _check_layer_ids(check, config, raw, target_layers)
     if target_dir is not None and check.ok:
-        _check_acceptance(check, path, Path(target_dir))
+        if fmt == "official":
+            _check_acceptance(check, path, Path(target_dir))
+        else:
+            import tempfile
+
+            from .convert import convert
+
+            with tempfile.TemporaryDirectory() as tmp:
+                _check_acceptance(check, convert(path, Path(tmp) / "official", "official", source=fmt),
+                                  Path(target_dir))
     return check
