@@ -53,6 +53,7 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "engine_config",
+    "declared_layer_ids",
     "save_draft_head",
     "load_draft_head",
     "check_head_fits_target",
@@ -156,6 +157,22 @@ def config_from_dict(d: dict, num_aux_layers: int | None = None) -> Eagle3Config
         )
     except ValueError as err:
         raise ValueError(f"config.json: {err}") from None
+
+
+def declared_layer_ids(raw: dict) -> dict[str, tuple[int, ...]]:
+    """The tapped layer ids a config declares, per place, converted to ``hidden_states``
+    indices: ``eagle3_ref`` (this project), ``vllm`` (top-level
+    ``eagle_aux_hidden_state_layer_ids``), ``sglang`` (``eagle_config.…``, one less)."""
+    out = {}
+    ours = (raw.get("eagle3_ref") or {}).get("aux_layer_ids")
+    if ours:
+        out["eagle3_ref"] = tuple(int(i) for i in ours)
+    if raw.get("eagle_aux_hidden_state_layer_ids"):
+        out["vllm"] = tuple(from_convention(raw["eagle_aux_hidden_state_layer_ids"], "vllm"))
+    sglang = (raw.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    if sglang:
+        out["sglang"] = tuple(from_convention(sglang, "sglang"))
+    return out
 
 
 def engine_config(config: Eagle3Config, engine: str, num_target_layers: int | None = None) -> dict:

@@ -30,10 +30,11 @@ from ..checkpoint import (
     SAFETENSORS,
     TORCH_BIN,
     config_from_dict,
+    declared_layer_ids,
     expected_shapes,
     read_weights,
 )
-from ..fusion import default_aux_layer_ids, from_convention, validate_aux_layer_ids
+from ..fusion import default_aux_layer_ids, validate_aux_layer_ids
 from ..vocab import validate_vocab_mapping
 
 __all__ = ["HeadCheck", "check_head_dir", "declared_layer_ids", "looks_initialised", "measure_acceptance"]
@@ -61,22 +62,6 @@ class HeadCheck:
             lines += [f"    {engine:<9} {how}" for engine, how in self.engines.items()]
         lines.append("  result: " + ("OK" if self.ok else f"{len(self.errors)} error(s)"))
         return "\n".join(lines)
-
-
-def declared_layer_ids(raw: dict) -> dict[str, tuple[int, ...]]:
-    """The tapped layer ids a config declares, per place, converted to ``hidden_states``
-    indices: ``eagle3_ref`` (this project), ``vllm`` (top-level
-    ``eagle_aux_hidden_state_layer_ids``), ``sglang`` (``eagle_config.…``, one less)."""
-    out = {}
-    ours = (raw.get("eagle3_ref") or {}).get("aux_layer_ids")
-    if ours:
-        out["eagle3_ref"] = tuple(int(i) for i in ours)
-    if raw.get("eagle_aux_hidden_state_layer_ids"):
-        out["vllm"] = tuple(from_convention(raw["eagle_aux_hidden_state_layer_ids"], "vllm"))
-    sglang = (raw.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
-    if sglang:
-        out["sglang"] = tuple(from_convention(sglang, "sglang"))
-    return out
 
 
 def _some(names: list[str], limit: int = 6) -> str:

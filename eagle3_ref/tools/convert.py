@@ -34,8 +34,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..checkpoint import CONFIG, SAFETENSORS, read_weights
-from .check_head import declared_layer_ids
+from ..checkpoint import CONFIG, SAFETENSORS, declared_layer_ids, read_weights
 
 __all__ = ["FORMATS", "FORMAT_TABLE", "format_table_markdown", "detect_format", "convert", "official_to_speculators",
            "speculators_to_official", "official_to_specforge", "specforge_to_official", "official_to_modelopt",
