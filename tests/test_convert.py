@@ -400,3 +400,21 @@ def test_the_command_line_knows_every_format():
     from eagle3_ref.cli.convert import FORMATS as CLI_FORMATS
 
     assert CLI_FORMATS == FORMATS
+
+
+def test_the_shipped_head_converts_to_each_format_and_back_bit_for_bit_from_the_command_line(tmp_path, capsys):
+    # The toy head was trained by eagle3-ref train; SpecForge's layout takes the toy target's embedding.
+    from eagle3_ref.cli import main
+    from eagle3_ref.toy import TOY_DIR
+
+    for fmt in FORMATS[1:]:
+        assert main(["convert", str(TOY_DIR / "head"), str(tmp_path / fmt), "--to", fmt,
+                     "--verifier", str(TOY_DIR / "target")]) == 0
+        assert main(["convert", str(tmp_path / fmt), str(tmp_path / f"{fmt}-back"), "--to", "official"]) == 0
+        out = capsys.readouterr().out
+        assert f"converted {fmt} -> official" in out, out
+        _same(TOY_DIR / "head", tmp_path / f"{fmt}-back", f"the toy head -> {fmt} -> official")
+    # Without the target, SpecForge's layout cannot be written, and nothing is.
+    assert main(["convert", str(TOY_DIR / "head"), str(tmp_path / "sf-none"), "--to", "specforge"]) == 2
+    assert "SpecForge's layout ships the target's token embedding" in capsys.readouterr().err
+    assert not (tmp_path / "sf-none").exists()
