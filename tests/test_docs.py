@@ -203,6 +203,31 @@ def test_ci_runs_the_readme_test_command():
     assert "test-command" in (ROOT / ".ci/run").read_text()
 
 
+def test_the_training_plot_reads_a_finished_run_and_a_run_still_going(tmp_path, capsys):
+    import json
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "docs/examples"))
+    import plot_training
+
+    history = [{"step": s, "loss": 10.0 - s / 100, "acc": [0.5]} for s in range(1, 301)]
+    for r in history[99::100]:
+        r.update(tau=2.0 + r["step"] / 300, tau_chain=1.5, eval_loss=11.0 - r["step"] / 200, eval_acc=[0.4, 0.3])
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "history.json").write_text(json.dumps(history))
+    going = tmp_path / "going"
+    (going / "ckpt-0000200").mkdir(parents=True)
+    (going / "latest").write_text("ckpt-0000200")
+    torch.save({"history": history[:200]}, going / "ckpt-0000200" / "trainer_state.pt")
+    for run, rows in (("done", 3), ("going", 2)):
+        assert plot_training.main([str(tmp_path / run), str(tmp_path / f"{run}.png")]) == 0
+        table = capsys.readouterr().out
+        assert table.count("\n| ") == rows and "| 200 | 8.245 | 10.000 | 0.400 / 0.300 | 2.67 | 1.50 |" in table, table
+        assert (tmp_path / f"{run}.png").stat().st_size > 10_000
+
+
 def test_ttt_memory_example_runs_small():
     import sys
 
