@@ -152,6 +152,9 @@ def check_command(line: str) -> None:
         ci = [shlex.split(l, comments=True)[3:] for l in (ROOT / ".ci" / "run").read_text().splitlines()
               if l.startswith("python -m pip install")]
         assert words[1:] in [[w for w in c if w not in ("-q", "--disable-pip-version-check")] for c in ci], line
+    elif words[0] == "python" and words[1].startswith("docs/examples/"):  # an example script, run by a test here
+        assert (ROOT / words[1]).is_file(), line
+        assert Path(words[1]).stem in Path(__file__).read_text(), f"no test runs {words[1]}"
     elif words[0] == "mkdocs":
         assert words[1:] == ["build", "--strict", "-f", "docs/mkdocs/mkdocs.yml"], line
         assert '"build", "--strict", "-f", str(CONFIG)' in (ROOT / "tests" / "test_site.py").read_text()
