@@ -849,3 +849,51 @@ def test_speculators_takes_the_verifiers_embedding_for_a_head_without_one(tmp_pa
         model.embed_tokens.weight.zero_()  # what from_pretrained leaves when the memory held no NaN
     model.load_verifier_weights()
     assert torch.equal(model.embed_tokens.weight, target.get_input_embeddings().weight)
+
+
+@judges("speculators", "ttt")
+@speculators_installed
+@given(data=st.data())
+def test_speculators_training_time_test_computes_the_reference_steps_on_packed_documents(data):
+    # Its training forward packs sequences into one row with document ids (no padding), shifts
+    # its inputs left once per step (teacher forcing), moves positions by one per step and
+    # extends its mask with each step's diagonal. Every slot whose input exists in its own
+    # document must give the reference's TTT logits for that document alone.
+    from eagle3_ref.testing.adapter import official_config_of, state_dict_of, tolerance
+    from eagle3_ref.testing.adapters.speculators import ADAPTER as speculators
+    from eagle3_ref.testing.adapters.speculators import speculators_draft_model
+    from eagle3_ref.testing.divergence import assert_same
+    from eagle3_ref.testing.strategies import build_draft_head, head_configs, seeds, target_configs
+    from eagle3_ref.ttt import ttt_forward
+
+    tc = data.draw(target_configs(min_layers=3, max_layers=4))
+    config = data.draw(head_configs(tc, shapes="production").filter(lambda c: not c.owns_embedding))
+    seed = data.draw(seeds)
+    lengths = data.draw(st.lists(st.integers(2, 7), min_size=1, max_size=3), label="document lengths")
+    K = data.draw(st.integers(1, min(4, *lengths)), label="K")  # (past its length a row has no token to read)
+    gen = torch.Generator().manual_seed(seed)
+    embed = torch.randn(config.vocab_size, config.hidden_size, generator=gen, dtype=torch.float64)
+    ref = build_draft_head(config, seed, embed)
+    model = speculators_draft_model(official_config_of(ref), state_dict_of(ref), embed)
+    docs = [(torch.randint(0, config.vocab_size, (1, n), generator=gen),
+             torch.randn(1, n, config.num_aux_layers * config.hidden_size, generator=gen, dtype=torch.float64))
+            for n in lengths]
+    # Its data pipeline pairs feature i with token i+1: each document's ids shifted left once.
+    ids = torch.cat([torch.cat([d[:, 1:], d.new_zeros(1, 1)], 1) for d, _ in docs], 1)
+    feats = torch.cat([f for _, f in docs], 1)
+    doc_ids = torch.cat([torch.full((1, n), i) for i, n in enumerate(lengths)], 1)
+    positions = torch.cat([torch.arange(n)[None] for n in lengths], 1)
+    got = []
+    model.lm_head.register_forward_hook(lambda module, args, out: got.append(out))
+    with torch.no_grad():
+        model(hidden_states=feats, input_ids=ids, document_ids=doc_ids, position_ids=positions, ttt_steps=K)
+    start = 0
+    for (d, f), n in zip(docs, lengths):
+        want = ttt_forward(ref, f, d, K).logits
+        for k in range(K):
+            valid = n - k - 1  # slots fed a token of their own document
+            if valid > 0:
+                assert_same(got[k][0, start:start + valid], want[k][0, :valid],
+                            f"its TTT step {k}, document of length {n}", **tolerance(speculators, "logits"),
+                            where=("slot", "draft token"))
+        start += n
