@@ -897,3 +897,23 @@ def test_speculators_training_time_test_computes_the_reference_steps_on_packed_d
                             f"its TTT step {k}, document of length {n}", **tolerance(speculators, "logits"),
                             where=("slot", "draft token"))
         start += n
+
+
+@judges("modelopt", "fusion")
+@modelopt_installed
+def test_modelopt_captures_the_reference_features(tmp_path):
+    # Its forward hooks on the target's layers[L] (L in its eagle_aux_hidden_state_layer_ids) and
+    # their concatenation, against the reference's hidden_states[L + 1] in the same order.
+    from transformers import LlamaForCausalLM
+
+    from eagle3_ref.fusion import from_convention, select_features
+
+    model, target = _modelopt_model(tmp_path)
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        LlamaForCausalLM.forward(model, input_ids=ids)  # the target's own forward; ModelOpt's hooks fire
+        captured = model.pop_and_gather_aux_hiddens()
+        layers = from_convention(model.eagle_config.eagle_aux_hidden_state_layer_ids, "modelopt")
+        want = select_features(target(ids, output_hidden_states=True).hidden_states, layers)
+    assert layers == (2, 4, 5)
+    torch.testing.assert_close(captured, want, rtol=0, atol=0)
