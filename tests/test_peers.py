@@ -972,3 +972,41 @@ def test_speculators_converter_keeps_the_tapped_layers_the_source_declares(tmp_p
 
     _, converted = _converted_by_speculators(tmp_path, "vllm")  # top-level eagle_aux_hidden_state_layer_ids [2, 4, 6]
     assert json.loads((converted / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"] == [2, 4, 6]
+
+
+@judges("modelopt", "tree", "convert")
+@modelopt_installed
+def test_a_head_converted_to_modelopts_format_loads_strictly_into_modelopt_and_drafts_its_chain(tmp_path):
+    # The other way round: a reference head, written by eagle3-ref convert --to modelopt, loads into
+    # ModelOpt's own draft module with strict=True (every key and shape its export has, nothing
+    # else), and ModelOpt's greedy chain then drafts what the reference drafts with the source head.
+    from safetensors.torch import load_file
+
+    from eagle3_ref.checkpoint import save_draft_head
+    from eagle3_ref.fusion import select_features
+    from eagle3_ref.testing.strategies import build_draft_head
+    from eagle3_ref.tools.convert import convert
+    from eagle3_ref.tree import build_draft_tree
+
+    model, target = _modelopt_model(tmp_path, eagle_export_rope_scaling={})
+    config = Eagle3Config(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                          head_dim=8, vocab_size=64, draft_vocab_size=40, rms_norm_eps=1e-5,
+                          max_position_embeddings=2048, aux_layer_ids=(2, 4, 5))
+    head = build_draft_head(config, 5, target.get_input_embeddings().weight.detach().double(), torch.float32)
+    with torch.no_grad():
+        head.midlayer.input_layernorm.weight.fill_(1.0)  # where ModelOpt's double norm is silent (its defect)
+        for name, p in head.named_parameters():
+            if p.dim() >= 2:
+                p.mul_(3.0)
+    official = save_draft_head(head, tmp_path / "official")
+    exported = convert(official, tmp_path / "modelopt", "modelopt")
+    model.eagle_module.load_state_dict(load_file(str(exported / "model.safetensors")), strict=True)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        input_ids = torch.randint(0, 64, (1, 9), generator=gen)
+        with torch.no_grad():
+            base, drafts = model.pseudo_speculative_generate(input_ids, steps=4)
+            out = target(input_ids, output_hidden_states=True)
+            tree = build_draft_tree(head, select_features(out.hidden_states, (2, 4, 5)),
+                                    torch.cat([input_ids, out.logits[:, -1:].argmax(-1)], 1), TreeConfig.chain(4))
+        assert tree.tokens[1:].tolist() == drafts[0].tolist(), (tree.tokens, drafts)
