@@ -418,3 +418,14 @@ def test_the_shipped_head_converts_to_each_format_and_back_bit_for_bit_from_the_
     assert main(["convert", str(TOY_DIR / "head"), str(tmp_path / "sf-none"), "--to", "specforge"]) == 2
     assert "SpecForge's layout ships the target's token embedding" in capsys.readouterr().err
     assert not (tmp_path / "sf-none").exists()
+
+
+def test_a_source_read_in_the_wrong_format_is_refused_by_its_keys(tmp_path):
+    from eagle3_ref.toy import TOY_DIR
+
+    for source, keys in (("modelopt", "layers.0."), ("speculators", "layers.0.")):
+        with pytest.raises(ValueError, match=f"no {keys}\\* weights: not a"):
+            convert(TOY_DIR / "head", tmp_path / source, "official", source=source)
+    mo = convert(TOY_DIR / "head", tmp_path / "mo", "modelopt")
+    with pytest.raises(ValueError, match="no midlayer.\\* weights: not a SpecForge head"):
+        convert(mo, tmp_path / "sf", "official", source="specforge")

@@ -134,6 +134,9 @@ def official_to_speculators(raw: dict, state: dict, verifier: str | None = None)
 def speculators_to_official(spec: dict, state: dict) -> tuple[dict, dict]:
     """A speculators ``config.json`` dict and weights -> the official ones; refuses by name what
     the official format (and this reference's head) cannot mean."""
+    if not any(k.startswith("layers.0.") for k in state):
+        raise ValueError("no layers.0.* weights: not a speculators head (its decoder layer's keys); is the source "
+                         "in another format (--from)?")
     spec = copy.deepcopy(spec)
     for flag in FLAGS:
         if spec.get(flag):
@@ -354,6 +357,9 @@ def specforge_to_official(cfg: dict, state: dict, verifier: Verifier | None = No
     """SpecForge's HF layout -> an official head: the target's embedding is not part of the
     official layout and is dropped (its digest kept, so that converting back checks the
     verifier's); a head whose embedding has its own width (``target_hidden_size``) keeps it."""
+    if not any(k.startswith("midlayer.") for k in state):
+        raise ValueError("no midlayer.* weights: not a SpecForge head (its decoder layer's keys); is the source in "
+                         "another format (--from)?")
     cfg = copy.deepcopy(cfg)
     kept = cfg.pop(STASH, None)
     for flag, standard in (("fc_norm", False), ("norm_output", True), ("norm_before_residual", False)):
@@ -519,6 +525,9 @@ def modelopt_to_official(cfg: dict, state: dict, verifier: Verifier | None = Non
     vocabulary) is refused."""
     import torch
 
+    if not any(k.startswith("layers.0.") for k in state):
+        raise ValueError("no layers.0.* weights: not a ModelOpt export (its decoder layer's keys); is the source "
+                         "in another format (--from)?")
     cfg = copy.deepcopy(cfg)
     kept = cfg.pop(STASH, None)
     derived = official_from_modelopt(cfg)
