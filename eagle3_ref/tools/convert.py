@@ -324,8 +324,8 @@ def official_to_specforge(raw: dict, state: dict, verifier: Verifier | None = No
     if raw.get("num_hidden_layers", 1) != 1:
         raise ValueError(f"num_hidden_layers: an EAGLE-3 head has one decoder layer, the config says "
                          f"{raw['num_hidden_layers']}")
-    if came_from is not None and _changed(came_from.get("config", raw), raw) == []:
-        cfg = copy.deepcopy(came_from.get("config", raw))
+    if came_from is not None:  # a SpecForge head's config is already what SpecForge reads
+        cfg = copy.deepcopy(raw)
     else:
         ids = _layer_ids_for(raw, verifier, "specforge")
         cfg = specforge_config(raw, ids)
