@@ -329,7 +329,6 @@ def official_to_specforge(raw: dict, state: dict, verifier: Verifier | None = No
     else:
         ids = _layer_ids_for(raw, verifier, "specforge")
         cfg = specforge_config(raw, ids)
-        came_from = None
     weights = dict(state)
     if "embed_tokens.weight" not in weights:
         embedding = verifier.embedding("SpecForge's layout ships the target's token embedding (its export_to_hf "
