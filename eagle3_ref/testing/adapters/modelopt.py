@@ -54,6 +54,12 @@ import warnings
 import torch
 
 from eagle3_ref.testing.adapter import Unsupported
+from eagle3_ref.testing.adapters.transformers_layer import (
+    llama_layer_config,
+    num_aux_layers,
+    step_cache_and_mask,
+    target_to_draft_from_d2t,
+)
 
 __all__ = ["ModelOptAdapter", "ADAPTER", "modelopt_eagle_module", "modelopt_modules"]
 
@@ -70,21 +76,11 @@ def modelopt_modules():
 
 def modelopt_eagle_module(config: dict, state_dict: dict, attn_implementation: str = "sdpa"):
     """ModelOpt's ``EagleModule`` for an official head config and official-key weights."""
-    from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
     modeling_eagle, _ = modelopt_modules()
-    ours = config.get("eagle3_ref") or {}
-    k = ours.get("num_aux_layers") or len(ours.get("aux_layer_ids") or ()) or 3
-    if config.get("target_hidden_size") not in (None, config["hidden_size"]):
-        raise Unsupported("a head that owns its embedding (ModelOpt sizes fc and the embedding by the target's width)")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    fields = {name: config[name] for name in ("hidden_size", "intermediate_size", "num_attention_heads",
-                                              "num_key_value_heads", "head_dim", "rms_norm_eps", "vocab_size",
-                                              "max_position_embeddings") if config.get(name) is not None}
-    llama = LlamaConfig(**fields, num_hidden_layers=1, hidden_act="silu", attention_bias=False, mlp_bias=False,
-                        rope_parameters={"rope_type": "default",
-                                         "rope_theta": config.get("rope_theta", rope.get("rope_theta", 10000.0))})
+    llama = llama_layer_config(config, "ModelOpt sizes fc and the embedding by the target's width")
+    k = num_aux_layers(config)
     # The fields ModelOpt's HFEagleModel sets on the draft's config before building the module
     # (EAGLE3_DEFAULT_CFG's architecture config): only the number of tapped layers sizes fc.
     for name, value in dict(use_aux_hidden_state=True, use_input_layernorm_in_first_layer=True,
@@ -128,17 +124,11 @@ class ModelOptAdapter:
         return head.module.fc(features)
 
     def head_step(self, head, input_ids, hidden, position_ids, cache, attention_mask):
-        from transformers import DynamicCache
-
         B, q = input_ids.shape
-        if cache is None:
-            cache = DynamicCache()
-        S = cache.get_seq_length()
-        if attention_mask is None:  # causal over the new slots, every cached one visible
-            attention_mask = torch.ones(q, S + q, dtype=torch.bool, device=hidden.device).tril(S)[None, None]
+        cache, _, mask = step_cache_and_mask(cache, attention_mask, B, q, hidden.device)
         embeds = torch.nn.functional.embedding(input_ids, head.embed_weight).to(hidden.dtype)
-        post, pre, cache = head.module(hidden, embeds, attention_mask.expand(B, 1, q, S + q), position_ids=position_ids,
-                                       past_key_values=cache, use_cache=True)
+        post, pre, cache = head.module(hidden, embeds, mask, position_ids=position_ids, past_key_values=cache,
+                                       use_cache=True)
         return head.module.lm_head(post), pre, cache
 
     # -- the reduced vocabulary -------------------------------------------------------------
@@ -166,10 +156,7 @@ class ModelOptAdapter:
 
     def target_to_draft(self, target_ids, d2t, vocab_size):
         # ModelOpt selects draft columns as full_logits[..., arange + d2t] (_map_logits_to_draft_vocab).
-        kept = torch.arange(d2t.shape[0], device=d2t.device) + d2t
-        draft_of = torch.full((vocab_size,), -1, dtype=torch.long, device=d2t.device)
-        draft_of[kept] = torch.arange(d2t.shape[0], device=d2t.device)
-        return draft_of[target_ids]
+        return target_to_draft_from_d2t(target_ids, d2t, vocab_size)
 
 
 ADAPTER = ModelOptAdapter()

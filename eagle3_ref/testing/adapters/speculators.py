@@ -41,14 +41,18 @@ import warnings
 import torch
 
 from eagle3_ref.testing.adapter import Unsupported
+from eagle3_ref.testing.adapters.transformers_layer import (
+    llama_layer_config,
+    num_aux_layers,
+    step_cache_and_mask,
+    target_to_draft_from_d2t,
+)
 
 __all__ = ["SpeculatorsAdapter", "ADAPTER", "speculators_draft_model"]
 
 
 def speculators_draft_model(config: dict, state_dict: dict, embed_weight: torch.Tensor):
     """speculators' ``Eagle3DraftModel`` for an official head config and official-key weights."""
-    from transformers import LlamaConfig
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from speculators.config import SpeculatorsConfig, VerifierConfig
@@ -56,17 +60,8 @@ def speculators_draft_model(config: dict, state_dict: dict, embed_weight: torch.
         from speculators.models.eagle3.core import Eagle3DraftModel
         from speculators.proposals.greedy import GreedyTokenProposalConfig
 
-    if config.get("target_hidden_size") not in (None, config["hidden_size"]):
-        raise Unsupported("a head that owns its embedding (speculators' fc and embedding have the draft's width)")
-    ours = config.get("eagle3_ref") or {}
-    k = ours.get("num_aux_layers") or len(ours.get("aux_layer_ids") or ()) or 3
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    fields = {name: config[name] for name in ("hidden_size", "intermediate_size", "num_attention_heads",
-                                              "num_key_value_heads", "head_dim", "rms_norm_eps", "vocab_size",
-                                              "max_position_embeddings") if config.get(name) is not None}
-    layer = LlamaConfig(**fields, num_hidden_layers=1, hidden_act="silu", attention_bias=False, mlp_bias=False,
-                        rope_parameters={"rope_type": "default",
-                                         "rope_theta": config.get("rope_theta", rope.get("rope_theta", 10000.0))})
+    layer = llama_layer_config(config, "speculators' fc and embedding have the draft's width")
+    k = num_aux_layers(config)
     layer._attn_implementation = "sdpa"  # its default, flex attention, needs a GPU
     verifier = VerifierConfig(name_or_path=None, architectures=["LlamaForCausalLM"])
     spec = Eagle3SpeculatorConfig(
@@ -107,19 +102,13 @@ class SpeculatorsAdapter:
         return head.fc(features)
 
     def head_step(self, head, input_ids, hidden, position_ids, cache, attention_mask):
-        from transformers import DynamicCache
-
         B, q = input_ids.shape
-        if cache is None:
-            cache = DynamicCache()
-        S = cache.get_seq_length()
-        if attention_mask is None:  # causal over the new slots, every cached one visible
-            attention_mask = torch.ones(q, S + q, dtype=torch.bool, device=hidden.device).tril(S)[None, None]
+        cache, S, mask = step_cache_and_mask(cache, attention_mask, B, q, hidden.device)
         # One step of Eagle3DraftModel.forward, its own modules in its order (see the module docstring).
         x = torch.cat([head.embed_tokens(input_ids).to(hidden.dtype), hidden], dim=-1)
         position_embeddings = head.rotary_emb(x, position_ids)
         for layer in head.layers:
-            x = layer(x, attention_mask=attention_mask.expand(B, 1, q, S + q), position_ids=position_ids,
+            x = layer(x, attention_mask=mask, position_ids=position_ids,
                       past_key_values=cache, use_cache=True,
                       cache_position=torch.arange(S, S + q, device=hidden.device),
                       position_embeddings=position_embeddings)
@@ -136,10 +125,7 @@ class SpeculatorsAdapter:
         return draft_ids + d2t[draft_ids]  # its stored offset: target = draft + d2t[draft]
 
     def target_to_draft(self, target_ids, d2t, vocab_size):
-        kept = torch.arange(d2t.shape[0], device=d2t.device) + d2t
-        draft_of = torch.full((vocab_size,), -1, dtype=torch.long, device=d2t.device)
-        draft_of[kept] = torch.arange(d2t.shape[0], device=d2t.device)
-        return draft_of[target_ids]
+        return target_to_draft_from_d2t(target_ids, d2t, vocab_size)
 
 
 ADAPTER = SpeculatorsAdapter()
