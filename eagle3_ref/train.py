@@ -5,14 +5,18 @@ The pipeline, as EAGLE-3 trains its heads:
 1. **data**: tokenise a text corpus into sequences (or, with ``regenerate``, use each
    sequence's start as a prompt and let the target write the rest: self-distillation, the
    peers' advice for acceptance), or continue the prompts of a JSON-lines prompt file
-   with the target; the loss mask marks the tokens to learn;
+   with the target; the loss mask marks the tokens to learn (several rewrite temperatures:
+   each sequence rewritten once at each, the data mix for decoding at both);
 2. **target pass**: one target forward per sequence gives the tapped features and its
    logits, on the fly or cached to disk in safetensors shards;
 3. **vocabulary**: the draft vocabulary from the token counts of the training targets;
 4. **training-time test**: :func:`eagle3_ref.ttt.ttt_forward` + :func:`ttt_loss`, AdamW
    (betas 0.9 / 0.95), linear warm-up then cosine decay, gradient clipping at 0.5, bf16
    autocast on CUDA;
-5. **checkpoints**: the official format, written atomically (a temporary directory, then
+5. **evaluation** every ``eval_every`` steps: tau with the default tree and a chain on
+   held-out prompts, and the training loss on held-out sequences made like the training data
+   (:func:`prepare_held_out`, :func:`evaluate_loss`): the curve that says when to stop;
+6. **checkpoints**: the official format, written atomically (a temporary directory, then
    a rename, then the ``latest`` pointer); ``resume`` continues after a ``kill -9`` with
    nothing lost: optimizer, scheduler, RNG states and the data position all come back,
    and the data order is a pure function of (seed, step).
@@ -153,7 +157,6 @@ class TrainConfig:
             self.aux_layer_ids = ids
         if self.resume and self.overwrite:
             raise TrainingError("resume and overwrite are mutually exclusive")
-
 
     @property
     def temperatures(self) -> tuple[float, ...]:
@@ -300,6 +303,61 @@ def prepare_data(target: nn.Module, text: str, tokenizer, config: TrainConfig, l
     return data
 
 
+def _rewrite(target: nn.Module, ids: Tensor, config: TrainConfig, keep: int | None,
+             progress: bool) -> tuple[Tensor, Tensor]:
+    """A seeded sample of ``keep`` sequences, each rewritten by the target once per
+    temperature of the recipe (or left as written when nothing is rewritten)."""
+    if keep is not None and keep < ids.shape[0]:
+        order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(config.seed))
+        ids = ids[order[:keep].sort().values]
+    if not config.regenerate_prompt_tokens:
+        return ids, torch.ones_like(ids)
+    rewrites = [regenerate(target, ids, config.regenerate_prompt_tokens, progress=progress, temperature=t,
+                           seed=config.seed) for t in config.temperatures]
+    return torch.cat([r[0] for r in rewrites]), torch.cat([r[1] for r in rewrites])
+
+
+def _cached_sequences(cache: str | None, name: str, recipe: dict) -> tuple[Tensor, Tensor] | None:
+    """The sequences a ``data_cache`` holds for this recipe, or None."""
+    if cache is None:
+        return None
+    stamp = Path(cache) / f"{name}.json"
+    if not stamp.is_file() or json.loads(stamp.read_text()) != recipe:
+        return None
+    tensors = load_file(Path(cache) / f"{name}.safetensors")
+    return tensors["input_ids"], tensors["loss_mask"]
+
+
+def _cache_sequences(cache: str | None, name: str, recipe: dict, ids: Tensor, mask: Tensor) -> None:
+    if cache is None:
+        return
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    save_file({"input_ids": ids.contiguous(), "loss_mask": mask.contiguous()}, Path(cache) / f"{name}.safetensors")
+    (Path(cache) / f"{name}.json").write_text(json.dumps(recipe))
+
+
+def prepare_held_out(target: nn.Module, text: str, tokenizer, config: TrainConfig, layer_ids: tuple[int, ...],
+                     sequences: int, batch_size: int = 8) -> TrainData:
+    """Held-out sequences for the held-out loss: ``sequences`` of the held-out text, made the
+    way the training data is (the same rewrites), with the target's features and logits
+    (kept in memory: keep ``sequences`` small)."""
+    if sequences < 1:
+        raise TrainingError(f"held-out sequences must be >= 1, got {sequences}")
+    recipe = {"text": hashlib.sha256(text.encode()).hexdigest()[:16], "seq_len": config.seq_len,
+              "sequences": sequences, "seed": config.seed, "regenerate": config.regenerate_prompt_tokens,
+              "temperatures": list(config.temperatures)}
+    ids_mask = _cached_sequences(config.data_cache, "held_out", recipe)
+    if ids_mask is None:
+        ids = tokenize_corpus(text, tokenizer, config.seq_len)
+        if ids.shape[0] == 0:
+            raise TrainingError(f"the held-out text is shorter than one sequence of {config.seq_len} tokens")
+        ids_mask = _rewrite(target, ids, config, sequences, progress=False)
+        _cache_sequences(config.data_cache, "held_out", recipe, *ids_mask)
+    ids, mask = ids_mask
+    passes = [target_pass(target, ids[i:i + batch_size], layer_ids) for i in range(0, ids.shape[0], batch_size)]
+    return TrainData(ids, mask, torch.cat([f for f, _ in passes]).cpu(), torch.cat([lg for _, lg in passes]).cpu())
+
+
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
     """The examples of training step ``step``: epoch ``e`` is a permutation seeded by
     ``(seed, e)``, so the data position is a pure function of the step (exact resume)."""
@@ -359,59 +417,7 @@ def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: l
 
 # ----------------------------------------------------------------------------------------
 # Evaluation
-def _rewrite(target: nn.Module, ids: Tensor, config: TrainConfig, keep: int | None,
-             progress: bool) -> tuple[Tensor, Tensor]:
-    """A seeded sample of ``keep`` sequences, each rewritten by the target once per
-    temperature of the recipe (or left as written when nothing is rewritten)."""
-    if keep is not None and keep < ids.shape[0]:
-        order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(config.seed))
-        ids = ids[order[:keep].sort().values]
-    if not config.regenerate_prompt_tokens:
-        return ids, torch.ones_like(ids)
-    rewrites = [regenerate(target, ids, config.regenerate_prompt_tokens, progress=progress, temperature=t,
-                           seed=config.seed) for t in config.temperatures]
-    return torch.cat([r[0] for r in rewrites]), torch.cat([r[1] for r in rewrites])
-
-
-def _cached_sequences(cache: str | None, name: str, recipe: dict) -> tuple[Tensor, Tensor] | None:
-    """The sequences a ``data_cache`` holds for this recipe, or None."""
-    if cache is None:
-        return None
-    stamp = Path(cache) / f"{name}.json"
-    if not stamp.is_file() or json.loads(stamp.read_text()) != recipe:
-        return None
-    tensors = load_file(Path(cache) / f"{name}.safetensors")
-    return tensors["input_ids"], tensors["loss_mask"]
-
-
-def _cache_sequences(cache: str | None, name: str, recipe: dict, ids: Tensor, mask: Tensor) -> None:
-    if cache is None:
-        return
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    save_file({"input_ids": ids.contiguous(), "loss_mask": mask.contiguous()}, Path(cache) / f"{name}.safetensors")
-    (Path(cache) / f"{name}.json").write_text(json.dumps(recipe))
-
-
-def prepare_held_out(target: nn.Module, text: str, tokenizer, config: TrainConfig, layer_ids: tuple[int, ...],
-                     sequences: int, batch_size: int = 8) -> TrainData:
-    """Held-out sequences for the held-out loss: ``sequences`` of the held-out text, made the
-    way the training data is (the same rewrites), with the target's features and logits
-    (kept in memory: keep ``sequences`` small)."""
-    if sequences < 1:
-        raise TrainingError(f"held-out sequences must be >= 1, got {sequences}")
-    recipe = {"text": hashlib.sha256(text.encode()).hexdigest()[:16], "seq_len": config.seq_len,
-              "sequences": sequences, "seed": config.seed, "regenerate": config.regenerate_prompt_tokens,
-              "temperatures": list(config.temperatures)}
-    ids_mask = _cached_sequences(config.data_cache, "held_out", recipe)
-    if ids_mask is None:
-        ids = tokenize_corpus(text, tokenizer, config.seq_len)
-        if ids.shape[0] == 0:
-            raise TrainingError(f"the held-out text is shorter than one sequence of {config.seq_len} tokens")
-        ids_mask = _rewrite(target, ids, config, sequences, progress=False)
-        _cache_sequences(config.data_cache, "held_out", recipe, *ids_mask)
-    ids, mask = ids_mask
-    passes = [target_pass(target, ids[i:i + batch_size], layer_ids) for i in range(0, ids.shape[0], batch_size)]
-    return TrainData(ids, mask, torch.cat([f for f, _ in passes]).cpu(), torch.cat([lg for _, lg in passes]).cpu())
+# ----------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -443,9 +449,6 @@ def evaluate_loss(head: nn.Module, held_out: TrainData, config: TrainConfig) -> 
         counts = [c + s for c, s in zip(counts, result.step_counts)]
     head.train(was_training)
     return total / max(1, weight), [h / c if c else None for h, c in zip(hits, counts)]
-
-
-# ----------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
