@@ -15,7 +15,9 @@ The pipeline, as EAGLE-3 trains its heads:
    autocast on CUDA;
 5. **evaluation** every ``eval_every`` steps: tau with the default tree and a chain on
    held-out prompts, and the training loss on held-out sequences made like the training data
-   (:func:`prepare_held_out`, :func:`evaluate_loss`): the curve that says when to stop;
+   (:func:`prepare_held_out`, :func:`evaluate_loss`): the curve that says when to stop
+   (``early_stopping``: after that many evaluations without a lower held-out loss, training
+   stops and the head kept is the one with the lowest);
 6. **checkpoints**: the official format, written atomically (a temporary directory, then
    a rename, then the ``latest`` pointer); ``resume`` continues after a ``kill -9`` with
    nothing lost: optimizer, scheduler, RNG states and the data position all come back,
@@ -62,9 +64,9 @@ from .ttt import ttt_forward, ttt_loss
 from .vocab import build_vocab_mapping, count_tokens
 
 __all__ = ["TrainConfig", "TrainData", "tokenize_corpus", "regenerate", "continue_prompts", "read_data_file",
-           "prepare_held_out", "evaluate_loss",
+           "prepare_held_out", "with_target_pass", "evaluate_loss", "evaluations_since_best",
            "target_pass", "prepare_data",
-           "train_head", "evaluate_tau", "TrainingError", "check_out_dir", "new_head"]
+           "train_head", "evaluate_tau", "TrainingError", "check_out_dir", "check_config_fits_target", "new_head"]
 
 
 class TrainingError(ValueError):
@@ -96,6 +98,9 @@ class TrainConfig:
     save_every: int = 100
     eval_every: int = 0  # 0: no periodic tau evaluation
     eval_max_new_tokens: int = 32
+    # > 0: stop after this many held-out evaluations without a lower eval_loss, and keep the head of
+    # the lowest (early stopping; needs eval_every and held-out sequences)
+    early_stopping: int = 0
     resume: bool = False
     overwrite: bool = False
     cache_dir: str | None = None  # cache the target pass here (safetensors shards)
@@ -116,8 +121,11 @@ class TrainConfig:
 
         for name in ("batch_size", "max_steps", "ttt_steps", "save_every", "eval_max_new_tokens"):
             whole(name, 1)
-        for name in ("warmup_steps", "eval_every", "regenerate_prompt_tokens", "seed"):
+        for name in ("warmup_steps", "eval_every", "regenerate_prompt_tokens", "seed", "early_stopping"):
             whole(name, 0)
+        if self.early_stopping and not self.eval_every:
+            raise TrainingError(f"early_stopping ({self.early_stopping}) counts held-out evaluations, but eval_every is 0: "
+                                "set eval_every too")
         whole("seq_len", 2)
         whole("draft_vocab_size", 1, none_ok=True)
         whole("max_sequences", 1, none_ok=True)
@@ -353,9 +361,16 @@ def prepare_held_out(target: nn.Module, text: str, tokenizer, config: TrainConfi
             raise TrainingError(f"the held-out text is shorter than one sequence of {config.seq_len} tokens")
         ids_mask = _rewrite(target, ids, config, sequences, progress=False)
         _cache_sequences(config.data_cache, "held_out", recipe, *ids_mask)
-    ids, mask = ids_mask
+    return with_target_pass(target, TrainData(*ids_mask), layer_ids, batch_size)
+
+
+def with_target_pass(target: nn.Module, data: TrainData, layer_ids: tuple[int, ...], batch_size: int = 8) -> TrainData:
+    """``data`` with the target's tapped features and logits for every sequence, computed
+    ``batch_size`` at a time and kept in memory (for a small held-out set)."""
+    ids = data.input_ids
     passes = [target_pass(target, ids[i:i + batch_size], layer_ids) for i in range(0, ids.shape[0], batch_size)]
-    return TrainData(ids, mask, torch.cat([f for f, _ in passes]).cpu(), torch.cat([lg for _, lg in passes]).cpu())
+    return TrainData(ids, data.loss_mask, torch.cat([f for f, _ in passes]).cpu(),
+                     torch.cat([lg for _, lg in passes]).cpu())
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
@@ -389,6 +404,20 @@ def _set_rng_state(state: dict) -> None:
 def _save_head(head, path: Path) -> None:
     """The official format for an EAGLE-3 head; the baseline's own for an EAGLE-2-style one."""
     (save_eagle2_head if isinstance(head, Eagle2DraftHead) else save_draft_head)(head, path)
+
+
+def save_best(out: Path, head) -> Path:
+    """``out/best``: the head of the lowest held-out loss so far (early stopping), replaced
+    atomically like a checkpoint."""
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".best-tmp-"))
+    _save_head(head, tmp)
+    for path in (tmp, *tmp.iterdir()):
+        publish(path)
+    final = out / "best"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
 
 
 def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: list) -> Path:
@@ -451,6 +480,17 @@ def evaluate_loss(head: nn.Module, held_out: TrainData, config: TrainConfig) -> 
     return total / max(1, weight), [h / c if c else None for h, c in zip(hits, counts)]
 
 
+def evaluations_since_best(history: list[dict]) -> tuple[int | None, int]:
+    """Early stopping's count, from a run's ``history``: the step of the lowest held-out
+    loss (the first, on a tie; None before any evaluation) and how many held-out evaluations
+    came after it."""
+    losses = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
+    if not losses:
+        return None, 0
+    best = min(range(len(losses)), key=lambda i: (losses[i][1], i))
+    return losses[best][0], len(losses) - 1 - best
+
+
 @torch.no_grad()
 def evaluate_tau(target: nn.Module, head: Eagle3DraftHead, prompts: list[Tensor], max_new_tokens: int,
                  tree=None) -> float:
@@ -504,7 +544,7 @@ def _barrier() -> None:
 
 
 # What a run that stopped before its first checkpoint leaves behind; a new run may start over it.
-_NO_CHECKPOINT_YET = ("train_config.json", ".ckpt-tmp-*", ".latest-*")
+_NO_CHECKPOINT_YET = ("train_config.json", ".ckpt-tmp-*", ".latest-*", "best", ".best-tmp-*")
 
 # Fields a resumed run may change: where and how often it writes and evaluates, not what it learns.
 _RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "save_every", "eval_every", "eval_max_new_tokens", "cache_dir",
@@ -622,6 +662,9 @@ def train_head(target: nn.Module, data: TrainData, config: TrainConfig, eval_pro
     torchrun / accelerate (``WORLD_SIZE`` > 1), it joins the process group, averages gradients
     across processes, and leaves the group again if it was the one to create it.
     """
+    if config.early_stopping and held_out is None:
+        raise TrainingError(f"early_stopping ({config.early_stopping}) needs held-out sequences to evaluate the loss on "
+                            "(held_out; --eval-data and --eval-sequences from the command line)")
     out = check_out_dir(config)
     lock = acquire_output_lock(out) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
@@ -759,7 +802,8 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
 
     head.train()
     bar = tqdm(total=config.max_steps, initial=step, disable=not progress or rank > 0, desc="train", dynamic_ncols=True)
-    while step < config.max_steps:
+    stopped = bool(config.early_stopping) and evaluations_since_best(history)[1] >= config.early_stopping
+    while step < config.max_steps and not stopped:
         # The global batch of this step; this process takes its share.
         idx = batch_indices(data.input_ids.shape[0], config.batch_size * world, step, config.seed)
         idx = idx[rank * config.batch_size:(rank + 1) * config.batch_size]
@@ -796,14 +840,23 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
                 record["eval_loss"], accuracy = evaluate_loss(head, held_out, config)
                 record["eval_acc"] = [None if a is None else round(a, 4) for a in accuracy]
         history.append(record)
+        if config.early_stopping and "eval_loss" in record:
+            since_best = evaluations_since_best(history)[1]
+            if since_best == 0 and rank == 0:
+                save_best(out, head)
+            stopped = record["early_stop"] = since_best >= config.early_stopping
         if log:
             log(record)
         accuracy = "/".join("-" if a is None else f"{a:.2f}" for a in record["acc"])  # per TTT step
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=accuracy, **({"tau": f"{record['tau']:.2f}"} if "tau" in record else {}))
         bar.update(1)
-        if (step % config.save_every == 0 or step == config.max_steps) and rank == 0:
+        if (step % config.save_every == 0 or step == config.max_steps or stopped) and rank == 0:
             save_checkpoint(out, head, optimizer, scheduler, step, history)
     bar.close()
+    _barrier()  # process 0 has written out/best
+    if config.early_stopping and (out / "best").exists():  # the head of the lowest held-out loss
+        head = load_eagle2_head(out / "best", target) if eagle2 else load_draft_head(out / "best", target,
+                                                                                     dtype=torch.float32)
     if rank == 0:
         _save_head(head, out)  # the final head, loadable with load_draft_head(out_dir) (load_eagle2_head)
         (out / "history.json").write_text(json.dumps(history))

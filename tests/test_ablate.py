@@ -172,3 +172,37 @@ def test_the_cycles_behind_each_n_alpha_are_counted():
 
     # drafts counted: 2, 0, 3, 7 and 0, 1 (each prompt's last cycle left out)
     assert reached_steps([[3, 1, 4, 8, 2], [1, 2, 5]]) == [6, 4, 3, 2, 1, 1, 1]
+
+
+def test_early_stopping_trains_each_data_size_until_its_held_out_loss_stops_falling(tmp_path):
+    """A real (tiny) scaling run with early stopping: each run's measured head is the one of its
+    lowest held-out loss, the report says at which step and where training stopped, and the
+    EAGLE-2-style head's held-out loss is measured on the top-layer feature it reads (the
+    fused features would not even fit it). Catches: a run trained to the cap regardless, the
+    last head measured instead of the best, the wrong features for a variant."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eagle3_ref.testing.tiny import make_tiny_target_dir
+    from eagle3_ref.tools.ablate import run_ablation
+
+    stdlib = Path(json.__file__).parent.parent
+    corpus = "".join((stdlib / m).read_text() for m in ("json/decoder.py", "json/encoder.py", "json/scanner.py"))
+    held = (stdlib / "textwrap.py").read_text()
+    path = make_tiny_target_dir(tmp_path / "target", corpus, layers=7, hidden=32)
+    target, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    prompts = [tokenizer(held[:400], return_tensors="pt").input_ids[0, :12]]
+    config = AblateConfig(out_dir=str(tmp_path / "out"), variants=("eagle3", "eagle2"), data_sizes=(8, 32), steps=400,
+                          seq_len=32, prompt_tokens=8, lr=1e-2, warmup_steps=5, eval_prompts=1, eval_new_tokens=8,
+                          early_stopping=2, eval_every=5, held_out_sequences=8, head_overrides={"intermediate_size": 64})
+    with pytest.raises(ValueError, match="early_stopping needs held_out_text"):
+        run_ablation(target, tokenizer, corpus, prompts, config, progress=False)
+    results = run_ablation(target, tokenizer, corpus, prompts, config, progress=False, held_out_text=held)
+    assert len(results) == 4
+    for r in results:
+        steps, losses = zip(*r["eval_curve"])
+        assert r["stopped_at"] < config.steps and r["stopped_at"] == steps[-1], r  # stopped, not capped
+        assert r["eval_loss"] == min(losses) and r["steps"] == steps[losses.index(min(losses))], r
+        assert len(steps) - 1 - steps.index(r["steps"]) == config.early_stopping
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "held-out loss" in text and f"{results[0]['steps']} (of {results[0]['stopped_at']})" in text
+    assert (tmp_path / "out" / "curves.png").exists() and (tmp_path / "out" / "held_out.safetensors").exists()

@@ -72,6 +72,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--eval-sequences": ["-1", "x", "4"],  # 4: without --eval-data, nothing to cut them from
         "--save-every": COUNTS,
         "--eval-every": NON_NEGATIVE,
+        "--early-stopping": NON_NEGATIVE + ["3"],  # 3: without --eval-every and --eval-sequences, nothing to watch
         "--seed": ["x", "1.5"],
         "--device": ["tpu", "cuda:x"],
         "--dtype": ["float8"],
@@ -151,6 +152,9 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--eval-prompts": COUNTS + ["100000"],
         "--eval-new-tokens": COUNTS + ["1"],
         "--save-every": COUNTS,
+        "--early-stopping": NON_NEGATIVE,
+        "--eval-every": COUNTS,
+        "--held-out-sequences": COUNTS,
         "--seed": ["x"],
     }),
     "gpu-check": (["--dry", "--out", "<out>"], {

@@ -26,6 +26,7 @@ from eagle3_ref.train import (
     TrainConfig,
     TrainingError,
     evaluate_loss,
+    evaluations_since_best,
     prepare_data,
     prepare_held_out,
     regenerate,
@@ -346,6 +347,52 @@ def test_the_held_out_loss_in_parts_is_the_loss_of_the_whole_set(tiny, tmp_path)
         assert accuracy == pytest.approx(whole.step_accuracy, abs=1e-9), head_kind
     with pytest.raises(TrainingError, match="held-out sequences must be >= 1"):
         prepare_held_out(target, HELD_OUT_TEXT, tokenizer, config, layers, sequences=0)
+
+
+def test_evaluations_since_best_counts_from_the_first_lowest_held_out_loss():
+    history = [{"step": 1}, {"step": 5, "eval_loss": 3.0}, {"step": 10, "eval_loss": 2.0}, {"step": 11},
+               {"step": 15, "eval_loss": 2.0}, {"step": 20, "eval_loss": 2.5}]
+    assert evaluations_since_best(history) == (10, 2)  # a tie is not an improvement
+    assert evaluations_since_best(history[:3]) == (10, 0)
+    assert evaluations_since_best(history[:1]) == (None, 0)
+
+
+@pytest.mark.parametrize("kind", ["eagle3", "eagle2"])
+def test_early_stopping_keeps_the_head_of_the_lowest_held_out_loss(tiny, tmp_path, kind):
+    """Catches: training on past the patience, counting from the last minimum instead of the
+    first (ties), and keeping the last head instead of the best (its held-out loss is higher:
+    the run stops because the loss rose). A resumed stopped run trains no further."""
+    _, target, tokenizer = tiny
+    layers = (2, 3, 4) if kind == "eagle3" else (7,)
+    kw = dict(max_steps=300, lr=1e-2, eval_every=5, early_stopping=2, max_sequences=8, head=kind,
+              ttt_steps=3 if kind == "eagle3" else 1, draft_vocab_size=128 if kind == "eagle3" else None)
+    config = _config(tmp_path / "run", **kw)
+    data = prepare_data(target, TRAIN_TEXT, tokenizer, config, layers)
+    held_out = prepare_held_out(target, HELD_OUT_TEXT, tokenizer, config, layers, sequences=8)
+    history = []
+    head = train_head(target, data, config, log=history.append, progress=False, held_out=held_out)
+    evals = [h for h in history if "eval_loss" in h]
+    assert history[-1]["step"] < config.max_steps and history[-1]["early_stop"] is True
+    assert not any(h["early_stop"] for h in evals[:-1])
+    best_step, since = evaluations_since_best(history)
+    assert since == config.early_stopping
+    best = min(h["eval_loss"] for h in evals)
+    assert evals[-1]["eval_loss"] > best  # the loss rose: the last head is not the best
+    assert evaluate_loss(head, held_out, config)[0] == best
+    from eagle3_ref.eagle2 import load_eagle2_head
+
+    written = load_eagle2_head(tmp_path / "run", target) if kind == "eagle2" else load_draft_head(tmp_path / "run", target)
+    assert all(torch.equal(written.state_dict()[k], v) for k, v in head.state_dict().items())
+    again = []
+    train_head(target, data, _config(tmp_path / "run", resume=True, **kw), log=again.append, progress=False,
+               held_out=held_out)
+    assert again == [] and json.loads((tmp_path / "run" / "history.json").read_text())[-1]["step"] == best_step + \
+        config.early_stopping * config.eval_every
+    with pytest.raises(TrainingError, match="early_stopping .* needs held-out sequences"):
+        train_head(target, data, _config(tmp_path / "none", **kw), progress=False)
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(TrainingError, match="eval_every is 0"):
+        _config(tmp_path / "none", early_stopping=2)
 
 
 def test_max_sequences_is_a_seeded_sample_of_the_corpus(tiny, tmp_path):

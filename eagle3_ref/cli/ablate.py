@@ -25,7 +25,9 @@ def add_parser(sub) -> None:
                     "            0.1 x token cross entropy, no training-time test\n"
                     "  eagle3-lm (a diagnostic, not run by default) eagle3 with its lm_head started from\n"
                     "            the target's LM head\n\n"
-                    "the data-scaling experiment: --variants eagle3,eagle2 --data-sizes 300,600,1200,2400")
+                    "the data-scaling experiment: --variants eagle3,eagle2 --data-sizes 300,600,1200,2400\n"
+                    "(with --early-stopping N each run trains until its held-out loss stops falling, --steps\n"
+                    "being only a cap, and the head of the lowest held-out loss is measured)")
     ab.add_argument("--out", required=True, help="output directory (resumes what is there)")
     ab.add_argument("--variants", default="eagle3,no-ttt,top-only,eagle2", help="comma-separated (default: all four)")
     ab.add_argument("--data-sizes", default="2400",
@@ -37,6 +39,13 @@ def add_parser(sub) -> None:
     ab.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts (default 8)")
     ab.add_argument("--eval-new-tokens", type=int, default=96, help="tokens generated per prompt (default 96)")
     ab.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
+    ab.add_argument("--early-stopping", type=int, default=0, metavar="N",
+                    help="stop each run after N held-out evaluations without a lower held-out loss and measure the "
+                         "head of the lowest (default 0: every run trains exactly --steps)")
+    ab.add_argument("--eval-every", type=int, default=50,
+                    help="with --early-stopping: steps between held-out evaluations (default 50)")
+    ab.add_argument("--held-out-sequences", type=int, default=64,
+                    help="with --early-stopping: held-out sequences for the loss (default 64)")
     ab.add_argument("--seed", type=int, default=0)
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
     ab.set_defaults(func=run, command_name="ablate", aliases={"out_dir": "--out"})
@@ -51,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             out_dir=args.out, variants=tuple(v.strip() for v in args.variants.split(",")),
             data_sizes=tuple(ints(args.data_sizes, "--data-sizes")), steps=args.steps, batch_size=args.batch_size,
             seq_len=args.seq_len, lr=args.lr, eval_prompts=args.eval_prompts, eval_new_tokens=args.eval_new_tokens,
-            seed=args.seed, save_every=args.save_every)
+            seed=args.seed, save_every=args.save_every, early_stopping=args.early_stopping, eval_every=args.eval_every,
+            held_out_sequences=args.held_out_sequences)
         check_output_dir("--out", args.out)
     except ValueError as err:
         return fail(args, err)
@@ -68,13 +78,14 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     target, tokenizer, _ = load_toy()
-    train_files, _ = split_modules(stdlib_files())
+    train_files, held_files = split_modules(stdlib_files())
     prompts = held_out_prompts(tokenizer, count=config.eval_prompts)
     if len(prompts) < config.eval_prompts:  # before anything is written
         return fail(args, f"--eval-prompts {config.eval_prompts}: the held-out modules hold {len(prompts)} prompts; "
                            f"ask for at most {len(prompts)}")
     try:
-        run_ablation(target, tokenizer, corpus_text(train_files), prompts, config, progress=not args.quiet)
+        run_ablation(target, tokenizer, corpus_text(train_files), prompts, config, progress=not args.quiet,
+                     held_out_text=corpus_text(held_files) if config.early_stopping else None)
     except ValueError as err:
         return fail(args, err)
     print((Path(args.out) / "results.md").read_text())

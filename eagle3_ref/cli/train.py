@@ -50,6 +50,9 @@ def add_parser(sub) -> None:
                                             "rewriting)")
     train.add_argument("--save-every", type=int, default=100)
     train.add_argument("--eval-every", type=int, default=0)
+    train.add_argument("--early-stopping", type=int, default=0, metavar="N",
+                       help="stop after N held-out evaluations (--eval-every, --eval-sequences) without a lower "
+                            "held-out loss, and keep the head of the lowest (default 0: train all --steps)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     train.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
@@ -83,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
             regenerate_temperature=_temperatures(args.regenerate_temperature),
             save_every=args.save_every, eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite,
             cache_dir=args.cache_dir, data_cache=args.data_cache, eval_max_new_tokens=args.eval_max_new_tokens,
+            early_stopping=args.early_stopping,
         )
         for option, value in (("--eval-prompts", args.eval_prompts), ("--eval-sequences", args.eval_sequences)):
             if value < 0:
                 raise OptionError(f"{option} must be >= 0, got {value}")
         if args.eval_sequences and not args.eval_data:
             raise OptionError("--eval-sequences needs --eval-data (the held-out text they are cut from)")
+        if args.early_stopping and not args.eval_sequences:
+            raise OptionError("--early-stopping needs --eval-sequences (and --eval-data): it watches the held-out loss")
         if args.warmup > args.steps:  # the learning rate would never finish warming up
             default = "" if any(a.startswith("--warmup") for a in args.argv) else " (the default)"
             raise OptionError(f"--warmup {args.warmup}{default} exceeds --steps {args.steps}: the learning rate would "

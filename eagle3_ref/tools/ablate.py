@@ -24,6 +24,12 @@ for n = 1..7: the acceptance rate of the n-th chain draft among cycles whose fir
 drafts were accepted, i.e. with n-1 of the head's own outputs in its input (the paper's
 definition). Each data size in ``data_sizes`` is a nested subset of the same sequences: a
 list of doubling sizes gives the data-scaling curve.
+
+With ``early_stopping`` each run trains until its loss on held-out sequences (made like the
+training data, from text the target never trained on) has not fallen for that many
+evaluations, ``steps`` being only a cap, and the head of the lowest held-out loss is the one
+measured: every data size trained to convergence rather than to one budget, so that a small
+set is data-limited and a large one is not cut short.
 """
 
 from __future__ import annotations
@@ -43,11 +49,20 @@ from ..checkpoint import load_draft_head
 from ..decoding import speculative_generate
 from ..eagle2 import load_eagle2_head
 from ..fusion import num_decoder_layers, top_feature_id
-from ..train import TrainConfig, TrainData, regenerate, tokenize_corpus, train_head
+from ..train import (
+    TrainConfig,
+    TrainData,
+    check_config_fits_target,
+    evaluations_since_best,
+    regenerate,
+    tokenize_corpus,
+    train_head,
+    with_target_pass,
+)
 from ..tree import TreeConfig
 
 __all__ = ["Variant", "VARIANTS", "DEFAULT_VARIANTS", "AblateConfig", "n_alpha", "reached_steps", "ablation_data",
-           "evaluate_head", "run_ablation", "finished_runs", "results_markdown", "plot_results"]
+           "held_out_data", "evaluate_head", "run_ablation", "finished_runs", "results_markdown", "plot_results"]
 
 CHAIN = 7  # the chain of the tau-chain column and of n-alpha
 MIN_CYCLES = 30  # an n-alpha from fewer cycles is shown in parentheses and left out of the plot
@@ -91,6 +106,11 @@ class AblateConfig:
     seed: int = 0
     save_every: int = 50
     head_overrides: dict = field(default_factory=dict)  # e.g. {"intermediate_size": 64} for tiny runs
+    # > 0: each run stops after this many held-out evaluations without a lower held-out loss (steps is
+    # then a cap) and the head of the lowest is measured; 0: every run trains exactly `steps`
+    early_stopping: int = 0
+    eval_every: int = 50  # steps between held-out evaluations (with early_stopping)
+    held_out_sequences: int = 64  # held-out sequences for that loss (with early_stopping)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -99,7 +119,10 @@ class AblateConfig:
         repeated = sorted({v for v in self.variants if self.variants.count(v) > 1})
         if repeated:
             raise ValueError(f"variants name {', '.join(repeated)} twice: each variant is one run")
-        for name in ("steps", "batch_size", "seq_len", "eval_prompts", "eval_new_tokens", "save_every"):
+        if isinstance(self.early_stopping, bool) or not isinstance(self.early_stopping, int) or self.early_stopping < 0:
+            raise ValueError(f"early_stopping must be an int >= 0, got {self.early_stopping!r}")
+        for name in ("steps", "batch_size", "seq_len", "eval_prompts", "eval_new_tokens", "save_every", "eval_every",
+                     "held_out_sequences"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -165,12 +188,44 @@ def ablation_data(target: nn.Module, corpus: str, tokenizer, config: AblateConfi
     return TrainData(ids, mask)
 
 
+def held_out_data(target: nn.Module, text: str, tokenizer, config: AblateConfig, progress: bool = True) -> TrainData:
+    """Early stopping's held-out sequences: ``held_out_sequences`` of ``text`` (which the
+    target never trained on), a seeded sample, continued by the target like the training
+    data; cached in ``OUT/held_out.safetensors``. Without features: each run adds its own
+    layers' (:func:`eagle3_ref.train.with_target_pass`)."""
+    path = Path(config.out_dir) / "held_out.safetensors"
+    stamp = {"n": str(config.held_out_sequences), "seq_len": str(config.seq_len), "seed": str(config.seed),
+             "prompt_tokens": str(config.prompt_tokens)}
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            if (f.metadata() or {}) == stamp:
+                tensors = load_file(path)
+                return TrainData(tensors["input_ids"], tensors["loss_mask"])
+    sequences = tokenize_corpus(text, tokenizer, config.seq_len)
+    if sequences.shape[0] < config.held_out_sequences:
+        raise ValueError(f"held_out_sequences is {config.held_out_sequences}; the held-out text holds "
+                         f"{sequences.shape[0]} sequences of {config.seq_len}")
+    order = torch.randperm(sequences.shape[0], generator=torch.Generator().manual_seed(config.seed))
+    ids, mask = regenerate(target, sequences[order[:config.held_out_sequences]], config.prompt_tokens,
+                           progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"input_ids": ids.contiguous(), "loss_mask": mask.contiguous()}, path, metadata=stamp)
+    return TrainData(ids, mask)
+
+
+def _layer_ids(variant: Variant, n_layers: int) -> tuple[int, ...] | None:
+    """The tapped layers a variant sets (None: EAGLE-3's default)."""
+    return (top_feature_id(n_layers),) if variant.top_only and variant.head == "eagle3" else None
+
+
 def _train_config(config: AblateConfig, variant: Variant, run_dir: Path, n_layers: int) -> TrainConfig:
     return TrainConfig(
+        early_stopping=config.early_stopping, eval_every=config.eval_every if config.early_stopping else 0,
         out_dir=str(run_dir), seq_len=config.seq_len, batch_size=config.batch_size, max_steps=config.steps,
         lr=config.lr, warmup_steps=config.warmup_steps, ttt_steps=variant.ttt_steps, head=variant.head,
-        draft_vocab_size=None, aux_layer_ids=(top_feature_id(n_layers),) if variant.top_only and variant.head == "eagle3"
-        else None, seed=config.seed, save_every=config.save_every, resume=(run_dir / "latest").exists(),
+        draft_vocab_size=None, aux_layer_ids=_layer_ids(variant, n_layers), seed=config.seed, save_every=config.save_every, resume=(run_dir / "latest").exists(),
         head_overrides=dict(config.head_overrides), init_lm_head_from_target=variant.lm_head_from_target)
 
 
@@ -195,8 +250,9 @@ def evaluate_head(target: nn.Module, head, prompts: list[Tensor], max_new_tokens
 
 
 def _run(target: nn.Module, data: TrainData, prompts: list[Tensor], config: AblateConfig, name: str, size: int,
-         progress: bool) -> dict:
-    """Train (or resume, or reuse) one run and evaluate it; the evaluation is cached too."""
+         progress: bool, held_out: TrainData | None = None) -> dict:
+    """Train (or resume, or reuse) one run and evaluate it; the evaluation is cached too.
+    ``held_out``: early stopping's sequences (needed when ``config.early_stopping``)."""
     variant = VARIANTS[name]
     run_dir = Path(config.out_dir) / "runs" / f"{name}-{size}"
     result_path = run_dir / "eval.json"
@@ -205,12 +261,23 @@ def _run(target: nn.Module, data: TrainData, prompts: list[Tensor], config: Abla
         if (cached.get("eval_prompts"), cached.get("eval_new_tokens")) == (len(prompts), config.eval_new_tokens):
             return cached
     if not (run_dir / "history.json").exists():  # not finished: start, or resume after a kill
+        if config.early_stopping and held_out is None:
+            raise ValueError("early_stopping needs held-out sequences (held_out_data)")
         subset = TrainData(data.input_ids[:size], data.loss_mask[:size])
-        train_head(target, subset, _train_config(config, variant, run_dir, num_decoder_layers(target)),
-                   progress=progress)
+        train_config = _train_config(config, variant, run_dir, num_decoder_layers(target))
+        if config.early_stopping:  # the held-out features of the layers this run taps
+            held_out = with_target_pass(target, held_out, check_config_fits_target(train_config, target))
+        train_head(target, subset, train_config, progress=progress,
+                   **({"held_out": held_out} if config.early_stopping else {}))
     history = json.loads((run_dir / "history.json").read_text())
-    tail = history[-min(len(history), 20):]
-    result = {"variant": name, "label": variant.label, "sequences": size, "steps": config.steps,
+    best_step, _ = evaluations_since_best(history)
+    kept = history if best_step is None else [r for r in history if r["step"] <= best_step]
+    tail = kept[-min(len(kept), 20):]  # the last 20 steps of the head measured
+    curve = [[r["step"], r["eval_loss"]] for r in history if "eval_loss" in r]
+    result = {"variant": name, "label": variant.label, "sequences": size,
+              "steps": config.steps if best_step is None else best_step,
+              **({"stopped_at": history[-1]["step"], "eval_loss": min(loss for _, loss in curve), "eval_curve": curve}
+                 if curve else {}),
               "train_accuracy": sum(r["acc"][0] or 0.0 for r in tail) / len(tail),
               **evaluate_head(target, _load_head(variant, run_dir, target), prompts, config.eval_new_tokens)}
     result_path.write_text(json.dumps(result, indent=2))
@@ -218,18 +285,24 @@ def _run(target: nn.Module, data: TrainData, prompts: list[Tensor], config: Abla
 
 
 def run_ablation(target: nn.Module, tokenizer, corpus: str, eval_prompts: list[Tensor], config: AblateConfig,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, held_out_text: str | None = None) -> list[dict]:
     """Every (variant, data size) run, then ``results.json``, ``results.md`` and the plots in
     ``OUT`` over every finished run there (so the scaling runs can follow the ablation in the
     same ``OUT`` and reuse its runs). Interrupted, it picks up where it stopped: finished
-    runs are reused, an unfinished one resumes from its last checkpoint. Returns the results."""
+    runs are reused, an unfinished one resumes from its last checkpoint. Returns the results.
+    ``held_out_text``: text the target never trained on, for early stopping's held-out loss
+    (needed when ``config.early_stopping``)."""
+    if config.early_stopping and not held_out_text:
+        raise ValueError("early_stopping needs held_out_text: the held-out loss is measured on it")
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablate_config.json").write_text(json.dumps(asdict(config), indent=2))
+    # The held-out set first: a held-out text too short for it is refused before the long rewrite.
+    held_out = held_out_data(target, held_out_text, tokenizer, config, progress) if config.early_stopping else None
     data = ablation_data(target, corpus, tokenizer, config, progress)
     for size in sorted(config.data_sizes):
         for name in config.variants:
-            _run(target, data, eval_prompts, config, name, size, progress)
+            _run(target, data, eval_prompts, config, name, size, progress, held_out)
     results = finished_runs(out)
     (out / "results.json").write_text(json.dumps({"config": asdict(config), "results": results}, indent=2))
     (out / "results.md").write_text(results_markdown(results))
@@ -250,17 +323,25 @@ def finished_runs(out: str | os.PathLike) -> list[dict]:
 
 
 def results_markdown(results: list[dict]) -> str:
-    """One row per run: tau (tree, chain), top-1 train accuracy, n-alpha for n = 1..7."""
-    head = "| variant | sequences | steps | tau, tree | tau, chain | train acc. | " + \
-        " | ".join(f"{n}-α" for n in range(1, CHAIN + 1)) + " |"
-    lines = [head, "|" + "---|" * (6 + CHAIN)]
+    """One row per run: tau (tree, chain), top-1 train accuracy, n-alpha for n = 1..7; with
+    early stopping, the held-out loss of the head measured and the step training stopped at."""
+    stopped = any("eval_loss" in r for r in results)
+    head = "| variant | sequences | steps | " + ("held-out loss | " if stopped else "") + \
+        "tau, tree | tau, chain | train acc. | " + " | ".join(f"{n}-α" for n in range(1, CHAIN + 1)) + " |"
+    lines = [head, "|" + "---|" * (6 + stopped + CHAIN)]
     for r in results:
         cycles = r.get("n_alpha_cycles") or [MIN_CYCLES] * CHAIN
         alphas = " | ".join("–" if a is None else f"{a:.2f}" if c >= MIN_CYCLES else f"({a:.2f})"
                             for a, c in zip(r["n_alpha"], cycles))
-        lines.append(f"| {r['label']} | {r['sequences']} | {r['steps']} | {r['tau_tree']:.2f} | {r['tau_chain']:.2f} | "
+        steps = f"{r['steps']} (of {r['stopped_at']})" if "stopped_at" in r else str(r["steps"])
+        loss = (f"{r['eval_loss']:.3f} | " if "eval_loss" in r else "– | ") if stopped else ""
+        lines.append(f"| {r['label']} | {r['sequences']} | {steps} | {loss}{r['tau_tree']:.2f} | {r['tau_chain']:.2f} | "
                      f"{r['train_accuracy']:.2f} | {alphas} |")
-    return "\n".join(lines) + f"\n\nn-α in parentheses: measured on fewer than {MIN_CYCLES} cycles.\n"
+    note = f"\n\nn-α in parentheses: measured on fewer than {MIN_CYCLES} cycles.\n"
+    if stopped:
+        note += ("Early stopping: \"steps\" is the step of the head measured, the one of the lowest held-out loss; "
+                 "\"of\" is the step training stopped at.\n")
+    return "\n".join(lines) + note
 
 
 def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
@@ -321,4 +402,19 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
         ax.set_title("Data scaling", fontsize=12)
         ax.legend(fontsize=10)
         save(fig, "scaling.png")
+
+    curved = [r for r in results if r.get("eval_curve")]
+    if curved:  # early stopping's held-out loss, one panel per variant, one line per data size
+        names = list(dict.fromkeys(r["variant"] for r in curved))
+        fig = Figure(figsize=(5 * len(names), 4.5), dpi=120)
+        for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names):
+            for r in (r for r in curved if r["variant"] == name):
+                steps, losses = zip(*r["eval_curve"])
+                line, = ax.plot(steps, losses, label=f"{r['sequences']} sequences")
+                ax.plot([r["steps"]], [r["eval_loss"]], marker="o", color=line.get_color())
+            ax.set_xlabel("training step", fontsize=11)
+            ax.set_ylabel("held-out loss", fontsize=11)
+            ax.set_title(f"{name}: held-out loss (dot: the head kept)", fontsize=12)
+            ax.legend(fontsize=9)
+        save(fig, "curves.png")
     return written
