@@ -423,6 +423,39 @@ def test_angelslim_keeps_each_drafted_nodes_parent_when_path_scores_tie():
 
 
 
+SAMPLING_PROMPT, SAMPLING_TREE = [1, 3, 2], TreeConfig(num_nodes=3, max_depth=1, top_k=2)
+SAMPLED_RUNS = 600  # the power this gives against a residual that keeps the rejected token: below
+
+
+def _sampling_pair():
+    """The pair every sampling test decodes with: a 4-token tiny Llama, tempered so that every
+    token keeps visible mass, and a random reference head for it (AngelSlim gets its weights)."""
+    V = 4
+    tc = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=7, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=128)
+    from eagle3_ref.testing.strategies import build_draft_head, build_target
+
+    target = build_target(tc, 11)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(0.3)  # tempered: every token keeps visible mass
+    return target, build_draft_head(Eagle3Config.for_target(tc), 11, target.get_input_embeddings().weight)
+
+
+def _processed(warp: dict) -> dict:
+    return {"temperature": warp["temperature"], "top_k": warp.get("top_k", 0), "top_p": warp.get("top_p", 1.0)}
+
+
+def _generate_law(target, warp: dict) -> torch.Tensor:
+    """(V, V, V): the law of the first three new tokens under transformers' generate for ``warp``."""
+    from eagle3_ref.testing.law import generation_law, sequence_law
+
+    def p_next(prefix):
+        with torch.no_grad():
+            return generation_law(target(torch.tensor([SAMPLING_PROMPT + prefix])).logits[0, -1], **_processed(warp))
+
+    return sequence_law(p_next, target.config.vocab_size, 3)
+
+
 def _angelslim_sampled_pairs(warp: dict, runs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """AngelSlim sampling three new tokens ``runs`` times after one prompt (a depth-1 tree, so
     every accepted child is a leaf and the bonus after a fully accepted path is drawn often);
@@ -435,58 +468,134 @@ def _angelslim_sampled_pairs(warp: dict, runs: int) -> tuple[torch.Tensor, torch
 
     from eagle3_ref.testing.adapter import official_config_of, state_dict_of
     from eagle3_ref.testing.adapters.angelslim import ADAPTER
-    from eagle3_ref.testing.law import generation_law, sequence_law
-    from eagle3_ref.testing.strategies import build_draft_head, build_target
 
-    V, prompt = 4, [1, 3, 2]
-    tc = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=7, num_attention_heads=2,
-                     num_key_value_heads=1, max_position_embeddings=128)
-    target = build_target(tc, 11)
-    with torch.no_grad():
-        target.lm_head.weight.mul_(0.3)  # tempered: every token keeps visible mass
-    ref = build_draft_head(Eagle3Config.for_target(tc), 11, target.get_input_embeddings().weight)
+    target, ref = _sampling_pair()
+    V, prompt, tree = target.config.vocab_size, SAMPLING_PROMPT, SAMPLING_TREE
     head = ADAPTER.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
-    processed = {"temperature": warp["temperature"], "top_k": warp.get("top_k", 0), "top_p": warp.get("top_p", 1.0)}
-
-    def p_next(prefix):
-        with torch.no_grad():
-            return generation_law(target(torch.tensor([prompt + prefix])).logits[0, -1], **processed)
-
-    law = sequence_law(p_next, V, 3)
+    processed = _processed(warp)
     counts = torch.zeros(V, V, V, dtype=torch.float64)
     generator = torch.Generator().manual_seed(5)
     with tempfile.TemporaryDirectory(prefix="angelslim-") as folder, contextlib.redirect_stdout(io.StringIO()):
-        model = ADAPTER.build(target, head, Path(folder), num_nodes=3, max_depth=1, top_k=2)
+        model = ADAPTER.build(target, head, Path(folder), num_nodes=tree.num_nodes, max_depth=tree.max_depth,
+                              top_k=tree.top_k)
         for _ in range(runs):
-            seq, _ = ADAPTER.decode(model, torch.tensor([prompt]), max_new_tokens=3, num_nodes=3, generator=generator,
-                                    temperature=processed["temperature"], sampling_top_k=processed["top_k"],
-                                    sampling_top_p=processed["top_p"])
+            seq, _ = ADAPTER.decode(model, torch.tensor([prompt]), max_new_tokens=3, num_nodes=tree.num_nodes,
+                                    generator=generator, temperature=processed["temperature"],
+                                    sampling_top_k=processed["top_k"], sampling_top_p=processed["top_p"])
             counts[tuple(int(t) for t in seq[0, 3:6])] += 1  # its first three: it may run past max_new_tokens
-    return counts, law
+    return counts, _generate_law(target, warp)
 
 
-def _assert_follows(counts: torch.Tensor, law: torch.Tensor, warp: dict) -> None:
+def _rejection(counts: torch.Tensor, law: torch.Tensor) -> str | None:
+    """Why the sampled triples ``counts`` do not follow ``law`` (None if they may): a triple
+    the law forbids, or a chi-square p-value at most 1e-3."""
     from eagle3_ref.testing.conformance.test_verify import chi_square_p_value
 
     runs = int(counts.sum())
     forbidden = int(torch.where(law == 0, counts, 0).sum())
-    assert forbidden == 0, f"{forbidden} of {runs} sampled triples have probability 0 under generate's {warp}"
+    if forbidden:
+        return f"{forbidden} of {runs} sampled triples have probability 0"
     p_value = chi_square_p_value(counts.flatten(), law.flatten() * runs)
-    assert p_value > 1e-3, f"{runs} sampled triples do not follow generate's law under {warp}: chi-square p = {p_value:.2g}"
+    return f"chi-square p = {p_value:.2g}" if p_value <= 1e-3 else None
+
+
+def _assert_follows(counts: torch.Tensor, law: torch.Tensor, warp: dict) -> None:
+    why = _rejection(counts, law)
+    assert why is None, f"{int(counts.sum())} sampled triples do not follow generate's law under {warp}: {why}"
+
+
+SAMPLING_WARPS = [{"temperature": 1.0}, {"temperature": 0.7, "top_k": 2}, {"temperature": 1.5, "top_p": 0.5}]
 
 
 @judges("angelslim", "verify", "generate")
 @angelslim_installed
-@pytest.mark.parametrize("warp", [{"temperature": 1.0}, {"temperature": 0.7, "top_k": 2},
-                                  {"temperature": 1.5, "top_p": 0.5}], ids=["temperature-1", "top_k", "top_p"])
+@pytest.mark.parametrize("warp", SAMPLING_WARPS, ids=["temperature-1", "top_k", "top_p"])
 def test_angelslim_samples_the_targets_warped_law(warp):
     # Its sampling, seeded through the adapter (Python's random and torch's global stream, from the
-    # caller's generator): the first three tokens after a prompt, 150 runs, against the law of
-    # transformers' generate for the same config; a forbidden triple is a certain failure. The
+    # caller's generator): the first three tokens after a prompt, SAMPLED_RUNS runs, against the law
+    # of transformers' generate for the same config; a forbidden triple is a certain failure. The
     # bonus after a fully accepted path is drawn in most cycles (a depth-1 tree), where the
-    # official code once drew from the raw softmax: AngelSlim does not.
-    counts, law = _angelslim_sampled_pairs(warp, 150)
+    # official code once drew from the raw softmax: AngelSlim does not. The power of this test is
+    # the next one's.
+    counts, law = _angelslim_sampled_pairs(warp, SAMPLED_RUNS)
     _assert_follows(counts, law, warp)
+
+
+def _verify_keeping_the_rejected_token(picker, tree, logits):
+    """A named wrong law (vllm #54282's family): EAGLE's multi-candidate rule, except that a
+    rejected child keeps its probability, both for the next child's test and for the residual
+    the bonus is drawn from. Written here for the power check, standing in for ``Picker.verify``."""
+    from eagle3_ref.verify import Verdict, target_probs
+
+    probs = target_probs(logits, **picker.warp)
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    node, accepted = 0, [0]
+    while True:
+        p = probs[node]
+        for child in [c for c in range(node + 1, len(tokens)) if parents[c] == node]:
+            px = float(p[tokens[child]])
+            if px > 0 and picker.sampler.accept(px):
+                node = child
+                break
+        else:
+            return Verdict(accepted, picker.sampler.draw(p))
+        accepted.append(node)
+
+
+def _decoder_law(target, head, warp: dict, wrong: bool) -> torch.Tensor:
+    """(V, V, V): the exact law of the first three tokens the reference's loop emits (its prefill
+    and as many cycles of SAMPLING_TREE as it takes), every random choice enumerated; with
+    ``wrong``, its verification replaced by :func:`_verify_keeping_the_rejected_token`."""
+    from eagle3_ref.fusion import default_aux_layer_ids
+    from eagle3_ref.generate import decode_cycle, prefill
+    from eagle3_ref.testing.sampling import enumerate_runs
+    from eagle3_ref.tree import HeadDrafter
+    from eagle3_ref.verify import Picker
+
+    layers, V = default_aux_layer_ids(target.config.num_hidden_layers), target.config.vocab_size
+
+    def run(sampler):
+        pick = Picker(**_processed(warp))
+        pick.sampler = sampler
+        if wrong:
+            pick.verify = lambda tree, logits: _verify_keeping_the_rejected_token(pick, tree, logits)
+        state = prefill(target, torch.tensor([SAMPLING_PROMPT]), layers, pick, set(), 100)
+        out = [int(state.sequence[0, -1])]
+        while len(out) < 3:
+            state, appended = decode_cycle(target, HeadDrafter(head), state, SAMPLING_TREE, layers, pick, set(), 100)
+            out += appended
+        return tuple(out[:3])
+
+    law = torch.zeros(V, V, V, dtype=torch.float64)
+    for prob, triple in enumerate_runs(run):
+        law[triple] += prob
+    return law
+
+
+@pytest.mark.parametrize("warp", SAMPLING_WARPS, ids=["temperature-1", "top_k", "top_p"])
+def test_the_sampling_test_sees_a_residual_that_keeps_the_rejected_token(warp):
+    # The power of test_angelslim_samples_the_targets_warped_law, stated and checked: a decoder
+    # that drafts as EAGLE does (the reference's tree, which AngelSlim's equals on these trees)
+    # but whose residual keeps the rejected token, has an exact law (enumerated) 0.12 to 0.20
+    # apart in total variation from generate's; SAMPLED_RUNS triples drawn from it are rejected
+    # by the same criterion in at least 97 % of 400 simulated tests, and triples drawn from
+    # generate's own law in at most 1 % (measured: power 0.98-1.0, false rejections 0-0.3 %).
+    # With the 150 runs this test once used, the power was 7-19 %: it would have passed the defect.
+    target, head = _sampling_pair()
+    want = _generate_law(target, warp)
+    right, wrong = _decoder_law(target, head, warp, False), _decoder_law(target, head, warp, True)
+    torch.testing.assert_close(right, want, rtol=0, atol=1e-9)  # the enumeration is generate's law
+    assert float((wrong - want).abs().sum()) / 2 > 0.1, "the wrong law is not wrong enough to name"
+    generator = torch.Generator().manual_seed(0)
+
+    def rejected(law: torch.Tensor, sims: int = 400) -> float:
+        draws = torch.multinomial(law.flatten(), SAMPLED_RUNS * sims, replacement=True, generator=generator)
+        counts = torch.nn.functional.one_hot(draws.view(sims, SAMPLED_RUNS), law.numel()).sum(1).double()
+        return sum(_rejection(c.view(law.shape), want) is not None for c in counts) / sims
+
+    power, size = rejected(wrong), rejected(want)
+    print(f"{warp}: power {power:.3f}, false rejections {size:.3f}")
+    assert power >= 0.97 and size <= 0.01, (power, size)
 
 
 @judges("angelslim", "verify", "generate")
