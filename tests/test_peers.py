@@ -354,6 +354,65 @@ def test_angelslim_drafts_the_reference_tree(case, root, data, tmp_path_factory)
     assert paths[0] == paths[1], f"AngelSlim's root-to-leaf paths {paths[0]}, the reference's {paths[1]}"
 
 
+class _RecordingDrafter:
+    """The reference's drafter, keeping each cycle's tree."""
+
+    def __init__(self, head):
+        from eagle3_ref.tree import HeadDrafter
+
+        self.inner, self.trees = HeadDrafter(head), []
+
+    def draft(self, features, input_ids, config, state):
+        tree, state = self.inner.draft(features, input_ids, config, state)
+        self.trees.append(tree)
+        return tree, state
+
+
+@judges("angelslim", "tree", "generate")
+@angelslim_installed
+@given(case=angelslim_cases(), data=st.data())
+def test_angelslim_drafts_the_reference_tree_in_every_cycle(case, data, tmp_path_factory):
+    # The trees of later cycles, grown from its drafter's own KV cache after each accepted path
+    # (the draft-cache bookkeeping engines get wrong): greedy decoding, AngelSlim's topK_genrate
+    # recorded at every call, against the reference loop's tree of the same cycle (both loops
+    # emit generate's tokens, so cycle k starts from the same text). Same nodes in the same
+    # order, depths, mask and paths, on the trees its scoring defect cannot reach.
+    from eagle3_ref.generate import speculative_generate
+    from eagle3_ref.testing.adapter import official_config_of, state_dict_of
+    from eagle3_ref.testing.adapters.angelslim import ADAPTER
+    from eagle3_ref.testing.divergence import assert_same
+    from eagle3_ref.testing.strategies import build_draft_head, build_target
+
+    tc, config, _, prompt, max_new, seed = case
+    tree = data.draw(trees_its_scoring_defect_spares(config.draft_vocab_size))
+    target = build_target(tc, seed, torch.float64)
+    ref = build_draft_head(config, seed, target.get_input_embeddings().weight, torch.float64)
+    head = ADAPTER.load_head(official_config_of(ref), state_dict_of(ref), ref.embed_weight)
+    model = ADAPTER.build(target, head, tmp_path_factory.mktemp("angelslim"), num_nodes=tree.num_nodes,
+                          max_depth=tree.max_depth, top_k=tree.top_k)
+    grown, topk_genrate = [], model.eagle_layer.topK_genrate
+
+    def recording(*args, **kwargs):
+        out = topk_genrate(*args, **kwargs)
+        grown.append([t.clone() for t in out[:4]])
+        return out
+
+    model.eagle_layer.topK_genrate = recording
+    ADAPTER.decode(model, prompt, max_new_tokens=max_new, num_nodes=tree.num_nodes)
+    drafter = _RecordingDrafter(ref)
+    speculative_generate(target, drafter, prompt, max_new_tokens=max_new, tree=tree,
+                         aux_layer_ids=ref.config.aux_layer_ids)
+    # it may run a cycle past max_new_tokens (its defect below); the reference's cycles are compared
+    assert len(grown) >= len(drafter.trees), f"AngelSlim drafted {len(grown)} trees, the reference {len(drafter.trees)}"
+    for cycle, ((tokens, retrieve, mask, depth), want) in enumerate(zip(grown, drafter.trees)):
+        what = f"cycle {cycle}, {tree}"
+        assert_same(tokens[0], want.tokens, f"AngelSlim's tree tokens, {what}")
+        assert_same(depth, want.tree_position_ids, f"AngelSlim's tree depths, {what}")
+        assert_same(mask[0, 0].bool(), want.tree_mask, f"AngelSlim's tree mask, {what}")
+        paths = sorted(retrieve.tolist()), sorted(want.retrieve_indices.tolist())
+        assert paths[0] == paths[1], f"{what}: AngelSlim's root-to-leaf paths {paths[0]}, the reference's {paths[1]}"
+
+
 @judges("angelslim", "tree")
 @angelslim_installed
 @pytest.mark.xfail(strict=True, reason="AngelSlim 0.5.0 defect: _get_topk_tokens returns topk.values[0], so from the "
