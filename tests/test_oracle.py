@@ -148,6 +148,36 @@ def test_an_adapter_declares_its_pieces_precision_and_scope(tmp_path, run_confor
     assert "examples filtered as out of scope:" in out and "x odd reduced draft vocabularies" in out, out[-3000:]
 
 
+NARROW_ADAPTER = """
+from eagle3_ref.testing.adapter import ReferenceAdapter, Unsupported
+
+
+class Narrow(ReferenceAdapter):
+    name = "narrow engine"
+    pieces = ("vocab",)
+
+    def supports_head(self, config):
+        return "another architecture"
+
+    def build_vocab(self, token_counts, draft_vocab_size):
+        raise Unsupported("another architecture")
+
+
+ADAPTER = Narrow()
+"""
+
+
+def test_a_test_whose_every_example_is_out_of_scope_is_not_supported_not_failed(tmp_path, run_conformance):
+    # Hypothesis gives up on a test whose examples are all filtered (a health check): for an
+    # adapter that declines whole configurations (a peer's architecture, a vocabulary it cannot
+    # hold), that is "not supported", skipped and counted, never a failure.
+    (tmp_path / "narrow_engine.py").write_text(NARROW_ADAPTER)
+    code, out = run_conformance("narrow_engine", "vocab", tmp_path, "-rs")
+    assert code == 0 and " failed" not in out, out[-3000:]
+    assert "not supported by narrow engine: every example drawn was out of its scope" in out, out[-3000:]
+    assert "tests not supported (every example out of scope, skipped):" in out, out[-3000:]
+
+
 def test_load_adapter_asks_only_for_the_declared_pieces(tmp_path, monkeypatch):
     (tmp_path / "tree_only.py").write_text("class A:\n    pieces = ('tree',)\n    def build_tree(self, *a): pass\n"
                                            "    def load_head(self, *a): pass\nADAPTER = A()\n")

@@ -146,6 +146,9 @@ class TestTimedOut(BaseException):
 def pytest_runtest_call(item):
     import signal
 
+    from .adapter import FILTERED
+
+    item.eagle3_filtered_before = FILTERED.copy()  # what this test filters: see pytest_runtest_makereport
     seconds = item.config.getoption("--eagle3-test-timeout")
     if not seconds or not hasattr(signal, "setitimer"):
         yield
@@ -240,15 +243,47 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if FILTERED:
         lines.append(f"examples filtered as out of scope: {sum(FILTERED.values())}")
         lines += [f"  {count} x {reason}" for reason, count in FILTERED.most_common()]
+    if NOT_SUPPORTED:
+        lines.append(f"tests not supported (every example out of scope, skipped): {len(NOT_SUPPORTED)}")
+        lines += [f"  {name}: {reason}" for name, reason in NOT_SUPPORTED.items()]
     terminalreporter.write_sep("=", "eagle3 conformance")
     for line in lines:
         terminalreporter.write_line(line)
+
+
+NOT_SUPPORTED: dict[str, str] = {}  # test id -> why: every example it drew was out of the adapter's scope
+
+
+def _not_supported(item, call) -> str | None:
+    """Why a test that failed only because hypothesis could draw no example the adapter takes
+    (every one filtered as out of scope: a health check, or Unsatisfiable) is "not supported"
+    rather than failed; None for any other failure."""
+    from hypothesis.errors import FailedHealthCheck, Unsatisfiable
+
+    from .adapter import FILTERED
+
+    before = getattr(item, "eagle3_filtered_before", None)
+    if call.excinfo is None or before is None or not isinstance(call.excinfo.value, (FailedHealthCheck, Unsatisfiable)):
+        return None
+    added = FILTERED - before
+    return "; ".join(f"{count} x {reason}" for reason, count in added.most_common()) or None
 
 
 @pytest.hookimpl(hookwrapper=True)  # the old-style wrapper: works with any pytest this may be loaded into
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.failed and call.when == "call" and "impl" in getattr(item, "fixturenames", ()):
+        reason = _not_supported(item, call)
+        if reason:  # a case the implementation cannot take is counted, never failed
+            from .adapter import adapter_name
+
+            name = adapter_name(_LOADED[impl_spec(item.config)]) if impl_spec(item.config) in _LOADED else "?"
+            NOT_SUPPORTED[item.nodeid] = reason
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), item.location[1] or 0,
+                               f"not supported by {name}: every example drawn was out of its scope ({reason})")
+            return
     if report.failed and "impl" in getattr(item, "fixturenames", ()):
         from .adapter import adapter_name
 
