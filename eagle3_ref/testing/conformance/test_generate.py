@@ -243,7 +243,7 @@ def test_a_batch_sampled_with_one_generator_follows_the_warped_law(impl):
 TOY_PROMPTS = ("def read_config(path):\n    with open(path) as f:\n",
                "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
                "import os\n\n\ndef list_files(folder, suffix):\n    result = []\n    for name in os.listdir(folder):\n")
-TOY_TREE, TOY_NEW_TOKENS, TOY_FORWARDS = TreeConfig(num_nodes=24, max_depth=6, top_k=4), 48, (13, 15, 12)
+TOY_TREE, TOY_NEW_TOKENS, TOY_FORWARDS = TreeConfig(num_nodes=24, max_depth=6, top_k=4), 48, (12, 14, 10)
 
 
 def toy_pair(impl):
@@ -261,9 +261,10 @@ def test_a_trained_head_accepts_what_the_reference_accepts(impl):
     # features carried to the next cycle taken from the first len(accepted) tree nodes instead
     # of the accepted ones (the dense-prefix assumption), a draft cache not rolled back, a
     # tree that loses its best branches. The toy head drafts well, so such a bug costs forward
-    # passes: the reference needs 40 target forwards for these 141 tokens (the features bug
-    # needs 50). Within 3 % (two forwards): a peer computing in float32 may break a near tie
-    # another way. Regenerate TOY_FORWARDS with the reference when the toy pair changes.
+    # passes: the reference needs 36 target forwards for these 141 tokens (40 with the head
+    # shipped before, where the features bug needed 50). Within two forwards: a peer computing
+    # in float32 may break a near tie another way. Regenerate TOY_FORWARDS with the reference
+    # when the toy pair changes.
     target, tokenizer, head = toy_pair(impl)
     forwards = []
     for text in TOY_PROMPTS:
@@ -273,7 +274,7 @@ def test_a_trained_head_accepts_what_the_reference_accepts(impl):
         assert_same_tokens(got, hf_greedy(target, prompt, TOY_NEW_TOKENS, None), prompt.shape[1],
                            f"the toy pair, {TOY_TREE}")
         forwards.append(len(lengths))
-    assert abs(sum(forwards) - sum(TOY_FORWARDS)) <= 0.03 * sum(TOY_FORWARDS), \
+    assert abs(sum(forwards) - sum(TOY_FORWARDS)) <= 2, \
         f"{sum(forwards)} target forwards per prompt {forwards} for {3 * (TOY_NEW_TOKENS - 1)} drafted tokens, the " \
         f"reference {sum(TOY_FORWARDS)} {list(TOY_FORWARDS)}: the head drafts from the wrong state (features, cache) " \
         f"or the tree loses its best nodes"
