@@ -406,33 +406,34 @@ def _save_head(head, path: Path) -> None:
     (save_eagle2_head if isinstance(head, Eagle2DraftHead) else save_draft_head)(head, path)
 
 
-def save_best(out: Path, head) -> Path:
-    """``out/best``: the head of the lowest held-out loss so far (early stopping), replaced
-    atomically like a checkpoint."""
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".best-tmp-"))
-    _save_head(head, tmp)
+def _write_dir(out: Path, name: str, tmp_prefix: str, write: Callable[[Path], None]) -> Path:
+    """``out/name``, filled by ``write(folder)`` in a temporary folder (``tmp_prefix`` + random
+    under ``out``) that is then renamed into place, so a kill while writing leaves the old one."""
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=tmp_prefix))
+    write(tmp)
     for path in (tmp, *tmp.iterdir()):
         publish(path)
-    final = out / "best"
+    final = out / name
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
 
 
+def save_best(out: Path, head) -> Path:
+    """``out/best``: the head of the lowest held-out loss so far (early stopping)."""
+    return _write_dir(out, "best", ".best-tmp-", lambda folder: _save_head(head, folder))
+
+
 def save_checkpoint(out: Path, head, optimizer, scheduler, step: int, history: list) -> Path:
     """``out/ckpt-STEP`` (official head files + ``trainer_state.pt``), then ``out/latest``;
     every write lands in a temporary directory first, so a kill leaves the last one intact."""
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".ckpt-tmp-"))
-    _save_head(head, tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "rng": _rng_state(), "history": history}, tmp / "trainer_state.pt")
-    for path in (tmp, *tmp.iterdir()):
-        publish(path)
-    final = out / f"ckpt-{step:07d}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    def write(folder: Path) -> None:
+        _save_head(head, folder)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "rng": _rng_state(), "history": history}, folder / "trainer_state.pt")
+
+    final = _write_dir(out, f"ckpt-{step:07d}", ".ckpt-tmp-", write)
     fd, pointer = tempfile.mkstemp(dir=out, prefix=".latest-")
     with os.fdopen(fd, "w") as f:
         f.write(final.name)
