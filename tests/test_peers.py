@@ -938,24 +938,13 @@ def _modelopt_model(tmp_path, **export):
     return model.eval(), target
 
 
-@judges("modelopt", "tree", "convert")
-@modelopt_installed
-def test_a_modelopt_export_drafts_modelopts_chain_once_converted(tmp_path):
-    # ModelOpt's whole path: its converted model trains (here: random) and exports; eagle3-ref
-    # convert reads the export; the reference drafts a chain with the converted head (its tree
-    # builder, cached) and gets the tokens ModelOpt's pseudo_speculative_generate drafts (its
-    # own uncached loop). The draft's input_layernorm is ModelOpt's initial 1 (see the defect).
-    from eagle3_ref.checkpoint import load_draft_head
+def _assert_modelopt_drafts_the_reference_chain(model, target, head, seed: int) -> None:
+    """On 5 random prompts, ModelOpt's ``pseudo_speculative_generate`` (4 steps) gives the
+    target's next token and drafts exactly the reference tree builder's chain of 4 for ``head``."""
     from eagle3_ref.fusion import select_features
-    from eagle3_ref.tools.convert import convert
     from eagle3_ref.tree import build_draft_tree
 
-    model, target = _modelopt_model(tmp_path, eagle_export_rope_scaling={})
-    model.get_exporter().export(tmp_path / "export")
-    official = convert(tmp_path / "export", tmp_path / "official", "official")
-    head = load_draft_head(official, target)
-    assert head.config.aux_layer_ids == (2, 4, 5)  # ModelOpt's [1, 3, 4], outputs of layers: one more
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator().manual_seed(seed)
     for _ in range(5):
         input_ids = torch.randint(0, 64, (1, 9), generator=gen)
         with torch.no_grad():
@@ -966,6 +955,24 @@ def test_a_modelopt_export_drafts_modelopts_chain_once_converted(tmp_path):
                                     torch.cat([input_ids, root], 1), TreeConfig.chain(4))
         assert int(base) == int(root)
         assert tree.tokens[1:].tolist() == drafts[0].tolist(), (tree.tokens, drafts)
+
+
+@judges("modelopt", "tree", "convert")
+@modelopt_installed
+def test_a_modelopt_export_drafts_modelopts_chain_once_converted(tmp_path):
+    # ModelOpt's whole path: its converted model trains (here: random) and exports; eagle3-ref
+    # convert reads the export; the reference drafts a chain with the converted head (its tree
+    # builder, cached) and gets the tokens ModelOpt's pseudo_speculative_generate drafts (its
+    # own uncached loop). The draft's input_layernorm is ModelOpt's initial 1 (see the defect).
+    from eagle3_ref.checkpoint import load_draft_head
+    from eagle3_ref.tools.convert import convert
+
+    model, target = _modelopt_model(tmp_path, eagle_export_rope_scaling={})
+    model.get_exporter().export(tmp_path / "export")
+    official = convert(tmp_path / "export", tmp_path / "official", "official")
+    head = load_draft_head(official, target)
+    assert head.config.aux_layer_ids == (2, 4, 5)  # ModelOpt's [1, 3, 4], outputs of layers: one more
+    _assert_modelopt_drafts_the_reference_chain(model, target, head, seed=2)
 
 
 @judges("modelopt", "convert")
@@ -1167,10 +1174,8 @@ def test_a_head_converted_to_modelopts_format_loads_strictly_into_modelopt_and_d
     from safetensors.torch import load_file
 
     from eagle3_ref.checkpoint import save_draft_head
-    from eagle3_ref.fusion import select_features
     from eagle3_ref.testing.strategies import build_draft_head
     from eagle3_ref.tools.convert import convert
-    from eagle3_ref.tree import build_draft_tree
 
     model, target = _modelopt_model(tmp_path, eagle_export_rope_scaling={})
     config = Eagle3Config(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
@@ -1185,12 +1190,4 @@ def test_a_head_converted_to_modelopts_format_loads_strictly_into_modelopt_and_d
     official = save_draft_head(head, tmp_path / "official")
     exported = convert(official, tmp_path / "modelopt", "modelopt")
     model.eagle_module.load_state_dict(load_file(str(exported / "model.safetensors")), strict=True)
-    gen = torch.Generator().manual_seed(4)
-    for _ in range(5):
-        input_ids = torch.randint(0, 64, (1, 9), generator=gen)
-        with torch.no_grad():
-            base, drafts = model.pseudo_speculative_generate(input_ids, steps=4)
-            out = target(input_ids, output_hidden_states=True)
-            tree = build_draft_tree(head, select_features(out.hidden_states, (2, 4, 5)),
-                                    torch.cat([input_ids, out.logits[:, -1:].argmax(-1)], 1), TreeConfig.chain(4))
-        assert tree.tokens[1:].tolist() == drafts[0].tolist(), (tree.tokens, drafts)
+    _assert_modelopt_drafts_the_reference_chain(model, target, head, seed=4)
