@@ -16,8 +16,9 @@ The pipeline, as EAGLE-3 trains its heads:
 5. **evaluation** every ``eval_every`` steps: tau with the default tree and a chain on
    held-out prompts, and the training loss on held-out sequences made like the training data
    (:func:`prepare_held_out`, :func:`evaluate_loss`): the curve that says when to stop
-   (``early_stopping``: after that many evaluations without a lower held-out loss, training
-   stops and the head kept is the one with the lowest);
+   (``early_stopping``: after that many evaluations without a lower held-out loss, lower by
+   more than the fraction ``min_improvement`` of the best, training stops and the head kept
+   is the one with the lowest);
 6. **checkpoints**: the official format, written atomically (a temporary directory, then
    a rename, then the ``latest`` pointer); ``resume`` continues after a ``kill -9`` with
    nothing lost: optimizer, scheduler, RNG states and the data position all come back,
@@ -101,6 +102,9 @@ class TrainConfig:
     # > 0: stop after this many held-out evaluations without a lower eval_loss, and keep the head of
     # the lowest (early stopping; needs eval_every and held-out sequences)
     early_stopping: int = 0
+    # with early_stopping: an evaluation counts as an improvement only when its loss is below the
+    # best before it by more than this fraction of it (0.005: 0.5 %); 0: any lower loss counts
+    min_improvement: float = 0.0
     resume: bool = False
     overwrite: bool = False
     cache_dir: str | None = None  # cache the target pass here (safetensors shards)
@@ -135,8 +139,14 @@ class TrainConfig:
             if not ok:
                 raise TrainingError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
-        for name, positive in (("lr", True), ("grad_clip", True), ("weight_decay", False)):
+        for name, positive in (("lr", True), ("grad_clip", True), ("weight_decay", False), ("min_improvement", False)):
             number(name, getattr(self, name), positive)
+        if self.min_improvement >= 1:
+            raise TrainingError(f"min_improvement is a fraction of the best held-out loss, in [0, 1), "
+                                f"got {self.min_improvement!r}")
+        if self.min_improvement and not self.early_stopping:
+            raise TrainingError(f"min_improvement ({self.min_improvement}) is early stopping's tolerance, but "
+                                "early_stopping is 0: set early_stopping too")
         if isinstance(self.regenerate_temperature, (list, tuple)):
             temperatures = tuple(self.regenerate_temperature)
             if not temperatures or len(set(temperatures)) != len(temperatures):
@@ -481,15 +491,24 @@ def evaluate_loss(head: nn.Module, held_out: TrainData, config: TrainConfig) -> 
     return total / max(1, weight), [h / c if c else None for h, c in zip(hits, counts)]
 
 
-def evaluations_since_best(history: list[dict]) -> tuple[int | None, int]:
+def evaluations_since_best(history: list[dict], min_improvement: float = 0.0) -> tuple[int | None, int]:
     """Early stopping's count, from a run's ``history``: the step of the lowest held-out
     loss (the first, on a tie; None before any evaluation) and how many held-out evaluations
-    came after it."""
+    came after the last improvement.
+
+    An evaluation improves when its loss is below the best before it by more than
+    ``min_improvement`` times that best (0: any lower loss). With a tolerance the two can
+    differ: a loss lower by less than it is still the lowest (the head kept) without resetting
+    the count (the run stops when the loss creeps down by less than the tolerance)."""
     losses = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
     if not losses:
         return None, 0
-    best = min(range(len(losses)), key=lambda i: (losses[i][1], i))
-    return losses[best][0], len(losses) - 1 - best
+    lowest = min(range(len(losses)), key=lambda i: (losses[i][1], i))
+    best, improved = losses[0][1], 0
+    for i, (_, loss) in enumerate(losses[1:], start=1):
+        if loss < best - min_improvement * abs(best):
+            best, improved = loss, i
+    return losses[lowest][0], len(losses) - 1 - improved
 
 
 @torch.no_grad()
@@ -803,7 +822,8 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
 
     head.train()
     bar = tqdm(total=config.max_steps, initial=step, disable=not progress or rank > 0, desc="train", dynamic_ncols=True)
-    stopped = bool(config.early_stopping) and evaluations_since_best(history)[1] >= config.early_stopping
+    stopped = bool(config.early_stopping) and \
+        evaluations_since_best(history, config.min_improvement)[1] >= config.early_stopping
     while step < config.max_steps and not stopped:
         # The global batch of this step; this process takes its share.
         idx = batch_indices(data.input_ids.shape[0], config.batch_size * world, step, config.seed)
@@ -842,8 +862,8 @@ def _train(target: nn.Module, data: TrainData, config: TrainConfig, out: Path, e
                 record["eval_acc"] = [None if a is None else round(a, 4) for a in accuracy]
         history.append(record)
         if config.early_stopping and "eval_loss" in record:
-            since_best = evaluations_since_best(history)[1]
-            if since_best == 0 and rank == 0:
+            lowest_step, since_best = evaluations_since_best(history, config.min_improvement)
+            if lowest_step == step and rank == 0:
                 save_best(out, head)
             stopped = record["early_stop"] = since_best >= config.early_stopping
         if log:

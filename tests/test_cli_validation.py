@@ -73,6 +73,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--save-every": COUNTS,
         "--eval-every": NON_NEGATIVE,
         "--early-stopping": NON_NEGATIVE + ["3"],  # 3: without --eval-every and --eval-sequences, nothing to watch
+        "--min-improvement": ["-0.1", "1", "nan", "x", "0.01"],  # 0.01: without --early-stopping, no effect
         "--seed": ["x", "1.5"],
         "--device": ["tpu", "cuda:x"],
         "--dtype": ["float8"],
@@ -153,6 +154,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--eval-new-tokens": COUNTS + ["1"],
         "--save-every": COUNTS,
         "--early-stopping": NON_NEGATIVE,
+        "--min-improvement": ["-0.1", "1", "nan", "x", "0.01"],  # 0.01: without --early-stopping, no effect
         "--eval-every": COUNTS,
         "--held-out-sequences": COUNTS,
         "--seed": ["x"],

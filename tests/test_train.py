@@ -357,6 +357,46 @@ def test_evaluations_since_best_counts_from_the_first_lowest_held_out_loss():
     assert evaluations_since_best(history[:1]) == (None, 0)
 
 
+def test_a_loss_lower_by_less_than_min_improvement_is_kept_but_does_not_reset_the_count():
+    """Catches: a tolerance measured from the last loss instead of the best (a steady fall in
+    small steps would then stop the run), an absolute tolerance where a fraction is meant, and
+    reporting the last counted improvement as the head to keep instead of the lowest loss."""
+    losses = [10.0, 9.0, 8.96, 8.95, 8.5]
+    history = [{"step": 10 * (i + 1), "eval_loss": v} for i, v in enumerate(losses)]
+    assert evaluations_since_best(history[:4]) == (40, 0)
+    assert evaluations_since_best(history[:4], min_improvement=0.01) == (40, 2)  # 8.96, 8.95: < 1 % below 9
+    assert evaluations_since_best(history, min_improvement=0.01) == (50, 0)  # 8.5: 5.6 % below 9
+    assert evaluations_since_best(history, min_improvement=0.2) == (50, 4)  # nothing 20 % below 10
+    # Each 0.4 % below the last: two together clear 0.5 % of the best, so every other one counts.
+    creep = [{"step": i, "eval_loss": 10.0 * 0.996 ** i} for i in range(1, 8)]
+    assert evaluations_since_best(creep, min_improvement=0.005) == (7, 0)
+    assert evaluations_since_best(creep[:6], min_improvement=0.005) == (6, 1)
+    assert evaluations_since_best(history[:1], min_improvement=0.5) == (10, 0)
+
+
+def test_min_improvement_stops_a_run_whose_loss_creeps_down_and_keeps_its_lowest_head(tiny, tmp_path):
+    """With a tolerance no loss can beat (half the best), the run stops ``early_stopping``
+    evaluations after its first while its loss still falls, and the head kept is the one of
+    the lowest loss, which came after the last counted improvement. Catches: saving the head
+    only at counted improvements (the first evaluation's head would be kept)."""
+    _, target, tokenizer = tiny
+    kw = dict(max_steps=300, lr=1e-2, eval_every=5, early_stopping=2, min_improvement=0.5, max_sequences=8,
+              ttt_steps=3, draft_vocab_size=128)
+    config = _config(tmp_path / "run", **kw)
+    data = prepare_data(target, TRAIN_TEXT, tokenizer, config, (2, 3, 4))
+    held_out = prepare_held_out(target, HELD_OUT_TEXT, tokenizer, config, (2, 3, 4), sequences=8)
+    history = []
+    head = train_head(target, data, config, log=history.append, progress=False, held_out=held_out)
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    assert history[-1]["step"] == 15 and history[-1]["early_stop"] is True
+    assert evals[-1] < evals[0]  # still falling, by less than half
+    assert evaluate_loss(head, held_out, config)[0] == min(evals)
+    with pytest.raises(TrainingError, match="min_improvement .* early_stopping is 0"):
+        _config(tmp_path / "none", min_improvement=0.01)
+    with pytest.raises(TrainingError, match="min_improvement is a fraction"):
+        _config(tmp_path / "none", early_stopping=2, eval_every=5, min_improvement=1.0)
+
+
 @pytest.mark.parametrize("kind", ["eagle3", "eagle2"])
 def test_early_stopping_keeps_the_head_of_the_lowest_held_out_loss(tiny, tmp_path, kind):
     """Catches: training on past the patience, counting from the last minimum instead of the

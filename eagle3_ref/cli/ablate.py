@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     ab.add_argument("--early-stopping", type=int, default=0, metavar="N",
                     help="stop each run after N held-out evaluations without a lower held-out loss and measure the "
                          "head of the lowest (default 0: every run trains exactly --steps)")
+    ab.add_argument("--min-improvement", type=float, default=0.0, metavar="FRACTION",
+                    help="with --early-stopping: a held-out loss improves only when it is below the best by more "
+                         "than this fraction of it (e.g. 0.005; default 0: any lower loss)")
     ab.add_argument("--eval-every", type=int, default=50,
                     help="with --early-stopping: steps between held-out evaluations (default 50)")
     ab.add_argument("--held-out-sequences", type=int, default=64,
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             data_sizes=tuple(ints(args.data_sizes, "--data-sizes")), steps=args.steps, batch_size=args.batch_size,
             seq_len=args.seq_len, lr=args.lr, eval_prompts=args.eval_prompts, eval_new_tokens=args.eval_new_tokens,
             seed=args.seed, save_every=args.save_every, early_stopping=args.early_stopping, eval_every=args.eval_every,
+            min_improvement=args.min_improvement,
             held_out_sequences=args.held_out_sequences)
         check_output_dir("--out", args.out)
     except ValueError as err:

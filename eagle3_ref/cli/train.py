@@ -53,6 +53,9 @@ def add_parser(sub) -> None:
     train.add_argument("--early-stopping", type=int, default=0, metavar="N",
                        help="stop after N held-out evaluations (--eval-every, --eval-sequences) without a lower "
                             "held-out loss, and keep the head of the lowest (default 0: train all --steps)")
+    train.add_argument("--min-improvement", type=float, default=0.0, metavar="FRACTION",
+                       help="with --early-stopping: a held-out loss improves only when it is below the best by "
+                            "more than this fraction of it (e.g. 0.005; default 0: any lower loss)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     train.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             regenerate_temperature=_temperatures(args.regenerate_temperature),
             save_every=args.save_every, eval_every=args.eval_every, resume=args.resume, overwrite=args.overwrite,
             cache_dir=args.cache_dir, data_cache=args.data_cache, eval_max_new_tokens=args.eval_max_new_tokens,
-            early_stopping=args.early_stopping,
+            early_stopping=args.early_stopping, min_improvement=args.min_improvement,
         )
         for option, value in (("--eval-prompts", args.eval_prompts), ("--eval-sequences", args.eval_sequences)):
             if value < 0:

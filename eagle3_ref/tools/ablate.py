@@ -27,8 +27,8 @@ list of doubling sizes gives the data-scaling curve.
 
 With ``early_stopping`` each run trains until its loss on held-out sequences (made like the
 training data, from text the target never trained on) has not fallen for that many
-evaluations, ``steps`` being only a cap, and the head of the lowest held-out loss is the one
-measured: every data size trained to convergence rather than to one budget, so that a small
+evaluations (lower by more than the fraction ``min_improvement`` of the best, when set), ``steps``
+being only a cap, and the head of the lowest held-out loss is the one measured: every data size trained to convergence rather than to one budget, so that a small
 set is data-limited and a large one is not cut short.
 """
 
@@ -109,6 +109,7 @@ class AblateConfig:
     # > 0: each run stops after this many held-out evaluations without a lower held-out loss (steps is
     # then a cap) and the head of the lowest is measured; 0: every run trains exactly `steps`
     early_stopping: int = 0
+    min_improvement: float = 0.0  # with early_stopping: the fraction a held-out loss must improve by to count
     eval_every: int = 50  # steps between held-out evaluations (with early_stopping)
     held_out_sequences: int = 64  # held-out sequences for that loss (with early_stopping)
 
@@ -121,6 +122,11 @@ class AblateConfig:
             raise ValueError(f"variants name {', '.join(repeated)} twice: each variant is one run")
         if isinstance(self.early_stopping, bool) or not isinstance(self.early_stopping, int) or self.early_stopping < 0:
             raise ValueError(f"early_stopping must be an int >= 0, got {self.early_stopping!r}")
+        m = self.min_improvement
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
+            raise ValueError(f"min_improvement must be a fraction in [0, 1), got {m!r}")
+        if m and not self.early_stopping:
+            raise ValueError(f"min_improvement ({m}) is early stopping's tolerance, but early_stopping is 0")
         for name in ("steps", "batch_size", "seq_len", "eval_prompts", "eval_new_tokens", "save_every", "eval_every",
                      "held_out_sequences"):
             value = getattr(self, name)
@@ -222,7 +228,7 @@ def _layer_ids(variant: Variant, n_layers: int) -> tuple[int, ...] | None:
 
 def _train_config(config: AblateConfig, variant: Variant, run_dir: Path, n_layers: int) -> TrainConfig:
     return TrainConfig(
-        early_stopping=config.early_stopping, eval_every=config.eval_every if config.early_stopping else 0,
+        early_stopping=config.early_stopping, min_improvement=config.min_improvement, eval_every=config.eval_every if config.early_stopping else 0,
         out_dir=str(run_dir), seq_len=config.seq_len, batch_size=config.batch_size, max_steps=config.steps,
         lr=config.lr, warmup_steps=config.warmup_steps, ttt_steps=variant.ttt_steps, head=variant.head,
         draft_vocab_size=None, aux_layer_ids=_layer_ids(variant, n_layers), seed=config.seed, save_every=config.save_every, resume=(run_dir / "latest").exists(),
