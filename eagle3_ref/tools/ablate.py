@@ -352,7 +352,8 @@ def results_markdown(results: list[dict]) -> str:
 
 def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
     """``tau.png`` (tau by variant at the largest data size), ``n_alpha.png`` (the curves)
-    and, with more than one data size, ``scaling.png`` (tau against sequences)."""
+    and, with more than one data size, ``scaling.png`` (tau against sequences, tree and chain);
+    with early stopping, ``curves.png`` (each run's held-out loss)."""
     # Figures made directly, not through pyplot: no backend is switched, so a notebook that calls
     # this keeps showing its own plots inline (matplotlib.use("Agg") here hid notebook 08's).
     from matplotlib.figure import Figure
@@ -399,12 +400,17 @@ def plot_results(results: list[dict], out: str | os.PathLike) -> list[Path]:
         fig = Figure(figsize=(8, 4.5), dpi=120)
         ax = fig.subplots()
         for name, rows in curves.items():
-            ax.plot([r["sequences"] for r in rows], [r["tau_tree"] for r in rows], marker="o", label=name)
+            line, = ax.plot([r["sequences"] for r in rows], [r["tau_tree"] for r in rows], marker="o",
+                            label=f"{name}, default tree")
+            ax.plot([r["sequences"] for r in rows], [r["tau_chain"] for r in rows], marker="s", linestyle="--",
+                    color=line.get_color(), label=f"{name}, chain of {CHAIN}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
-        ax.set_xlabel("training sequences (tokens seen held equal)", fontsize=11)
-        ax.set_ylabel("acceptance length tau, default tree", fontsize=11)
+        converged = all("stopped_at" in r for rows in curves.values() for r in rows)
+        ax.set_xlabel("training sequences (" + ("each run trained until its held-out loss stopped falling"
+                                                if converged else "tokens seen held equal") + ")", fontsize=11)
+        ax.set_ylabel("acceptance length tau", fontsize=11)
         ax.set_title("Data scaling", fontsize=12)
         ax.legend(fontsize=10)
         save(fig, "scaling.png")
