@@ -567,8 +567,10 @@ def _barrier() -> None:
 _NO_CHECKPOINT_YET = ("train_config.json", ".ckpt-tmp-*", ".latest-*", "best", ".best-tmp-*")
 
 # Fields a resumed run may change: where and how often it writes and evaluates, not what it learns.
+# Settings a resumed run may change: where and how often it writes and measures, and when it stops
+# (early stopping's patience and tolerance); none of them changes a step's arithmetic.
 _RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "save_every", "eval_every", "eval_max_new_tokens", "cache_dir",
-                      "data_cache"}
+                      "data_cache", "early_stopping", "min_improvement"}
 
 
 def lock_path(out: Path) -> Path:

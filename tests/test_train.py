@@ -391,6 +391,10 @@ def test_min_improvement_stops_a_run_whose_loss_creeps_down_and_keeps_its_lowest
     assert history[-1]["step"] == 15 and history[-1]["early_stop"] is True
     assert evals[-1] < evals[0]  # still falling, by less than half
     assert evaluate_loss(head, held_out, config)[0] == min(evals)
+    more = []  # resumed with a stricter rule (no tolerance), the stopped run trains on
+    train_head(target, data, _config(tmp_path / "run", resume=True, **{**kw, "min_improvement": 0.0, "max_steps": 300}),
+               log=more.append, progress=False, held_out=held_out)
+    assert more and more[0]["step"] == 16
     with pytest.raises(TrainingError, match="min_improvement .* early_stopping is 0"):
         _config(tmp_path / "none", min_improvement=0.01)
     with pytest.raises(TrainingError, match="min_improvement is a fraction"):

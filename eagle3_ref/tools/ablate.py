@@ -27,9 +27,11 @@ list of doubling sizes gives the data-scaling curve.
 
 With ``early_stopping`` each run trains until its loss on held-out sequences (made like the
 training data, from text the target never trained on) has not fallen for that many
-evaluations (lower by more than the fraction ``min_improvement`` of the best, when set), ``steps``
-being only a cap, and the head of the lowest held-out loss is the one measured: every data size trained to convergence rather than to one budget, so that a small
-set is data-limited and a large one is not cut short.
+evaluations (lower by more than the fraction ``min_improvement`` of the best, when set),
+``steps`` being only a cap, and the head of the lowest held-out loss is the one measured: every
+data size trained to convergence rather than to one budget, so that a small set is data-limited
+and a large one is not cut short (a tolerance too loose for a slowly falling loss cuts it short
+all the same: docs/paper.md measured one).
 """
 
 from __future__ import annotations
@@ -228,7 +230,8 @@ def _layer_ids(variant: Variant, n_layers: int) -> tuple[int, ...] | None:
 
 def _train_config(config: AblateConfig, variant: Variant, run_dir: Path, n_layers: int) -> TrainConfig:
     return TrainConfig(
-        early_stopping=config.early_stopping, min_improvement=config.min_improvement, eval_every=config.eval_every if config.early_stopping else 0,
+        early_stopping=config.early_stopping, min_improvement=config.min_improvement,
+        eval_every=config.eval_every if config.early_stopping else 0,
         out_dir=str(run_dir), seq_len=config.seq_len, batch_size=config.batch_size, max_steps=config.steps,
         lr=config.lr, warmup_steps=config.warmup_steps, ttt_steps=variant.ttt_steps, head=variant.head,
         draft_vocab_size=None, aux_layer_ids=_layer_ids(variant, n_layers), seed=config.seed, save_every=config.save_every, resume=(run_dir / "latest").exists(),
